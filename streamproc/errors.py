@@ -1,0 +1,58 @@
+"""The exception types users see. Each carries a message written for a person."""
+from __future__ import annotations
+
+
+class StreamprocError(Exception):
+    """Base class for every error streamproc raises on purpose."""
+
+
+class TopologyError(StreamprocError):
+    """The topology is invalid (caught while building or planning it)."""
+
+
+class TopologyLoadError(StreamprocError):
+    """A topology file could not be imported or holds no (or several) Topology objects."""
+
+
+class SerdeError(StreamprocError):
+    """A value could not be serialized or deserialized.
+
+    The message names the serde and, when known, the topic, partition and offset.
+    """
+
+    def __init__(self, message: str, *, serde: str | None = None, topic: str | None = None,
+                 partition: int | None = None, offset: int | None = None):
+        self.reason = message
+        self.serde = serde
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.topic is not None:
+            where.append(f"topic {self.topic!r}")
+        if self.partition is not None:
+            where.append(f"partition {self.partition}")
+        if self.offset is not None:
+            where.append(f"offset {self.offset}")
+        prefix = f"{self.serde} " if self.serde else ""
+        loc = f" ({', '.join(where)})" if where else ""
+        return f"{prefix}could not handle a record{loc}: {self.reason}"
+
+    def located(self, *, topic: str | None = None, partition: int | None = None,
+                offset: int | None = None) -> "SerdeError":
+        """A copy of this error with the record's location filled in."""
+        return SerdeError(self.reason, serde=self.serde,
+                          topic=topic if topic is not None else self.topic,
+                          partition=partition if partition is not None else self.partition,
+                          offset=offset if offset is not None else self.offset)
+
+
+class StateError(StreamprocError):
+    """Local state cannot be used (locked, wrong fingerprint, corrupt)."""
+
+
+class BrokerError(StreamprocError):
+    """The Kafka cluster cannot be reached or refused what was asked."""
