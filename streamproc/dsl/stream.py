@@ -1,0 +1,179 @@
+"""``Stream`` and the grouped/windowed builders. They only append nodes to the graph."""
+from __future__ import annotations
+
+from ..agg import Aggregation
+from ..errors import TopologyError
+from ..windows import WindowSpec
+
+
+def _need_callable(fn, what: str):
+    if not callable(fn):
+        raise TopologyError(f"{what} needs a function, got {fn!r}")
+
+
+class Stream:
+    """A stream of (key, value) records with event timestamps."""
+
+    def __init__(self, topology, node, *, key_serde=None, value_serde=None):
+        self.topology = topology
+        self.node = node
+        self.key_serde = key_serde        # what the key is known to be, if known (default sink serde)
+        self.value_serde = value_serde
+
+    def _then(self, kind, params=None, *, key_changed=None, key_serde="same", value_serde="same",
+              parents=None) -> "Stream":
+        node = self.topology._add(kind, parents or [self.node], params,
+                                  self.node.key_changed if key_changed is None else key_changed)
+        return Stream(self.topology, node,
+                      key_serde=self.key_serde if key_serde == "same" else key_serde,
+                      value_serde=self.value_serde if value_serde == "same" else value_serde)
+
+    # -- stateless ----------------------------------------------------------------------
+    def map(self, fn) -> "Stream":
+        """``fn(key, value) -> (key, value)``. Changing the key marks the stream for repartitioning."""
+        _need_callable(fn, "map")
+        return self._then("map", {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
+
+    def map_values(self, fn) -> "Stream":
+        """``fn(value) -> value``; the key is kept, so no repartition is needed."""
+        _need_callable(fn, "map_values")
+        return self._then("map_values", {"fn": fn}, value_serde=None)
+
+    def filter(self, fn) -> "Stream":
+        """Keep records for which ``fn(key, value)`` is true."""
+        _need_callable(fn, "filter")
+        return self._then("filter", {"fn": fn})
+
+    def flat_map(self, fn) -> "Stream":
+        """``fn(key, value) -> iterable of (key, value)``; each output keeps the input's timestamp."""
+        _need_callable(fn, "flat_map")
+        return self._then("flat_map", {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
+
+    def peek(self, fn) -> "Stream":
+        """Call ``fn(key, value)`` for each record (side effects only), pass records on unchanged."""
+        _need_callable(fn, "peek")
+        return self._then("peek", {"fn": fn})
+
+    def branch(self, *predicates) -> list["Stream"]:
+        """One stream per predicate; a record goes to the first whose ``pred(key, value)`` is true."""
+        if not predicates:
+            raise TopologyError("branch() needs at least one predicate")
+        for p in predicates:
+            _need_callable(p, "branch")
+        b = self.topology._add("branch", [self.node], {"predicates": list(predicates)}, self.node.key_changed)
+        outs = []
+        for i in range(len(predicates)):
+            node = self.topology._add("branch_out", [b], {"index": i}, self.node.key_changed)
+            outs.append(Stream(self.topology, node, key_serde=self.key_serde, value_serde=self.value_serde))
+        return outs
+
+    def merge(self, other: "Stream") -> "Stream":
+        """Records of both streams, interleaved in processing order."""
+        if not isinstance(other, Stream) or other.topology is not self.topology:
+            raise TopologyError("merge() needs another Stream of the same Topology")
+        same_k = self.key_serde if self.key_serde == other.key_serde else None
+        same_v = self.value_serde if self.value_serde == other.value_serde else None
+        return self._then("merge", {}, parents=[self.node, other.node],
+                          key_changed=self.node.key_changed or other.node.key_changed,
+                          key_serde=same_k, value_serde=same_v)
+
+    # -- grouping -----------------------------------------------------------------------
+    def group_by(self, fn, *, name: str | None = None) -> "GroupedStream":
+        """Group by a new key ``fn(key, value)``: records are repartitioned by it."""
+        _need_callable(fn, "group_by")
+        s = self._then("select_key", {"fn": fn}, key_changed=True, key_serde=None)
+        return GroupedStream(s, name=name)
+
+    def group_by_key(self) -> "GroupedStream":
+        """Group by the current key (repartitioned only if an earlier step changed the key)."""
+        return GroupedStream(self, name=None)
+
+    def join(self, *args, **kwargs):
+        raise TopologyError("Stream.join() is not available yet: tables and joins arrive in a later release")
+
+    # -- sinks --------------------------------------------------------------------------
+    def to(self, topic: str, *, key=None, value=None) -> None:
+        """Write the stream to ``topic`` with the given serdes (default: the stream's, else Json)."""
+        from .. import serdes
+
+        if not isinstance(topic, str) or not topic:
+            raise TopologyError(f"to() needs a topic name, got {topic!r}")
+        for what, s in (("key", key), ("value", value)):
+            if s is not None and not isinstance(s, serdes.Serde):
+                raise TopologyError(f"to({topic!r}): {what}= must be a serde such as serdes.Json(), got {s!r}")
+        self._then("sink", {
+            "topic": topic,
+            "key_serde": key or self.key_serde or serdes.Json(),
+            "value_serde": value or self.value_serde or serdes.Json(),
+        })
+
+    def __getattr__(self, name):
+        if name in ("aggregate", "count", "reduce", "window"):
+            raise TopologyError(
+                f"{name}() needs a grouped stream: call .group_by(fn) or .group_by_key() first, "
+                f"e.g. stream.group_by_key().{name}(...)")
+        raise AttributeError(f"'Stream' has no attribute {name!r}")
+
+    def __repr__(self):
+        return f"Stream({self.node.label})"
+
+
+class GroupedStream:
+    """A stream grouped by key, ready for ``window`` / ``aggregate`` / ``count`` / ``reduce``."""
+
+    def __init__(self, stream: Stream, *, name=None, window: WindowSpec | None = None):
+        self._stream = stream
+        self._name = name
+        self._window = window
+
+    def window(self, spec: WindowSpec) -> "WindowedStream":
+        """Aggregate per key and window (``windows.Tumbling/Hopping/Sliding/Session``)."""
+        if not isinstance(spec, WindowSpec):
+            raise TopologyError(f"window() needs a window spec such as windows.Tumbling('1m'), got {spec!r}")
+        if self._window is not None:
+            raise TopologyError("window() was already given for this grouped stream")
+        return WindowedStream(self._stream, name=self._name, window=spec)
+
+    def aggregate(self, *, emit: str | None = None, name: str | None = None, **aggs) -> Stream:
+        """Named aggregations, e.g. ``aggregate(views=agg.count(), seconds=agg.sum("s"))``.
+
+        Windowed: one record per window, ``{"window_start", "window_end", <agg>...}``;
+        ``emit="final"`` (default) when the window closes, ``emit="update"`` after each batch.
+        Not windowed: a continuously updated table, ``{<agg>: ...}`` per key after each batch.
+        """
+        if not aggs:
+            raise TopologyError("aggregate() needs at least one named aggregation, e.g. aggregate(n=agg.count())")
+        for k, a in aggs.items():
+            if not isinstance(a, Aggregation):
+                raise TopologyError(f"aggregate({k}=...) must be an aggregation such as agg.count(), got {a!r}")
+            if k in ("window_start", "window_end"):
+                raise TopologyError(f"aggregate(): {k!r} is reserved for the window bounds; pick another name")
+        if emit is None:
+            emit = "final" if self._window is not None else "update"
+        if emit not in ("final", "update"):
+            raise TopologyError(f"emit must be 'final' or 'update', got {emit!r}")
+        if emit == "final" and self._window is None:
+            raise TopologyError(
+                "emit='final' needs a window: an aggregate without .window(...) never closes; "
+                "use emit='update' or add .window(...)")
+        up = self._stream
+        node = up.topology._add("aggregate", [up.node], {
+            "aggs": dict(aggs), "window": self._window, "emit": emit,
+            "store": name, "repartition_name": self._name,
+        }, key_changed=False)
+        # the result is keyed by the group key, which is how it is (re)partitioned
+        return Stream(up.topology, node, key_serde=up.key_serde, value_serde=None)
+
+    def count(self, *, emit: str | None = None, name: str | None = None) -> Stream:
+        """Shorthand for ``aggregate(count=agg.count())``."""
+        from .. import agg
+        return self.aggregate(count=agg.count(), emit=emit, name=name)
+
+    def reduce(self, fn, *, emit: str | None = None, name: str | None = None) -> Stream:
+        """Shorthand for ``aggregate(reduce=agg.reduce(fn))``: ``fn(acc, value)``, the first value starts."""
+        from .. import agg
+        return self.aggregate(reduce=agg.reduce(fn), emit=emit, name=name)
+
+
+class WindowedStream(GroupedStream):
+    """A grouped stream with a window spec."""

@@ -1,0 +1,31 @@
+"""Physical operators: batch in, batch out. They see records and a state API, never Kafka."""
+from __future__ import annotations
+
+from .aggregate import TableAggregateOp, TimeWindowAggregateOp
+from .base import Operator, ProcessingError, TaskContext
+from .batch import Batch
+from .io import DeadLetter, RawBatch, SinkOp, SourceOp
+from .record_windows import SessionAggregateOp, SlidingAggregateOp
+from .stateless import (BranchOp, BranchOutOp, FilterOp, FlatMapOp, MapOp, MapValuesOp, MergeOp, PeekOp,
+                        SelectKeyOp)
+
+_BY_KIND = {
+    "source": SourceOp, "repartition_source": SourceOp,
+    "sink": SinkOp, "repartition_sink": SinkOp,
+    "map": MapOp, "map_values": MapValuesOp, "select_key": SelectKeyOp, "filter": FilterOp,
+    "flat_map": FlatMapOp, "peek": PeekOp, "branch": BranchOp, "branch_out": BranchOutOp, "merge": MergeOp,
+}
+_AGGREGATE_BY_WINDOW = {None: TableAggregateOp, "tumbling": TimeWindowAggregateOp,
+                        "hopping": TimeWindowAggregateOp, "sliding": SlidingAggregateOp,
+                        "session": SessionAggregateOp}
+
+
+def make_operator(node, ctx: TaskContext) -> Operator:
+    """The physical operator for a plan node."""
+    if node.kind == "aggregate":
+        w = node.params["window"]
+        return _AGGREGATE_BY_WINDOW[None if w is None else w.kind](node, ctx)
+    return _BY_KIND[node.kind](node, ctx)
+
+
+__all__ = ["Batch", "RawBatch", "DeadLetter", "Operator", "TaskContext", "ProcessingError", "make_operator"]

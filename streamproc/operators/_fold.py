@@ -1,0 +1,114 @@
+"""Shared machinery of the aggregate operators: key codes, vectorised folds, the close index."""
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ..errors import StreamprocError
+
+_VECTORISED = {"count", "sum", "min", "max", "mean"}
+
+
+def key_codes(keys: list) -> np.ndarray:
+    """A dense int code per key (equal keys, equal codes)."""
+    seen: dict = {}
+    try:
+        codes = [seen.setdefault(k, len(seen)) for k in keys]
+    except TypeError as e:
+        bad = next(k for k in keys if not _hashable(k))
+        raise StreamprocError(
+            f"group key {bad!r} is not hashable ({e}); group_by must return a hashable key "
+            f"such as a str, int or tuple") from None
+    return np.asarray(codes, dtype=np.int64)
+
+
+def _hashable(k) -> bool:
+    try:
+        hash(k)
+        return True
+    except TypeError:
+        return False
+
+
+def group_sorted(comp: np.ndarray):
+    """Sort positions by group id (stable: arrival order kept inside a group).
+
+    Returns ``(order, starts)``: ``order`` are positions sorted by group, ``starts`` the offsets
+    in ``order`` where each group begins.
+    """
+    order = np.argsort(comp, kind="stable")
+    sc = comp[order]
+    if len(sc) == 0:
+        return order, np.empty(0, dtype=np.int64)
+    flags = np.empty(len(sc), dtype=bool)
+    flags[0] = True
+    np.not_equal(sc[1:], sc[:-1], out=flags[1:])
+    return order, np.flatnonzero(flags)
+
+
+def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -> list[list]:
+    """Per aggregation, one partial state per group.
+
+    ``rec`` are record indices into ``values`` sorted by group, ``starts`` where each group
+    begins in ``rec``. Built-in numeric aggregations fold with numpy; the rest fold group by
+    group in Python, in arrival order.
+    """
+    columns: dict = {}
+    out = []
+    bounds = None
+    for a in aggs:
+        if not a.needs_column:
+            out.append(a.partials(rec, starts))
+            continue
+        ck = a.column_key()
+        col = columns.get(ck)
+        if col is None:
+            col = columns[ck] = a.extract(values)
+        partial = None
+        if a.kind in _VECTORISED:
+            try:
+                arr = np.asarray(col)
+            except (OverflowError, ValueError):
+                arr = None
+            if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iuf":
+                partial = a.partials(arr[rec], starts)
+        if partial is None:
+            if bounds is None:
+                bounds = np.append(starts, len(rec)).tolist()
+                sorted_rec = rec.tolist()
+            vals = [col[i] for i in sorted_rec]
+            partial = [a.add(a.init(), vals[bounds[g]:bounds[g + 1]]) for g in range(len(starts))]
+        out.append(partial)
+    return out
+
+
+class CloseIndex:
+    """Open windows ordered by the stream time at which they close (``WindowSpec.close_time``)."""
+
+    def __init__(self):
+        self._buckets: dict[int, dict] = {}
+        self._heap: list[int] = []
+
+    def add(self, close_time: int, wkey) -> None:
+        b = self._buckets.get(close_time)
+        if b is None:
+            b = self._buckets[close_time] = {}
+            heapq.heappush(self._heap, close_time)
+        b[wkey] = None
+
+    def remove(self, close_time: int, wkey) -> None:
+        b = self._buckets.get(close_time)
+        if b is not None:
+            b.pop(wkey, None)
+
+    def pop_closed(self, stream_time: int) -> list:
+        """Every window whose close time is <= ``stream_time``, earliest first; removed from the index."""
+        out = []
+        heap = self._heap
+        while heap and heap[0] <= stream_time:
+            out.extend(self._buckets.pop(heapq.heappop(heap)))
+        return out
+
+    def __len__(self):
+        return sum(len(b) for b in self._buckets.values())

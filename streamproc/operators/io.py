@@ -1,0 +1,150 @@
+"""Where records enter a task (deserialize, event time, stream time) and leave it (serialize)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _codec
+from ..errors import SerdeError
+from .base import Operator
+from .batch import Batch
+
+log = logging.getLogger("streamproc.source")
+
+
+@dataclass
+class RawBatch:
+    """Records as Kafka hands them over: bytes plus record timestamp and offset."""
+
+    topic: str
+    partition: int
+    keys: list
+    values: list
+    timestamps: list
+    offsets: list | None = None
+
+
+@dataclass
+class DeadLetter:
+    topic: str
+    partition: int
+    offset: int | None
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    error: str
+
+
+class _BadRecord(Exception):
+    pass
+
+
+class SourceOp(Operator):
+    """Deserializes, extracts event time, and advances the task's stream time record by record."""
+
+    def process(self, raw: RawBatch) -> Batch:
+        p = self.node.params
+        if self.node.kind == "repartition_source":
+            keys, values = _codec.decode_many(raw.keys), _codec.decode_many(raw.values)
+            ts = list(raw.timestamps)
+        else:
+            keys, values, ts = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
+        ts_arr = np.asarray(ts, dtype=np.int64) if ts else np.empty(0, dtype=np.int64)
+        state = self.ctx.state
+        if len(ts_arr):
+            st = np.maximum.accumulate(ts_arr)
+            np.maximum(st, state.stream_time, out=st)
+            state.stream_time = int(st[-1])
+        else:
+            st = ts_arr
+        return Batch(keys, values, ts_arr, st)
+
+    def _decode(self, raw, kser, vser, ts_fn):
+        try:
+            keys = kser.deserialize_many(raw.keys)
+            values = vser.deserialize_many(raw.values)
+            ts = raw.timestamps if ts_fn is None else [
+                ts_fn(k, v, t) for k, v, t in zip(keys, values, raw.timestamps)]
+            if ts_fn is not None or min(ts, default=0) < 0:
+                _check_timestamps(ts)
+            return keys, values, list(ts)
+        except Exception:  # noqa: BLE001 - sorted out record by record below
+            pass
+        keys, values, ts = [], [], []
+        for i in range(len(raw.keys)):
+            try:
+                k = _one(kser, raw.keys[i], "key")
+                v = _one(vser, raw.values[i], "value")
+                t = raw.timestamps[i] if ts_fn is None else _extract(ts_fn, k, v, raw.timestamps[i])
+                _check_timestamps([t])
+            except (SerdeError, _BadRecord) as e:
+                self._bad_record(raw, i, e)
+                continue
+            keys.append(k)
+            values.append(v)
+            ts.append(raw.timestamps[i] if ts_fn is None else t)
+        return keys, values, ts
+
+    def _bad_record(self, raw: RawBatch, i: int, e: Exception) -> None:
+        offset = raw.offsets[i] if raw.offsets is not None else None
+        if isinstance(e, SerdeError):
+            err = e.located(topic=raw.topic, partition=raw.partition, offset=offset)
+        else:
+            err = SerdeError(str(e), serde="timestamp extractor",
+                             topic=raw.topic, partition=raw.partition, offset=offset)
+        policy = self.node.params["on_error"]
+        if policy == "fail":
+            raise err
+        self.ctx.count("skipped_records" if policy == "skip" else "dead_lettered_records")
+        log.debug("bad record on %s[%s]@%s: %s", raw.topic, raw.partition, offset, err)
+        if policy == "dead-letter":
+            self.ctx.dead_letters.append(DeadLetter(raw.topic, raw.partition, offset, raw.keys[i],
+                                                    raw.values[i], raw.timestamps[i], str(err)))
+
+
+def _one(serde, data, what):
+    try:
+        return serde.deserialize(data)
+    except SerdeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a serde must only raise SerdeError; be safe anyway
+        raise SerdeError(f"{what}: {type(e).__name__}: {e}", serde=getattr(serde, "name", None)) from e
+
+
+def _extract(fn, k, v, t):
+    try:
+        return fn(k, v, t)
+    except Exception as e:  # noqa: BLE001
+        raise _BadRecord(f"the timestamp function raised {type(e).__name__}: {e}") from e
+
+
+def _check_timestamps(ts) -> None:
+    for t in ts:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            if isinstance(t, float) and t.is_integer():
+                continue
+            raise _BadRecord(f"event timestamp must be int epoch milliseconds, got {t!r}")
+        if t < 0:
+            raise _BadRecord(f"negative event timestamp {t} (timestamps are epoch milliseconds >= 0)")
+
+
+class SinkOp(Operator):
+    """Serializes a batch for its topic; the task's driver produces it."""
+
+    def process(self, b: Batch) -> None:
+        if not len(b):
+            return None
+        p = self.node.params
+        topic = p["topic"]
+        if self.node.kind == "repartition_sink":
+            kb, vb = _codec.encode_many(b.keys), _codec.encode_many(b.values)
+        else:
+            try:
+                kb = p["key_serde"].serialize_many(b.keys)
+                vb = p["value_serde"].serialize_many(b.values)
+            except SerdeError as e:
+                raise e.located(topic=topic) from None
+        self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist()))
+        return None

@@ -1,0 +1,86 @@
+"""What a compiled plan is made of. Plain data, no behaviour beyond lookups."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class PlanNode:
+    """A physical node of one sub-topology.
+
+    Kinds: the logical ones (source, map, map_values, filter, flat_map, peek, branch,
+    branch_out, merge, select_key, aggregate, sink) plus ``repartition_sink`` and
+    ``repartition_source`` inserted where a stateful operator needs records keyed anew.
+    """
+
+    id: int
+    kind: str
+    parents: list["PlanNode"]
+    params: dict
+    where: str = ""
+    name: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.kind}-{self.id}"
+
+
+@dataclass
+class StoreSpec:
+    name: str
+    kind: str              # "window" (tumbling/hopping), "sliding", "session", "kv"
+    changelog: str         # changelog topic name
+    fingerprint: str
+    node_id: int
+    window: object = None  # the WindowSpec, if any
+
+
+@dataclass
+class SubTopology:
+    id: int
+    nodes: list[PlanNode]                          # topological order
+    source_topics: list[str]                       # external source topics
+    repartition_sources: list[str]                 # internal topics this sub-topology reads
+    sink_topics: list[str] = field(default_factory=list)
+    repartition_sinks: list[str] = field(default_factory=list)
+    stores: list[StoreSpec] = field(default_factory=list)
+
+    @property
+    def input_topics(self) -> list[str]:
+        return self.source_topics + self.repartition_sources
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.stores)
+
+
+@dataclass
+class Plan:
+    app_id: str
+    subtopologies: list[SubTopology]
+    source_topics: list[str]           # external inputs, all sub-topologies
+    sink_topics: list[str]             # external outputs
+    repartition_topics: list[str]
+    stores: list[StoreSpec]
+    where: str = ""
+
+    @property
+    def changelog_topics(self) -> list[str]:
+        return [s.changelog for s in self.stores]
+
+    @property
+    def copartition_groups(self) -> list[list[str]]:
+        """Input topics that must have equal partition counts (they feed the same stateful tasks)."""
+        return [st.input_topics for st in self.subtopologies if st.stateful and len(st.input_topics) > 1]
+
+    def subtopology_of(self, topic: str) -> SubTopology:
+        for st in self.subtopologies:
+            if topic in st.input_topics:
+                return st
+        raise KeyError(topic)
+
+    def store(self, name: str) -> StoreSpec:
+        for s in self.stores:
+            if s.name == name:
+                return s
+        raise KeyError(name)

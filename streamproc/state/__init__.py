@@ -1,0 +1,18 @@
+"""State of one task: stores with a per-checkpoint write cache, and task metadata.
+
+Operators see ``Store`` (get / put / delete / items). Writes land in the store's write
+cache; nothing reaches the backend until the task's checkpoint applies them, all stores
+at once, together with the metadata (stream time, changelog offsets) they reflect. So a
+checkpoint yields at most one changelog record per key, and a backend never holds state
+that a committed changelog does not.
+
+The checkpoint itself is two calls, made by whoever drives the task (test driver or
+Kafka runtime): ``changes()`` -> records to write to the changelogs, then, once those are
+durable, ``apply(changelog_offsets)``.
+"""
+from __future__ import annotations
+
+from .backend import Backend, MemoryBackend
+from .store import DELETED, Store, TaskState
+
+__all__ = ["Backend", "MemoryBackend", "Store", "TaskState", "DELETED"]

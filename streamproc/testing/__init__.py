@@ -1,0 +1,180 @@
+"""``TopologyTestDriver``: run a topology in-process, deterministically, with no broker.
+
+It compiles the topology exactly as ``streamproc run`` does and runs the same tasks and
+operators; only the feeder differs. Each ``pipe`` is one batch for one task; records a task
+writes to a repartition topic are handed to the downstream task at once (one batch per
+destination partition), so one ``pipe`` can ripple through every sub-topology.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..errors import StreamprocError, TopologyError
+from ..operators import RawBatch
+from ..partitioner import partition_for
+from ..plan import compile_topology
+from ..runtime.task import Task
+from ..state import MemoryBackend
+
+
+class Record(NamedTuple):
+    key: Any
+    value: Any
+    timestamp: int
+
+
+class TopologyTestDriver:
+    def __init__(self, topology, partitions: dict[str, int] | None = None):
+        self.plan = compile_topology(topology)
+        self._partitions = self._partition_counts(dict(partitions or {}))
+        self._tasks: dict[tuple[int, int], Task] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._outputs: dict[str, list[tuple]] = {}
+        self._sink_serdes = {}
+        for st in self.plan.subtopologies:
+            for n in st.nodes:
+                if n.kind == "sink":
+                    self._sink_serdes.setdefault(n.params["topic"], (n.params["key_serde"], n.params["value_serde"]))
+        self._source_serdes = {}
+        for st in self.plan.subtopologies:
+            for n in st.nodes:
+                if n.kind == "source":
+                    self._source_serdes[n.params["topic"]] = (n.params["key_serde"], n.params["value_serde"])
+        self._null_key_rr = 0
+        self._last_ts = 0
+        self._closed = False
+
+    # -- setup ------------------------------------------------------------------------
+    def _partition_counts(self, given: dict) -> dict:
+        counts = {t: given.get(t, 1) for t in self.plan.source_topics}
+        for st in self.plan.subtopologies:          # in dependency order: upstream first
+            ins = [counts[t] for t in st.input_topics if t in counts]
+            if st.stateful and len(set(ins)) > 1:
+                detail = ", ".join(f"{t}={counts[t]}" for t in st.input_topics)
+                raise TopologyError(
+                    f"topics {st.input_topics} feed the same stateful tasks but have different partition "
+                    f"counts ({detail}): co-partitioned topics need equal partition counts")
+            for t in st.repartition_sinks:
+                counts[t] = given.get(t, max(ins) if ins else 1)
+        for t in self.plan.sink_topics:
+            counts.setdefault(t, given.get(t, 1))
+        return counts
+
+    def _task(self, st, partition: int) -> Task:
+        key = (st.id, partition)
+        t = self._tasks.get(key)
+        if t is None:
+            t = self._tasks[key] = Task(st, partition, MemoryBackend())
+        return t
+
+    # -- input --------------------------------------------------------------------------
+    def pipe(self, topic: str, key, value, timestamp: int | None = None) -> None:
+        """Serialize with the topic's serdes and process one record (one batch)."""
+        self.pipe_many(topic, [(key, value, timestamp)])
+
+    def pipe_many(self, topic: str, records) -> None:
+        """Process ``[(key, value, timestamp), ...]`` as one batch per partition they land on."""
+        self._check_open()
+        if topic not in self._source_serdes:
+            raise StreamprocError(
+                f"topic {topic!r} is not an input of topology {self.plan.app_id!r} "
+                f"(inputs: {', '.join(self._source_serdes)})")
+        kser, vser = self._source_serdes[topic]
+        n = self._partitions[topic]
+        per_partition: dict[int, list] = {}
+        for key, value, ts in records:
+            if ts is None:
+                ts = self._last_ts
+            if ts < 0:
+                raise StreamprocError(f"negative timestamp {ts}: timestamps are epoch milliseconds >= 0")
+            self._last_ts = ts
+            kb, vb = kser.serialize(key), vser.serialize(value)
+            per_partition.setdefault(self._partition(kb, n), []).append((kb, vb, ts))
+        for p, recs in per_partition.items():
+            self._deliver(topic, p, recs)
+
+    def _partition(self, key_bytes, n: int) -> int:
+        if key_bytes is None:
+            self._null_key_rr += 1
+            return (self._null_key_rr - 1) % n
+        return partition_for(key_bytes, n)
+
+    def _deliver(self, topic: str, partition: int, recs: list) -> None:
+        off = self._offsets.get((topic, partition), 0)
+        self._offsets[(topic, partition)] = off + len(recs)
+        raw = RawBatch(topic, partition, [r[0] for r in recs], [r[1] for r in recs], [r[2] for r in recs],
+                       list(range(off, off + len(recs))))
+        task = self._task(self.plan.subtopology_of(topic), partition)
+        produced = task.process(raw)
+        task.state.changes()
+        task.state.apply()
+        for dl in task.ctx.dead_letters:
+            self._outputs.setdefault(f"{self.plan.app_id}-dlq", []).append((dl.key, dl.value, dl.timestamp))
+        task.ctx.dead_letters.clear()
+        for out_topic, kb, vb, ts in produced:
+            if out_topic in self.plan.repartition_topics:
+                n = self._partitions[out_topic]
+                by_p: dict[int, list] = {}
+                for rec in zip(kb, vb, ts):
+                    by_p.setdefault(self._partition(rec[0], n), []).append(rec)
+                for p, rs in by_p.items():
+                    self._deliver(out_topic, p, rs)
+            else:
+                self._outputs.setdefault(out_topic, []).extend(zip(kb, vb, ts))
+
+    # -- output -------------------------------------------------------------------------
+    def read_output(self, topic: str) -> list[Record]:
+        """Every record written to ``topic`` since the last read, deserialized with the sink's serdes."""
+        dlq = f"{self.plan.app_id}-dlq"
+        if topic not in self._sink_serdes and topic != dlq:
+            raise StreamprocError(
+                f"topic {topic!r} is not an output of topology {self.plan.app_id!r} "
+                f"(outputs: {', '.join(self._sink_serdes) or 'none'})")
+        raw = self._outputs.pop(topic, [])
+        if topic == dlq:
+            return [Record(k, v, t) for k, v, t in raw]
+        kser, vser = self._sink_serdes[topic]
+        return [Record(kser.deserialize(k), vser.deserialize(v), t) for k, v, t in raw]
+
+    def state(self, store_name: str) -> dict:
+        """Contents of a store across all tasks, as results: ``{key: value}`` for tables,
+        ``{(key, window_start): value}`` for windowed stores (value as the operator would emit it)."""
+        try:
+            self.plan.store(store_name)
+        except KeyError:
+            raise StreamprocError(
+                f"no store named {store_name!r} (stores: {', '.join(s.name for s in self.plan.stores) or 'none'})"
+            ) from None
+        out = {}
+        for task in self._tasks.values():
+            try:
+                op = task.operator(store_name)
+            except KeyError:
+                continue
+            out.update(op.snapshot())
+        return out
+
+    def metrics(self) -> dict:
+        """Counters summed over all tasks: ``late_records``, ``dropped_none_key``, ``skipped_records``..."""
+        total: dict = {}
+        for task in self._tasks.values():
+            for k, v in task.metrics.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise StreamprocError("the TopologyTestDriver is closed")
+
+    def close(self) -> None:
+        self._closed = True
+        for t in self._tasks.values():
+            t.state.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,188 @@
+"""Window specifications and THE window-closing rule.
+
+Every window kind answers two questions, and nothing else in streamproc decides them:
+
+* which windows a record at event time ``ts`` belongs to (tumbling/hopping: computed
+  from ``ts``; sliding/session: defined by the records themselves, see the operators);
+* ``close_time(end)``: the smallest stream time at which a window ending at ``end``
+  is closed. A window is closed iff ``stream_time >= close_time(end)``:
+
+  ===========  =================================  ===============================
+  kind         window                              closed when
+  ===========  =================================  ===============================
+  Tumbling     ``[start, end)`` epoch aligned      ``stream_time >= end + grace``
+  Hopping      ``[k*advance, k*advance + size)``   ``stream_time >= end + grace``
+  Sliding      ``[start, end]`` both inclusive     ``stream_time >  end + grace``
+  Session      ``[first, last]`` both inclusive    ``stream_time >  end + gap + grace``
+  ===========  =================================  ===============================
+
+A record that only belongs to closed windows is *late*.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+
+import numpy as np
+
+from ..errors import TopologyError
+
+__all__ = ["Tumbling", "Hopping", "Sliding", "Session", "WindowSpec", "parse_duration"]
+
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(value, what: str = "duration") -> int:
+    """Milliseconds from an int (ms), a ``timedelta`` or a string like ``"500ms"``, ``"10s"``, ``"5m"``."""
+    if isinstance(value, bool):
+        raise TopologyError(f"{what} must be a duration, got {value!r}")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, _dt.timedelta):
+        ms = value // _dt.timedelta(milliseconds=1)
+    elif isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise TopologyError(
+                f"{what} {value!r} is not a duration: use int milliseconds, a timedelta, "
+                f"or a string like '500ms', '10s', '5m', '1h', '1d'")
+        ms = int(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise TopologyError(f"{what} must be int milliseconds, a timedelta or a string like '10s', got {value!r}")
+    if ms < 0:
+        raise TopologyError(f"{what} must not be negative, got {value!r}")
+    return ms
+
+
+class WindowSpec:
+    """Base of the four window kinds."""
+
+    kind: str = ""
+    grace: int = 0
+
+    def close_time(self, end):
+        """Smallest stream time at which the window ending at ``end`` is closed (works on arrays)."""
+        raise NotImplementedError
+
+    def params(self) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.kind}(" + ", ".join(f"{k}={_fmt(v)}" for k, v in self.params().items()) + ")"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.params() == other.params()
+
+    def __hash__(self):
+        return hash((type(self), tuple(self.params().items())))
+
+    def __repr__(self):
+        return self.describe()
+
+
+class _TimeWindow(WindowSpec):
+    """Epoch-aligned half-open windows ``[k*advance, k*advance + size)``."""
+
+    size: int
+    advance: int
+
+    def close_time(self, end):
+        return end + self.grace
+
+    def assign(self, ts: np.ndarray):
+        """Window starts for each timestamp, as (record_index, start) arrays.
+
+        Every window ``[start, start+size)`` with ``start >= 0`` containing the timestamp.
+        """
+        size, adv = self.size, self.advance
+        last = ts - ts % adv                      # the latest window start <= ts
+        if size == adv:                           # tumbling: exactly one window
+            return np.arange(len(ts)), last
+        idx, starts = [], []
+        n_max = -(-size // adv)                   # ceil(size / advance)
+        base = np.arange(len(ts))
+        for j in range(n_max):
+            s = last - j * adv
+            ok = (s > ts - size) & (s >= 0)
+            idx.append(base[ok])
+            starts.append(s[ok])
+        return np.concatenate(idx), np.concatenate(starts)
+
+
+class Tumbling(_TimeWindow):
+    """Fixed-size, non-overlapping windows ``[k*size, (k+1)*size)``."""
+
+    kind = "tumbling"
+
+    def __init__(self, size, grace=0):
+        self.size = parse_duration(size, "window size")
+        if self.size <= 0:
+            raise TopologyError("a tumbling window's size must be positive")
+        self.advance = self.size
+        self.grace = parse_duration(grace, "grace")
+
+    def params(self):
+        return {"size": self.size, "grace": self.grace}
+
+
+class Hopping(_TimeWindow):
+    """Overlapping windows of ``size`` starting every ``advance``."""
+
+    kind = "hopping"
+
+    def __init__(self, size, advance, grace=0):
+        self.size = parse_duration(size, "window size")
+        self.advance = parse_duration(advance, "advance")
+        self.grace = parse_duration(grace, "grace")
+        if self.size <= 0 or self.advance <= 0:
+            raise TopologyError("a hopping window's size and advance must be positive")
+        if self.advance > self.size:
+            raise TopologyError(
+                f"a hopping window's advance ({self.advance} ms) must not exceed its size ({self.size} ms)")
+
+    def params(self):
+        return {"size": self.size, "advance": self.advance, "grace": self.grace}
+
+
+class Sliding(WindowSpec):
+    """Kafka Streams sliding windows: defined by records, ``[t - max_difference, t]`` inclusive."""
+
+    kind = "sliding"
+
+    def __init__(self, max_difference, grace=0):
+        self.max_difference = parse_duration(max_difference, "max_difference")
+        if self.max_difference <= 0:
+            raise TopologyError("a sliding window's max_difference must be positive")
+        self.grace = parse_duration(grace, "grace")
+
+    def close_time(self, end):
+        return end + self.grace + 1
+
+    def params(self):
+        return {"max_difference": self.max_difference, "grace": self.grace}
+
+
+class Session(WindowSpec):
+    """Sessions of activity separated by gaps longer than ``gap``; ``[first, last]`` inclusive."""
+
+    kind = "session"
+
+    def __init__(self, gap, grace=0):
+        self.gap = parse_duration(gap, "session gap")
+        if self.gap <= 0:
+            raise TopologyError("a session window's gap must be positive")
+        self.grace = parse_duration(grace, "grace")
+
+    def close_time(self, end):
+        return end + self.gap + self.grace + 1
+
+    def params(self):
+        return {"gap": self.gap, "grace": self.grace}
+
+
+def _fmt(ms: int) -> str:
+    for unit, n in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms and ms % n == 0:
+            return f"{ms // n}{unit}"
+    return f"{ms}ms"
