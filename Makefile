@@ -1,0 +1,28 @@
+# `make test` and `make demo` work on a fresh machine with only Python 3.11+ and PyPI.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install test bench describe clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python benchmarks/operators.py
+
+describe: install
+	$(BIN)/streamproc describe topologies/page_views.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

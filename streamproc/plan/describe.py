@@ -1,0 +1,102 @@
+"""``streamproc describe``: the compiled plan as a rich tree or as JSON-ready data."""
+from __future__ import annotations
+
+from rich.text import Text
+from rich.tree import Tree
+
+from .model import Plan, PlanNode
+
+
+def node_detail(n: PlanNode) -> str:
+    p = n.params
+    if n.kind == "source":
+        return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}" + (
+            "  timestamp=extractor" if p.get("timestamp") else "") + (
+            f"  on_error={p['on_error']}" if p.get("on_error", "fail") != "fail" else "")
+    if n.kind == "sink":
+        return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}"
+    if n.kind in ("repartition_sink", "repartition_source"):
+        return p["topic"]
+    if n.kind == "aggregate":
+        store = p["store"]
+        w = p["window"]
+        aggs = " ".join(f"{k}={a.describe()}" for k, a in p["aggs"].items())
+        return (f"{w.describe() if w else 'table'}  {aggs}  emit={p['emit']}  "
+                f"store={store.name} changelog={store.changelog}")
+    if n.kind == "branch":
+        return f"{len(p['predicates'])} predicates"
+    if n.kind == "branch_out":
+        return f"#{p['index']}"
+    fn = p.get("fn")
+    return getattr(fn, "__name__", "") if fn is not None else ""
+
+
+def render_tree(plan: Plan, source_file: str = "") -> Tree:
+    title = Text.assemble(("Topology ", "bold"), (plan.app_id, "bold cyan"),
+                          (f"  ({source_file})" if source_file else "", "dim"))
+    root = Tree(title)
+    for st in plan.subtopologies:
+        ins = ", ".join(st.input_topics)
+        sub = root.add(Text.assemble((f"Sub-topology {st.id}", "bold"),
+                                     (f"  one task per partition of: {ins}", "dim")))
+        children: dict[int, list[PlanNode]] = {}
+        for n in st.nodes:
+            for par in n.parents[:1]:
+                children.setdefault(par.id, []).append(n)
+
+        def add(tree, n):
+            style = {"source": "green", "repartition_source": "green", "sink": "magenta",
+                     "repartition_sink": "magenta", "aggregate": "yellow"}.get(n.kind, "white")
+            extra = ""
+            if len(n.parents) > 1:
+                extra = "  (also from " + ", ".join(p.label for p in n.parents[1:]) + ")"
+            where = f"  {n.where}" if n.where else ""
+            branch = tree.add(Text.assemble((n.kind, f"bold {style}"), " ", (n.label, style), "  ",
+                                            node_detail(n), (extra, "dim"), (where, "dim")))
+            for c in children.get(n.id, []):
+                add(branch, c)
+
+        for n in st.nodes:
+            if not n.parents:
+                add(sub, n)
+    topics = root.add(Text("Topics", style="bold"))
+    for label, names in (("sources", plan.source_topics), ("sinks", plan.sink_topics),
+                         ("repartition", plan.repartition_topics), ("changelog", plan.changelog_topics)):
+        if names:
+            topics.add(f"{label}: " + ", ".join(names))
+    if plan.stores:
+        stores = root.add(Text("Stores", style="bold"))
+        for s in plan.stores:
+            stores.add(f"{s.name}  kind={s.kind}  changelog={s.changelog}  fingerprint={s.fingerprint}")
+    return root
+
+
+def to_dict(plan: Plan) -> dict:
+    return {
+        "app_id": plan.app_id,
+        "subtopologies": [
+            {
+                "id": st.id,
+                "input_topics": st.input_topics,
+                "nodes": [
+                    {"id": n.id, "kind": n.kind, "name": n.label, "parents": [p.label for p in n.parents],
+                     "detail": node_detail(n), "defined_at": n.where}
+                    for n in st.nodes
+                ],
+                "sink_topics": st.sink_topics + st.repartition_sinks,
+                "stores": [s.name for s in st.stores],
+            }
+            for st in plan.subtopologies
+        ],
+        "topics": {
+            "sources": plan.source_topics,
+            "sinks": plan.sink_topics,
+            "repartition": plan.repartition_topics,
+            "changelog": plan.changelog_topics,
+        },
+        "stores": [
+            {"name": s.name, "kind": s.kind, "changelog": s.changelog, "fingerprint": s.fingerprint,
+             "window": s.window.describe() if s.window else None}
+            for s in plan.stores
+        ],
+    }
