@@ -13,6 +13,8 @@ States are plain lists/numbers so they pickle small and survive a changelog roun
 """
 from __future__ import annotations
 
+from operator import itemgetter as _itemgetter
+
 import numpy as np
 
 from ..errors import TopologyError
@@ -43,7 +45,7 @@ class Aggregation:
             return values
         if isinstance(f, str):
             try:
-                return [v[f] for v in values]
+                return list(map(_itemgetter(f), values))
             except (KeyError, TypeError, IndexError):
                 for v in values:
                     try:

@@ -12,15 +12,14 @@ _VECTORISED = {"count", "sum", "min", "max", "mean"}
 
 def key_codes(keys: list) -> np.ndarray:
     """A dense int code per key (equal keys, equal codes)."""
-    seen: dict = {}
     try:
-        codes = [seen.setdefault(k, len(seen)) for k in keys]
+        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        return np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
     except TypeError as e:
         bad = next(k for k in keys if not _hashable(k))
         raise StreamprocError(
             f"group key {bad!r} is not hashable ({e}); group_by must return a hashable key "
             f"such as a str, int or tuple") from None
-    return np.asarray(codes, dtype=np.int64)
 
 
 def _hashable(k) -> bool:

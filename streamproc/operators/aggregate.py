@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..agg import Aggregation
 from .base import Operator
 from .batch import Batch
 from ._fold import CloseIndex, fold_groups, group_sorted, key_codes
@@ -32,47 +33,44 @@ class _AggregateBase(Operator):
             b = b.select(mask)
         return b
 
-    def _output(self, items: list, stream_time: int) -> Batch:
-        """``items``: (key, value, timestamp) results."""
-        if not items:
+    def _output(self, keys: list, values: list, timestamps: list, stream_time: int) -> Batch:
+        if not keys:
             return Batch.empty()
-        keys, values, ts = zip(*items)
-        ts_arr = np.asarray(ts, dtype=np.int64)
-        return Batch(list(keys), list(values), ts_arr, np.full(len(ts_arr), stream_time, dtype=np.int64))
+        ts_arr = np.asarray(timestamps, dtype=np.int64)
+        return Batch(keys, values, ts_arr, np.full(len(keys), stream_time, dtype=np.int64))
 
-    def _fold_into_store(self, b: Batch, rec: np.ndarray, wstart, on_new) -> list:
-        """Fold records ``rec`` (windows ``wstart``, or None for tables) into the store.
+    def _fold_into_store(self, b: Batch, rec: np.ndarray, wstart) -> tuple[list, list, list]:
+        """Fold records ``rec`` (in windows ``wstart``, or None for tables) into the store.
 
-        Returns the store keys changed. ``on_new(store_key)`` is called for each new window.
+        Returns ``(store_keys, new_states, is_new)`` for every group the batch touched.
         """
         codes = key_codes(b.keys)[rec]
         if wstart is None:
             comp = codes
         else:
+            adv = self.window.advance
             lo = int(wstart.min())
-            comp = codes * (int((wstart.max() - lo) // self.window.advance) + 1) + (wstart - lo) // self.window.advance
+            comp = codes * (int((wstart.max() - lo) // adv) + 1) + (wstart - lo) // adv
         order, starts = group_sorted(comp)
         rec_sorted = rec[order]
         partials = fold_groups(self.aggs, b.values, rec_sorted, starts)
         maxts = np.maximum.reduceat(b.timestamps[rec_sorted], starts).tolist() if len(starts) else []
-        first = rec_sorted[starts].tolist()
-        gws = wstart[order][starts].tolist() if wstart is not None else None
-        keys, store, aggs = b.keys, self.store, self.aggs
-        changed = []
-        for g in range(len(starts)):
-            k = keys[first[g]]
-            skey = k if gws is None else (k, gws[g])
-            old = store.get(skey)
+        gkeys = [b.keys[i] for i in rec_sorted[starts].tolist()]
+        skeys = gkeys if wstart is None else list(zip(gkeys, wstart[order][starts].tolist()))
+        olds = self.store.get_many(skeys)
+        combs = [a.combine for a in self.aggs]
+        new_states, is_new = [], []
+        for row, old in zip(zip(maxts, *partials), olds):
             if old is None:
-                new = [maxts[g]]
-                new += [p[g] for p in partials]
-                on_new(skey)
+                new_states.append(list(row))
+                is_new.append(True)
             else:
-                new = [old[0] if old[0] > maxts[g] else maxts[g]]
-                new += [a.combine(o, p[g]) for a, o, p in zip(aggs, old[1:], partials)]
-            store.put(skey, new)
-            changed.append(skey)
-        return changed
+                mt = row[0]
+                new_states.append([old[0] if old[0] > mt else mt,
+                                   *[c(o, p) for c, o, p in zip(combs, old[1:], row[1:])]])
+                is_new.append(False)
+        self.store.put_many(skeys, new_states)
+        return skeys, new_states, is_new
 
     def _results(self, state) -> dict:
         return {n: a.result(s) for n, a, s in zip(self.names, self.aggs, state[1:])}
@@ -96,13 +94,9 @@ class TableAggregateOp(_AggregateBase):
         b = self._drop_none_keys(b)
         if not len(b):
             return Batch.empty()
-        changed = self._fold_into_store(b, np.arange(len(b)), None, lambda k: None)
-        store = self.store
-        items = []
-        for k in changed:
-            s = store.get(k)
-            items.append((k, self._results(s), s[0]))
-        return self._output(items, self.ctx.state.stream_time)
+        skeys, states, _ = self._fold_into_store(b, np.arange(len(b)), None)
+        return self._output(skeys, [self._results(s) for s in states], [s[0] for s in states],
+                            self.ctx.state.stream_time)
 
 
 class TimeWindowAggregateOp(_AggregateBase):
@@ -118,7 +112,7 @@ class TimeWindowAggregateOp(_AggregateBase):
     def process(self, b: Batch) -> Batch:
         w = self.window
         b = self._drop_none_keys(b)
-        items = []
+        keys, values, ts = [], [], []
         if len(b):
             rec, wstart = w.assign(b.timestamps)
             open_ = b.stream_times[rec] < w.close_time(wstart + w.size)
@@ -126,29 +120,35 @@ class TimeWindowAggregateOp(_AggregateBase):
                 self.ctx.count("late_records", len(np.unique(rec[~open_])))
                 rec, wstart = rec[open_], wstart[open_]
             if len(rec):
-                size = w.size
-                changed = self._fold_into_store(
-                    b, rec, wstart, lambda sk: self.index.add(w.close_time(sk[1] + size), sk))
+                skeys, states, is_new = self._fold_into_store(b, rec, wstart)
+                add, size = self.index.add, w.size
+                for sk, new in zip(skeys, is_new):
+                    if new:
+                        add(w.close_time(sk[1] + size), sk)
                 if not self.emit_final:
-                    items = [self._result(sk, self.store.get(sk)) for sk in changed]
-        items += self._close(self.ctx.state.stream_time)
-        return self._output(items, self.ctx.state.stream_time)
-
-    def _close(self, stream_time: int) -> list:
-        out = []
-        store = self.store
-        for sk in self.index.pop_closed(stream_time):
+                    self._results_into(skeys, states, keys, values, ts)
+        closed = self.index.pop_closed(self.ctx.state.stream_time)
+        if closed:
             if self.emit_final:
-                out.append(self._result(sk, store.get(sk)))
-            store.delete(sk)
-        return out
+                self._results_into(closed, self.store.get_many(closed), keys, values, ts)
+            self.store.delete_many(closed)
+        return self._output(keys, values, ts, self.ctx.state.stream_time)
+
+    def _results_into(self, skeys, states, keys, values, ts) -> None:
+        size, names, aggs = self.window.size, self.names, self.aggs
+        simple = all(type(a).result is Aggregation.result for a in aggs)
+        for (k, start), state in zip(skeys, states):
+            keys.append(k)
+            v = {"window_start": start, "window_end": start + size}
+            if simple:
+                v.update(zip(names, state[1:]))
+            else:
+                v.update({n: a.result(s) for n, a, s in zip(names, aggs, state[1:])})
+            values.append(v)
+            ts.append(state[0])
 
     def _snapshot_items(self):
         for sk, state in self.store.items():
-            yield sk, self._result(sk, state)[1]
-
-    def _result(self, sk, state):
-        k, start = sk
-        value = {"window_start": start, "window_end": start + self.window.size}
-        value.update(self._results(state))
-        return k, value, state[0]
+            keys, values, ts = [], [], []
+            self._results_into([sk], [state], keys, values, ts)
+            yield sk, values[0]

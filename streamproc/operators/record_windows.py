@@ -55,7 +55,7 @@ class _RecordWindowOp(_AggregateBase):
                 self.store.delete(k)
             else:
                 self.store.put(k, entry)
-        return self._output(items, st)
+        return self._output([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], st)
 
     def _snapshot_items(self):
         for k, entry in self.store.items():

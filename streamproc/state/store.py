@@ -1,9 +1,7 @@
 """``Store`` (one named store of one task, seen through its write cache) and ``TaskState``."""
 from __future__ import annotations
 
-from .backend import Backend
-
-DELETED = object()     # write-cache marker for a deleted key
+from .backend import DELETED, Backend
 _MISSING = object()
 
 
@@ -22,8 +20,27 @@ class Store:
             return default if v is None else v
         return default if v is DELETED else v
 
+    def get_many(self, keys: list) -> list:
+        """Values for ``keys`` (None where absent), write cache first, then one backend lookup."""
+        cache = self._cache
+        out = [cache.get(k, _MISSING) for k in keys]
+        miss = [i for i, v in enumerate(out) if v is _MISSING]
+        if miss:
+            found = self._backend.get_many(self.name, [keys[i] for i in miss])
+            for i, v in zip(miss, found):
+                out[i] = v
+        if len(miss) != len(out):
+            out = [None if v is DELETED else v for v in out]
+        return out
+
     def put(self, key, value) -> None:
         self._cache[key] = value
+
+    def put_many(self, keys: list, values: list) -> None:
+        self._cache.update(zip(keys, values))
+
+    def delete_many(self, keys: list) -> None:
+        self._cache.update(dict.fromkeys(keys, DELETED))
 
     def delete(self, key) -> None:
         self._cache[key] = DELETED
@@ -69,12 +86,10 @@ class TaskState:
         """Write the taken changes plus metadata to the backend in one batch (after they are durable)."""
         pending = self._pending or {}
         self._pending = None
-        puts = {n: {k: v for k, v in c.items() if v is not DELETED} for n, c in pending.items()}
-        deletes = {n: {k for k, v in c.items() if v is DELETED} for n, c in pending.items()}
         meta = {"stream_time": self.stream_time}
         if changelog_offsets:
             meta["changelog_offsets"] = {**self.backend.get_meta("changelog_offsets", {}), **changelog_offsets}
-        self.backend.write(puts, deletes, meta)
+        self.backend.write(pending, meta)
 
     def discard(self) -> None:
         """Drop uncommitted changes (the transaction was aborted): state goes back to the last checkpoint."""
