@@ -7,7 +7,11 @@ turns it into a *result* when the group is emitted. Each one can
 * ``partials(col, starts)``: fold a whole batch at once, already sorted by group, with
   numpy (``col[starts[i]:starts[i+1]]`` is group i); ``None`` when it cannot;
 * ``combine(a, b)``: merge two states, ``a`` holding the earlier records (session merges
-  and merging a batch partial into the stored state).
+  and merging a batch partial into the stored state); ``combine_ufunc`` does the same for
+  whole columns of states when the states are plain numbers.
+
+``order_sensitive`` aggregations (first/last/collect/reduce) depend on arrival order, so
+operators keep records in arrival order inside each group only when one is present.
 
 States are plain lists/numbers so they pickle small and survive a changelog round trip.
 """
@@ -29,6 +33,8 @@ class Aggregation:
 
     kind = ""
     needs_column = True
+    order_sensitive = True
+    combine_ufunc = None        # numpy ufunc merging columns of states, where states are numbers
 
     def __init__(self, field=None):
         if field is not None and not (isinstance(field, str) or callable(field)):
@@ -102,6 +108,8 @@ def _numeric(col: np.ndarray) -> bool:
 class _Count(Aggregation):
     kind = "count"
     needs_column = False
+    order_sensitive = False
+    combine_ufunc = np.add
 
     def __init__(self):
         super().__init__(None)
@@ -113,7 +121,7 @@ class _Count(Aggregation):
         return state + len(xs)
 
     def partials(self, col, starts):
-        return np.diff(np.append(starts, len(col))).tolist()
+        return np.diff(np.append(starts, len(col)))
 
     def combine(self, a, b):
         return a + b
@@ -124,6 +132,8 @@ class _Count(Aggregation):
 
 class _Sum(Aggregation):
     kind = "sum"
+    order_sensitive = False
+    combine_ufunc = np.add
 
     def init(self):
         return 0
@@ -134,13 +144,14 @@ class _Sum(Aggregation):
     def partials(self, col, starts):
         if not _numeric(col):
             return None
-        return np.add.reduceat(col, starts).tolist()
+        return np.add.reduceat(col, starts)
 
     def combine(self, a, b):
         return a + b
 
 
 class _Extreme(Aggregation):
+    order_sensitive = False
     _ufunc = None
     _py = None
 
@@ -156,7 +167,7 @@ class _Extreme(Aggregation):
     def partials(self, col, starts):
         if not _numeric(col) or (col.dtype.kind == "f" and np.isnan(col).any()):
             return None
-        return self._ufunc.reduceat(col, starts).tolist()
+        return self._ufunc.reduceat(col, starts)
 
     def combine(self, a, b):
         if a is None:
@@ -168,18 +179,19 @@ class _Extreme(Aggregation):
 
 class _Min(_Extreme):
     kind = "min"
-    _ufunc = np.minimum
+    _ufunc = combine_ufunc = np.minimum
     _py = staticmethod(_builtin_min)
 
 
 class _Max(_Extreme):
     kind = "max"
-    _ufunc = np.maximum
+    _ufunc = combine_ufunc = np.maximum
     _py = staticmethod(_builtin_max)
 
 
 class _Mean(Aggregation):
     kind = "mean"
+    order_sensitive = False
 
     def init(self):
         return [0, 0]

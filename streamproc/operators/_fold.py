@@ -10,16 +10,29 @@ from ..errors import StreamprocError
 _VECTORISED = {"count", "sum", "min", "max", "mean"}
 
 
-def key_codes(keys: list) -> np.ndarray:
-    """A dense int code per key (equal keys, equal codes)."""
-    try:
-        index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        return np.fromiter(map(index.__getitem__, keys), dtype=np.int64, count=len(keys))
-    except TypeError as e:
-        bad = next(k for k in keys if not _hashable(k))
-        raise StreamprocError(
-            f"group key {bad!r} is not hashable ({e}); group_by must return a hashable key "
-            f"such as a str, int or tuple") from None
+class KeyCodes(dict):
+    """Dense int codes for keys, kept across batches (a hit is one C-level dict lookup).
+
+    Codes only need to agree within one batch, so the table is simply cleared when it grows
+    past ``limit`` distinct keys: memory stays bounded on high-cardinality keys.
+    """
+
+    limit = 1 << 20
+
+    def __missing__(self, k):
+        v = self[k] = len(self)
+        return v
+
+    def codes(self, keys: list) -> np.ndarray:
+        if len(self) > self.limit:
+            self.clear()
+        try:
+            return np.fromiter(map(self.__getitem__, keys), dtype=np.int64, count=len(keys))
+        except TypeError as e:
+            bad = next(k for k in keys if not _hashable(k))
+            raise StreamprocError(
+                f"group key {bad!r} is not hashable ({e}); group_by must return a hashable key "
+                f"such as a str, int or tuple") from None
 
 
 def _hashable(k) -> bool:
@@ -30,13 +43,13 @@ def _hashable(k) -> bool:
         return False
 
 
-def group_sorted(comp: np.ndarray):
-    """Sort positions by group id (stable: arrival order kept inside a group).
+def group_sorted(comp: np.ndarray, stable: bool = True):
+    """Sort positions by group id (``stable``: arrival order kept inside each group).
 
     Returns ``(order, starts)``: ``order`` are positions sorted by group, ``starts`` the offsets
     in ``order`` where each group begins.
     """
-    order = np.argsort(comp, kind="stable")
+    order = np.argsort(comp, kind="stable" if stable else "quicksort")
     sc = comp[order]
     if len(sc) == 0:
         return order, np.empty(0, dtype=np.int64)
@@ -47,7 +60,7 @@ def group_sorted(comp: np.ndarray):
 
 
 def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -> list[list]:
-    """Per aggregation, one partial state per group.
+    """Per aggregation, one partial state per group (a numpy array where folded with numpy).
 
     ``rec`` are record indices into ``values`` sorted by group, ``starts`` where each group
     begins in ``rec``. Built-in numeric aggregations fold with numpy; the rest fold group by
@@ -80,6 +93,42 @@ def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -
             partial = [a.add(a.init(), vals[bounds[g]:bounds[g + 1]]) for g in range(len(starts))]
         out.append(partial)
     return out
+
+
+def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> list[tuple]:
+    """New states ``(max_ts, *agg_states)`` per group: the batch partials merged into the stored
+    states ``olds`` (None for a group seen for the first time).
+
+    Columns of plain numbers merge with one numpy call each; other states merge one by one.
+    """
+    cols = [maxts] + partials
+    exist = [i for i, o in enumerate(olds) if o is not None]
+    if exist:
+        rows = [olds[i] for i in exist]
+        ufuncs = [np.maximum] + [a.combine_ufunc for a in aggs]
+        combs = [None] + [a.combine for a in aggs]
+        merged_cols = []
+        for j, col in enumerate(cols):
+            old = [r[j] for r in rows]
+            uf = ufuncs[j]
+            if uf is not None and isinstance(col, np.ndarray):
+                try:
+                    old_arr = np.asarray(old)
+                except (OverflowError, ValueError):
+                    old_arr = None
+                if old_arr is not None and old_arr.dtype.kind in "iuf":
+                    m = uf(old_arr, col[exist])
+                    col = col.astype(np.result_type(col, m), copy=True)
+                    col[exist] = m
+                    merged_cols.append(col)
+                    continue
+            col = col.tolist() if isinstance(col, np.ndarray) else list(col)
+            c = combs[j]
+            for i, o in zip(exist, old):
+                col[i] = c(o, col[i])
+            merged_cols.append(col)
+        cols = merged_cols
+    return list(zip(*[c.tolist() if isinstance(c, np.ndarray) else c for c in cols]))
 
 
 class CloseIndex:

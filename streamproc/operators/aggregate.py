@@ -12,7 +12,7 @@ import numpy as np
 from ..agg import Aggregation
 from .base import Operator
 from .batch import Batch
-from ._fold import CloseIndex, fold_groups, group_sorted, key_codes
+from ._fold import CloseIndex, KeyCodes, fold_groups, group_sorted, merge_states
 
 
 class _AggregateBase(Operator):
@@ -24,6 +24,8 @@ class _AggregateBase(Operator):
         self.names = list(p["aggs"])
         self.aggs = list(p["aggs"].values())
         self.emit_final = p["emit"] == "final"
+        self.order_sensitive = any(a.order_sensitive for a in self.aggs)
+        self._codes = KeyCodes()
         self.store = ctx.state.store(self.spec.name)
 
     def _drop_none_keys(self, b: Batch) -> Batch:
@@ -44,31 +46,22 @@ class _AggregateBase(Operator):
 
         Returns ``(store_keys, new_states, is_new)`` for every group the batch touched.
         """
-        codes = key_codes(b.keys)[rec]
+        codes = self._codes.codes(b.keys)[rec]
         if wstart is None:
             comp = codes
         else:
             adv = self.window.advance
             lo = int(wstart.min())
             comp = codes * (int((wstart.max() - lo) // adv) + 1) + (wstart - lo) // adv
-        order, starts = group_sorted(comp)
+        order, starts = group_sorted(comp, stable=self.order_sensitive)
         rec_sorted = rec[order]
         partials = fold_groups(self.aggs, b.values, rec_sorted, starts)
-        maxts = np.maximum.reduceat(b.timestamps[rec_sorted], starts).tolist() if len(starts) else []
+        maxts = np.maximum.reduceat(b.timestamps[rec_sorted], starts) if len(starts) else np.empty(0, np.int64)
         gkeys = [b.keys[i] for i in rec_sorted[starts].tolist()]
         skeys = gkeys if wstart is None else list(zip(gkeys, wstart[order][starts].tolist()))
         olds = self.store.get_many(skeys)
-        combs = [a.combine for a in self.aggs]
-        new_states, is_new = [], []
-        for row, old in zip(zip(maxts, *partials), olds):
-            if old is None:
-                new_states.append(list(row))
-                is_new.append(True)
-            else:
-                mt = row[0]
-                new_states.append([old[0] if old[0] > mt else mt,
-                                   *[c(o, p) for c, o, p in zip(combs, old[1:], row[1:])]])
-                is_new.append(False)
+        new_states = merge_states(self.aggs, maxts, partials, olds)
+        is_new = [o is None for o in olds]
         self.store.put_many(skeys, new_states)
         return skeys, new_states, is_new
 
@@ -100,7 +93,7 @@ class TableAggregateOp(_AggregateBase):
 
 
 class TimeWindowAggregateOp(_AggregateBase):
-    """Tumbling and hopping windows. Window state: ``[max_ts, *agg_states]`` under ``(key, start)``."""
+    """Tumbling and hopping windows. Window state: ``(max_ts, *agg_states)`` under ``(key, start)``."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
