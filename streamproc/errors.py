@@ -37,9 +37,10 @@ class SerdeError(StreamprocError):
             where.append(f"partition {self.partition}")
         if self.offset is not None:
             where.append(f"offset {self.offset}")
-        prefix = f"{self.serde} " if self.serde else ""
-        loc = f" ({', '.join(where)})" if where else ""
-        return f"{prefix}could not handle a record{loc}: {self.reason}"
+        prefix = f"{self.serde}" if self.serde else "serde"
+        if not where:
+            return f"{prefix} error: {self.reason}"
+        return f"{prefix} could not handle a record ({', '.join(where)}): {self.reason}"
 
     def located(self, *, topic: str | None = None, partition: int | None = None,
                 offset: int | None = None) -> "SerdeError":

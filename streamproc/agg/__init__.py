@@ -105,6 +105,13 @@ def _numeric(col: np.ndarray) -> bool:
     return col.dtype.kind in "iuf"
 
 
+def _int_sum_safe(col: np.ndarray) -> bool:
+    """An int64 sum of ``col`` cannot overflow (else fold with Python ints)."""
+    if col.dtype.kind not in "iu" or not len(col):
+        return True
+    return int(np.abs(col).max()) * len(col) < (1 << 62)
+
+
 class _Count(Aggregation):
     kind = "count"
     needs_column = False
@@ -142,7 +149,7 @@ class _Sum(Aggregation):
         return state + _builtin_sum(xs)
 
     def partials(self, col, starts):
-        if not _numeric(col):
+        if not _numeric(col) or not _int_sum_safe(col):
             return None
         return np.add.reduceat(col, starts)
 
@@ -200,7 +207,7 @@ class _Mean(Aggregation):
         return [state[0] + _builtin_sum(xs), state[1] + len(xs)]
 
     def partials(self, col, starts):
-        if not _numeric(col):
+        if not _numeric(col) or not _int_sum_safe(col):
             return None
         sums = np.add.reduceat(col, starts).tolist()
         counts = np.diff(np.append(starts, len(col))).tolist()

@@ -39,8 +39,10 @@ def load_topology(spec: str) -> Topology:
     except SyntaxError as e:
         raise TopologyLoadError(
             f"{_rel(e.filename or path)}:{e.lineno}: syntax error: {e.msg}. Fix the line and run again.") from None
+    except TopologyError as e:
+        raise TopologyError(f"{_where(e, path)}: {e}") from None
     except StreamprocError as e:
-        raise type(e)(f"{_where(e, path)}: {e}") from None
+        raise TopologyLoadError(f"{_where(e, path)}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any import failure is reported as one paragraph
         raise TopologyLoadError(
             f"{_where(e, path)}: importing the topology failed with {type(e).__name__}: {e}. "

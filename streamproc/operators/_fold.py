@@ -59,16 +59,22 @@ def group_sorted(comp: np.ndarray, stable: bool = True):
     return order, np.flatnonzero(flags)
 
 
-def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -> list[list]:
-    """Per aggregation, one partial state per group (a numpy array where folded with numpy).
+class GroupValues(list):
+    """Per group, the values to fold in arrival order (for aggregations numpy cannot fold)."""
+
+
+def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -> list:
+    """Per aggregation, what the batch contributes to each group.
 
     ``rec`` are record indices into ``values`` sorted by group, ``starts`` where each group
-    begins in ``rec``. Built-in numeric aggregations fold with numpy; the rest fold group by
-    group in Python, in arrival order.
+    begins in ``rec``. Built-in numeric aggregations fold each group with numpy into a partial
+    state (merged later with ``combine``); every other aggregation gets ``GroupValues``: the
+    group's values in arrival order, folded later from the stored state with ``add`` (so
+    ``reduce`` sees one sequential fold whatever the batching).
     """
     columns: dict = {}
     out = []
-    bounds = None
+    sorted_rec = None
     for a in aggs:
         if not a.needs_column:
             out.append(a.partials(rec, starts))
@@ -86,22 +92,58 @@ def fold_groups(aggs: list, values: list, rec: np.ndarray, starts: np.ndarray) -
             if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iuf":
                 partial = a.partials(arr[rec], starts)
         if partial is None:
-            if bounds is None:
+            if sorted_rec is None:
                 bounds = np.append(starts, len(rec)).tolist()
                 sorted_rec = rec.tolist()
             vals = [col[i] for i in sorted_rec]
-            partial = [a.add(a.init(), vals[bounds[g]:bounds[g + 1]]) for g in range(len(starts))]
+            partial = GroupValues(vals[bounds[g]:bounds[g + 1]] for g in range(len(starts)))
         out.append(partial)
     return out
 
 
+class GroupFoldError(Exception):
+    """A user function raised while folding group ``index``."""
+
+    def __init__(self, index: int, cause: Exception):
+        super().__init__(str(cause))
+        self.index = index
+        self.cause = cause
+
+
+def _failing_group(add, init, j, olds, groups) -> int:
+    for i, (o, vs) in enumerate(zip(olds, groups)):
+        try:
+            add(init() if o is None else o[j], vs)
+        except Exception:  # noqa: BLE001
+            return i
+    return -1
+
+
+_INT64_SAFE = 1 << 62
+
+
+def _fits_int64(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind not in "iu" or b.dtype.kind not in "iu" or not len(a):
+        return True
+    return int(np.abs(a).max()) + int(np.abs(b).max()) < _INT64_SAFE
+
+
 def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> list[tuple]:
-    """New states ``(max_ts, *agg_states)`` per group: the batch partials merged into the stored
-    states ``olds`` (None for a group seen for the first time).
+    """New states ``(max_ts, *agg_states)`` per group from the stored states ``olds`` (None for a
+    group seen for the first time) and what ``fold_groups`` made of the batch.
 
     Columns of plain numbers merge with one numpy call each; other states merge one by one.
     """
-    cols = [maxts] + partials
+    cols = [maxts]
+    for j, (a, p) in enumerate(zip(aggs, partials), 1):
+        if isinstance(p, GroupValues):          # sequential fold from the stored state
+            add, init = a.add, a.init
+            try:
+                cols.append([add(init() if o is None else o[j], vs) for o, vs in zip(olds, p)])
+            except Exception as e:  # noqa: BLE001 - say which group's fold failed
+                raise GroupFoldError(_failing_group(add, init, j, olds, p), e) from e
+        else:
+            cols.append(p)
     exist = [i for i, o in enumerate(olds) if o is not None]
     if exist:
         rows = [olds[i] for i in exist]
@@ -109,6 +151,9 @@ def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> l
         combs = [None] + [a.combine for a in aggs]
         merged_cols = []
         for j, col in enumerate(cols):
+            if j and isinstance(partials[j - 1], GroupValues):
+                merged_cols.append(col)         # already folded from the stored state
+                continue
             old = [r[j] for r in rows]
             uf = ufuncs[j]
             if uf is not None and isinstance(col, np.ndarray):
@@ -116,7 +161,7 @@ def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> l
                     old_arr = np.asarray(old)
                 except (OverflowError, ValueError):
                     old_arr = None
-                if old_arr is not None and old_arr.dtype.kind in "iuf":
+                if old_arr is not None and old_arr.dtype.kind in "iuf" and _fits_int64(old_arr, col):
                     m = uf(old_arr, col[exist])
                     col = col.astype(np.result_type(col, m), copy=True)
                     col[exist] = m

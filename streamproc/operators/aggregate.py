@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..agg import Aggregation
+from ..errors import StreamprocError
 from .base import Operator
 from .batch import Batch
-from ._fold import CloseIndex, KeyCodes, fold_groups, group_sorted, merge_states
+from ._fold import CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
 
 
 class _AggregateBase(Operator):
@@ -26,7 +27,29 @@ class _AggregateBase(Operator):
         self.emit_final = p["emit"] == "final"
         self.order_sensitive = any(a.order_sensitive for a in self.aggs)
         self._codes = KeyCodes()
+        self._group_keys: list = []
         self.store = ctx.state.store(self.spec.name)
+
+    def process(self, b: Batch) -> Batch:
+        try:
+            return self._process(b)
+        except StreamprocError:
+            raise
+        except GroupFoldError as e:
+            sk = self._group_keys[e.index] if 0 <= e.index < len(self._group_keys) else None
+            raise self._fail(e.cause, sk[0] if self.window is not None else sk) from e.cause
+        except Exception as e:  # noqa: BLE001 - a user function (field, reduce) raised
+            raise self._fail(e, self._culprit(b)) from e
+
+    def _culprit(self, b: Batch):
+        """Key of the first record whose value an aggregation cannot read (None if not found)."""
+        for k, v in zip(b.keys, b.values):
+            for a in self.aggs:
+                try:
+                    a.extract([v])
+                except Exception:  # noqa: BLE001
+                    return k
+        return None
 
     def _drop_none_keys(self, b: Batch) -> Batch:
         if None in b.keys:
@@ -39,7 +62,10 @@ class _AggregateBase(Operator):
         if not keys:
             return Batch.empty()
         ts_arr = np.asarray(timestamps, dtype=np.int64)
-        return Batch(keys, values, ts_arr, np.full(len(keys), stream_time, dtype=np.int64))
+        n = len(keys)
+        # results come after every input record of the batch in processing order
+        return Batch(keys, values, ts_arr, np.full(n, stream_time, dtype=np.int64),
+                     np.full(n, np.iinfo(np.int64).max, dtype=np.int64))
 
     def _fold_into_store(self, b: Batch, rec: np.ndarray, wstart) -> tuple[list, list, list]:
         """Fold records ``rec`` (in windows ``wstart``, or None for tables) into the store.
@@ -60,6 +86,7 @@ class _AggregateBase(Operator):
         gkeys = [b.keys[i] for i in rec_sorted[starts].tolist()]
         skeys = gkeys if wstart is None else list(zip(gkeys, wstart[order][starts].tolist()))
         olds = self.store.get_many(skeys)
+        self._group_keys = skeys
         new_states = merge_states(self.aggs, maxts, partials, olds)
         is_new = [o is None for o in olds]
         self.store.put_many(skeys, new_states)
@@ -83,7 +110,7 @@ class _AggregateBase(Operator):
 class TableAggregateOp(_AggregateBase):
     """``group_by(...).aggregate(...)`` without a window: the current value per key after each batch."""
 
-    def process(self, b: Batch) -> Batch:
+    def _process(self, b: Batch) -> Batch:
         b = self._drop_none_keys(b)
         if not len(b):
             return Batch.empty()
@@ -102,7 +129,7 @@ class TimeWindowAggregateOp(_AggregateBase):
         for (k, start), _ in self.store.items():      # windows still open from an earlier run
             self.index.add(w.close_time(start + w.size), (k, start))
 
-    def process(self, b: Batch) -> Batch:
+    def _process(self, b: Batch) -> Batch:
         w = self.window
         b = self._drop_none_keys(b)
         keys, values, ts = [], [], []

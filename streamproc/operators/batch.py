@@ -1,8 +1,9 @@
 """``Batch``: the unit every operator consumes and produces.
 
-Columns, not record objects: ``keys`` and ``values`` are lists, ``timestamps`` (event time)
-and ``stream_times`` (the task's stream time when each record was processed, i.e. the running
-max of event time, updated before the record) are int64 numpy arrays.
+Columns, not record objects: ``keys`` and ``values`` are lists, ``timestamps`` (event time),
+``stream_times`` (the task's stream time when each record was processed, i.e. the running
+max of event time, updated before the record) and ``seq`` (the position of the input record
+each one came from, so ``merge`` can restore processing order) are int64 numpy arrays.
 """
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ _EMPTY_I64 = np.empty(0, dtype=np.int64)
 
 
 class Batch:
-    __slots__ = ("keys", "values", "timestamps", "stream_times")
+    __slots__ = ("keys", "values", "timestamps", "stream_times", "seq")
 
-    def __init__(self, keys: list, values: list, timestamps: np.ndarray, stream_times: np.ndarray):
+    def __init__(self, keys: list, values: list, timestamps: np.ndarray, stream_times: np.ndarray,
+                 seq: np.ndarray | None = None):
         self.keys = keys
         self.values = values
         self.timestamps = timestamps
         self.stream_times = stream_times
+        self.seq = np.arange(len(keys), dtype=np.int64) if seq is None else seq
 
     @classmethod
     def empty(cls) -> "Batch":
-        return cls([], [], _EMPTY_I64, _EMPTY_I64)
+        return cls([], [], _EMPTY_I64, _EMPTY_I64, _EMPTY_I64)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -35,13 +38,20 @@ class Batch:
         if m.all():
             return self
         return Batch(list(compress(self.keys, mask)), list(compress(self.values, mask)),
-                     self.timestamps[m], self.stream_times[m])
+                     self.timestamps[m], self.stream_times[m], self.seq[m])
+
+    def take(self, idx: np.ndarray) -> "Batch":
+        """The records at positions ``idx`` (may repeat)."""
+        il = idx.tolist()
+        return Batch([self.keys[i] for i in il], [self.values[i] for i in il],
+                     self.timestamps[idx], self.stream_times[idx], self.seq[idx])
 
     def with_columns(self, keys: list, values: list) -> "Batch":
-        return Batch(keys, values, self.timestamps, self.stream_times)
+        return Batch(keys, values, self.timestamps, self.stream_times, self.seq)
 
     @staticmethod
     def concat(batches: list["Batch"]) -> "Batch":
+        """The records of all batches in processing order (by ``seq``; ties keep batch order)."""
         batches = [b for b in batches if len(b)]
         if not batches:
             return Batch.empty()
@@ -51,8 +61,10 @@ class Batch:
         for b in batches:
             keys += b.keys
             values += b.values
-        return Batch(keys, values, np.concatenate([b.timestamps for b in batches]),
-                     np.concatenate([b.stream_times for b in batches]))
+        out = Batch(keys, values, np.concatenate([b.timestamps for b in batches]),
+                    np.concatenate([b.stream_times for b in batches]), np.concatenate([b.seq for b in batches]))
+        order = np.argsort(out.seq, kind="stable")
+        return out.take(order)
 
     def records(self):
         """(key, value, timestamp) tuples, for tests and debugging."""

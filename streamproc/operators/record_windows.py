@@ -21,7 +21,7 @@ class _RecordWindowOp(_AggregateBase):
             for wkey, close in self._windows_of(k, entry):
                 self.index.add(close, wkey)
 
-    def process(self, b: Batch) -> Batch:
+    def _process(self, b: Batch) -> Batch:
         b = self._drop_none_keys(b)
         work: dict = {}
         changed: dict = {}

@@ -92,7 +92,7 @@ class FlatMapOp(Operator):
             except Exception as e:  # noqa: BLE001
                 raise self._fail(e, k) from e
         idx = np.asarray(src, dtype=np.int64)
-        return Batch(keys, values, b.timestamps[idx], b.stream_times[idx])
+        return Batch(keys, values, b.timestamps[idx], b.stream_times[idx], b.seq[idx])
 
 
 class BranchOp(Operator):

@@ -8,10 +8,21 @@ through a repartition topic ``<app-id>-<name>-repartition`` and a new sub-topolo
 from __future__ import annotations
 
 import hashlib
+import re
 
 from ..dsl import Topology
 from ..errors import TopologyError
 from .model import Plan, PlanNode, StoreSpec, SubTopology
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _check_name(name: str, what: str, where: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise TopologyError(
+            f"{what} name {name!r} ({where}) must be letters, digits, '.', '_' or '-': "
+            f"it becomes part of a Kafka topic name")
 
 
 def compile_topology(topology: Topology) -> Plan:
@@ -30,6 +41,7 @@ def compile_topology(topology: Topology) -> Plan:
     repartition_of: dict[int, PlanNode] = {}     # logical parent id -> repartition_source node
     stores: list[StoreSpec] = []
     store_names: dict[str, str] = {}
+    repartition_names: dict[str, str] = {}
 
     for n in nodes:
         parents = [pnodes[p.id] for p in n.parents]
@@ -42,11 +54,19 @@ def compile_topology(topology: Topology) -> Plan:
                     f"two stateful operators are named {name!r} ({store_names[name]} and {n.where}): "
                     f"store names must be unique within a topology")
             store_names[name] = n.where
+            _check_name(name, "store", n.where)
             up = n.parents[0]
             if up.key_changed:
                 if up.id not in repartition_of:
                     rp_name = n.params.get("repartition_name") or name
+                    _check_name(rp_name, "repartition", n.where)
                     topic = f"{app}-{rp_name}-repartition"
+                    if topic in repartition_names:
+                        raise TopologyError(
+                            f"two re-keyed streams would share the repartition topic {topic!r} "
+                            f"({repartition_names[topic]} and {n.where}): give each group_by(..., name=) "
+                            f"a different name")
+                    repartition_names[topic] = n.where
                     sink = PlanNode(next_id, "repartition_sink", [pnodes[up.id]], {"topic": topic}, n.where)
                     src = PlanNode(next_id + 1, "repartition_source", [], {"topic": topic}, n.where)
                     next_id += 2

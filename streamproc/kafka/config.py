@@ -1,0 +1,157 @@
+"""Configuration dictionaries for the confluent-kafka (librdkafka) clients streamproc creates.
+
+Every builder takes the bootstrap servers, the application id and the user's
+overrides (a plain dict of librdkafka properties, applied last so the user always
+wins) and returns a new dict ready for ``Consumer(...)``, ``Producer(...)`` or
+``AdminClient(...)``.
+
+Choices that matter for correctness (see the librdkafka CONFIGURATION.md):
+
+* ``partition.assignment.strategy=range``. The range assignor works per topic:
+  it sorts the members subscribed to the topic and hands each a contiguous range
+  of partitions. Two topics with the same partition count and the same subscribed
+  members therefore get identical assignments: partition N of every co-partitioned
+  topic lands on the same member, which stateful tasks (joins, tables) require.
+  ``roundrobin`` and ``cooperative-sticky`` balance over all partitions of all
+  topics and give no such guarantee. Cooperative and eager strategies cannot be
+  mixed in one group, so every worker must use the same value.
+* ``partitioner=murmur2_random``: the Java client's default partitioner for
+  non-null keys (murmur2 of the key bytes), so records written by streamproc land
+  in the same partition as records written by Java/Kafka Streams producers with the
+  same key. librdkafka's own default (``consistent_random``, CRC32) would not.
+* ``isolation.level=read_committed`` and ``enable.auto.commit=false``: offsets are
+  committed only by the runtime (in the transaction under exactly-once).
+* ``allow.auto.create.topics=false`` on every client: a metadata request for a
+  missing topic must never create it with the broker's default partition count.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: Assignment strategy for streamproc consumer groups (see the module docstring).
+ASSIGNMENT_STRATEGY = "range"
+
+#: Default consumer session timeout. Short enough that a crashed worker's
+#: partitions move within seconds, long enough to ride out a GC pause or a
+#: long batch. With static membership (``group.instance.id``) a worker restarted
+#: within this time gets its partitions back without a rebalance.
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
+
+#: Default transaction timeout: how long the broker waits before aborting the
+#: open transaction of a producer that vanished (Kafka Streams uses 10 s too).
+#: A transaction must finish (begin .. commit) well within it.
+DEFAULT_TRANSACTION_TIMEOUT_MS = 10_000
+
+#: Producer batching delay. Transactions flush at commit anyway; this only
+#: bounds how long records wait inside a checkpoint interval.
+DEFAULT_LINGER_MS = 10
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    if overrides:
+        base.update(overrides)
+    return base
+
+
+def _client_id(app_id: str | None, role: str) -> str:
+    return f"{app_id}-{role}" if app_id else f"streamproc-{role}"
+
+
+def consumer_config(bootstrap: str, app_id: str,
+                    overrides: Mapping[str, Any] | None = None, *,
+                    group_instance_id: str | None = None) -> dict[str, Any]:
+    """Config for the consumer of an application's group (``group.id = app_id``).
+
+    ``group_instance_id`` enables static membership (``group.instance.id``).
+    """
+    session_ms = DEFAULT_SESSION_TIMEOUT_MS
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": _client_id(app_id, "consumer"),
+        "group.id": app_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
+        "session.timeout.ms": session_ms,
+        "heartbeat.interval.ms": session_ms // 4,
+        "allow.auto.create.topics": False,
+        "enable.partition.eof": False,
+    }
+    if group_instance_id:
+        conf["group.instance.id"] = group_instance_id
+    conf = _merge(conf, overrides)
+    # Keep the heartbeat below a third of a user-chosen session timeout.
+    if overrides and "session.timeout.ms" in overrides and "heartbeat.interval.ms" not in overrides:
+        conf["heartbeat.interval.ms"] = max(1, int(conf["session.timeout.ms"]) // 4)
+    return conf
+
+
+def restore_consumer_config(bootstrap: str, app_id: str,
+                            overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config for a group-less consumer used with ``assign()`` (changelog restore, replay).
+
+    It never joins the group and never commits; it reads committed data only.
+    """
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": _client_id(app_id, "restore"),
+        # librdkafka requires a group.id for some calls even without subscribe();
+        # a distinct one keeps it out of the application's group.
+        "group.id": f"{app_id}-restore",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "allow.auto.create.topics": False,
+        "enable.partition.eof": True,
+    }
+    return _merge(conf, overrides)
+
+
+def producer_config(bootstrap: str, app_id: str | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config for an idempotent (non-transactional) producer (at-least-once)."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": _client_id(app_id, "producer"),
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": DEFAULT_LINGER_MS,
+        "allow.auto.create.topics": False,
+    }
+    return _merge(conf, overrides)
+
+
+def transactional_producer_config(bootstrap: str, app_id: str | None, transactional_id: str,
+                                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config for the exactly-once producer of one worker.
+
+    ``transactional_id`` must be stable across restarts of the same worker
+    (``<app-id>-<process-id>-<worker>``) so the new instance fences the old one.
+    """
+    if not transactional_id:
+        raise ValueError("a transactional producer needs a non-empty transactional.id")
+    conf = producer_config(bootstrap, app_id)
+    conf.update({
+        "client.id": _client_id(app_id, "txn-producer"),
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": DEFAULT_TRANSACTION_TIMEOUT_MS,
+    })
+    return _merge(conf, overrides)
+
+
+def admin_config(bootstrap: str, app_id: str | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Config for an ``AdminClient``."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": _client_id(app_id, "admin"),
+        # The admin client is a producer-type handle whose metadata requests
+        # would otherwise ask the broker to auto-create the topics they name.
+        "allow.auto.create.topics": False,
+    }
+    return _merge(conf, overrides)

@@ -1,0 +1,198 @@
+"""``run_app(plan, options)``: check the topics, create the internal ones, run the workers.
+
+Topics
+    * sources must exist (``create_topics=True`` creates missing ones, development only) and
+      the inputs of each stateful sub-topology must have equal partition counts;
+    * sinks must exist (or are created with ``create_topics``);
+    * ``<app-id>-<name>-repartition``: as many partitions as the upstream sub-topology has
+      tasks (its largest input), ``cleanup.policy=delete``;
+    * ``<app-id>-<store>-changelog``: as many partitions as the store's sub-topology has tasks
+      (partition N holds task N's state), ``cleanup.policy=compact``; windowed stores
+      ``compact,delete`` with ``retention.ms`` = how long a window can live (size + grace;
+      sliding: 2 x max difference + grace; session: gap + grace) + :data:`RETENTION_MARGIN_MS`;
+    * ``<app-id>-dlq`` when a source uses ``on_error="dead-letter"``.
+
+Then the supervisor starts ``options.workers`` worker processes (see ``supervisor.py``).
+SIGINT/SIGTERM stop them cleanly and ``run_app`` returns 0.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ..errors import StreamprocError, TopologyError
+from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
+                           validate_source_topics, wait_for_broker)
+from ..kafka.config import admin_config
+from ._config import RunOptions
+from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
+from .supervisor import Supervisor, WorkerCrashLoop
+
+__all__ = ["RunOptions", "run_app", "prepare_topics", "partition_counts", "internal_topic_specs",
+           "WorkerCrashLoop", "RETENTION_MARGIN_MS"]
+
+log = logging.getLogger("streamproc.app")
+
+#: Extra changelog retention of windowed stores beyond the longest a window lives (1 day, as in Kafka Streams).
+RETENTION_MARGIN_MS = 86_400_000
+
+
+def run_app(plan, options: RunOptions) -> int:
+    """Run ``plan`` (a compiled topology; a ``Topology`` is compiled) until stopped. Returns 0.
+
+    Raises ``StreamprocError`` subclasses with a one-paragraph message: ``BrokerError`` (cluster
+    unreachable, topics missing or mis-configured), ``StateError`` (state dir in use),
+    ``WorkerCrashLoop`` (a worker crashed 5 times within 60 s; the message is its last error).
+    """
+    from ..dsl import Topology
+    from ..plan import compile_topology
+
+    if isinstance(plan, Topology):
+        plan = compile_topology(plan)
+    options.validate()
+    ref = options.topology or topology_ref_of(plan)
+    if ref is None:
+        raise StreamprocError(
+            f"cannot tell the worker processes where topology {plan.app_id!r} is defined; "
+            f"pass RunOptions(topology='path/to/file.py:name')")
+    ref = absolute_ref(ref)
+    prepare_topics(plan, options)
+    lock = StateDirLock(options.state_dir, plan.app_id).acquire()
+    try:
+        pid = process_id(options.state_dir, plan.app_id)
+        sup = Supervisor(ref, plan.app_id, options, pid)
+        restore = _install_signals(sup)
+        try:
+            log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
+                     options.guarantee, pid)
+            return sup.run()
+        finally:
+            restore()
+    finally:
+        lock.release()
+
+
+def _install_signals(sup: Supervisor):
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {}
+
+    def handler(signum, frame):
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        sup.stop()
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        old[s] = signal.signal(s, handler)
+
+    def restore():
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    return restore
+
+
+# ------------------------------------------------------------------------------------------------ topics
+
+def partition_counts(plan, source_counts: dict[str, int]) -> dict[str, int]:
+    """Partition count of every input and internal topic, and ``("task", st.id)`` -> tasks.
+
+    A sub-topology has as many tasks as its largest input topic has partitions; its
+    repartition sinks and changelogs get that many partitions (Kafka Streams does the same).
+    """
+    counts = dict(source_counts)
+    subs = list(plan.subtopologies)
+    for _ in range(len(subs) + 1):                 # upstream first; iterate until settled
+        changed = False
+        for st in subs:
+            ins = [counts[t] for t in st.input_topics if t in counts]
+            if len(ins) != len(st.input_topics):
+                continue
+            n = max(ins)
+            if counts.get(("task", st.id)) != n:
+                counts[("task", st.id)] = n
+                changed = True
+            for t in st.repartition_sinks:
+                if counts.get(t) != n:
+                    counts[t] = n
+                    changed = True
+        if not changed:
+            break
+    for st in subs:
+        if ("task", st.id) not in counts:
+            raise TopologyError(f"cannot size sub-topology {st.id}: its inputs {st.input_topics} form a cycle")
+        if st.stateful:
+            ins = {t: counts[t] for t in st.input_topics}
+            if len(set(ins.values())) > 1:
+                detail = ", ".join(f"{t!r} has {n}" for t, n in ins.items())
+                raise TopologyError(
+                    f"the inputs of one stateful sub-topology must have the same number of partitions "
+                    f"(co-partitioning), but {detail}. Recreate the source topics with matching counts.")
+    return counts
+
+
+def window_retention_ms(spec) -> int | None:
+    """``retention.ms`` of a store's changelog, or None for a plain (compacted only) table."""
+    w = spec.window
+    if w is None:
+        return None
+    if w.kind in ("tumbling", "hopping"):
+        life = w.size + w.grace
+    elif w.kind == "sliding":
+        life = 2 * w.max_difference + w.grace
+    elif w.kind == "session":
+        life = w.gap + w.grace
+    else:  # pragma: no cover - future window kinds
+        life = 0
+    return life + RETENTION_MARGIN_MS
+
+
+def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
+    specs = []
+    for st in plan.subtopologies:
+        n = counts[("task", st.id)]
+        for store in st.stores:
+            ret = window_retention_ms(store)
+            config = ({"cleanup.policy": "compact"} if ret is None
+                      else {"cleanup.policy": "compact,delete", "retention.ms": str(ret)})
+            specs.append(TopicSpec(store.changelog, n, config))
+    for t in plan.repartition_topics:
+        specs.append(TopicSpec(t, counts[t], {"cleanup.policy": "delete"}))
+    if _uses_dlq(plan):
+        specs.append(TopicSpec(f"{plan.app_id}-dlq", max(counts[t] for t in plan.source_topics),
+                               {"cleanup.policy": "delete"}))
+    return specs
+
+
+def _uses_dlq(plan) -> bool:
+    return any(n.kind == "source" and n.params.get("on_error") == "dead-letter"
+               for st in plan.subtopologies for n in st.nodes)
+
+
+def prepare_topics(plan, options: RunOptions) -> dict:
+    """Validate sources and sinks (creating them with ``create_topics``), create/validate internal topics.
+
+    Returns the partition counts (see :func:`partition_counts`).
+    """
+    conf = admin_config(options.bootstrap_servers, plan.app_id, options.client("admin"))
+    wait_for_broker(conf, timeout_s=30.0)
+    admin = make_admin(options.bootstrap_servers, plan.app_id, options.client("admin"))
+    external = list(dict.fromkeys(plan.source_topics + plan.sink_topics))
+    if options.create_topics:
+        made = _create_topics(admin, external, options.create_topics_partitions)
+        if made:
+            log.warning("created topic(s) %s with %d partition(s) (--create-topics)", ", ".join(made),
+                        options.create_topics_partitions)
+    src_groups = [[t for t in g if t in plan.source_topics] for g in plan.copartition_groups]
+    src_counts = validate_source_topics(admin, plan.source_topics, [g for g in src_groups if len(g) > 1])
+    sinks = [t for t in plan.sink_topics if t not in src_counts]
+    if sinks:
+        try:
+            validate_source_topics(admin, sinks)
+        except StreamprocError as e:
+            raise type(e)(str(e).replace("source topic", "output topic")) from None
+    counts = partition_counts(plan, src_counts)
+    created = ensure_internal_topics(admin, internal_topic_specs(plan, counts))
+    if created:
+        log.info("created internal topic(s): %s", ", ".join(created))
+    return counts

@@ -1,0 +1,242 @@
+"""THE checkpoint protocol (DESIGN.md section 5), in one place: :func:`checkpoint`.
+
+A worker processes input in batches inside one open checkpoint: outputs (sink and
+repartition records, dead letters) are produced as they come, store writes collect in each
+task's write cache, and the consumed positions collect in ``worker.positions``. Every
+``commit_interval_ms`` (and on revocation and shutdown) :func:`checkpoint` closes it:
+
+exactly-once (one transactional producer per worker; the transaction was begun before the
+first record of this checkpoint was produced)
+    1. for each task: ``state.changes()`` -> one changelog record per changed key to
+       ``<app-id>-<store>-changelog``, partition = the task's partition (``_codec`` key/value,
+       no value = tombstone), plus the task's stream time under a reserved key when it moved;
+    2. ``send_offsets_to_transaction(positions, consumer_group_metadata())``;
+    3. ``flush()`` (delivery reports give the changelog offsets), ``commit_transaction()``;
+    4. only then, for each task: ``state.apply(changelog_offsets)``: the backend takes the
+       write cache and the offsets it reflects in one write. Local state never runs ahead of
+       the committed changelog.
+
+at-least-once (idempotent producer): 1. as above; 2. ``flush()`` and check every delivery;
+    3. ``consumer.commit(positions)`` synchronously; 4. ``state.apply(changelog_offsets)``
+    (also when the offset commit fails: the changelog holds the state already, and the
+    uncommitted input is reprocessed, which at-least-once allows).
+
+Any failure before the commit is complete rolls the checkpoint back (:func:`rollback`):
+``abort_transaction()``, ``state.discard()`` for every task that ran, the tasks rebuilt from
+their backends (operators keep in-memory indexes derived from state), and the consumer
+seeked back to the committed offsets, so the input is processed again. A fatal error
+(e.g. the producer was fenced by a newer instance with the same ``transactional.id``) raises
+:class:`WorkerFenced`/:class:`FatalKafkaError`: the worker stops without committing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from ..errors import BrokerError, StreamprocError
+from ._changelog import STREAM_TIME_KEY, encode
+
+log = logging.getLogger("streamproc.checkpoint")
+
+_FENCED_CODES = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+                 KafkaError.FENCED_INSTANCE_ID, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
+
+
+class FatalKafkaError(StreamprocError):
+    """A Kafka client hit an error it cannot recover from; the worker must stop without committing."""
+
+
+class WorkerFenced(FatalKafkaError):
+    """Another instance took over this worker's transactional.id or group.instance.id."""
+
+
+class CheckpointRolledBack(Exception):
+    """The open checkpoint was aborted; its input will be processed again."""
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def fatal_error(err: KafkaError, what: str) -> FatalKafkaError:
+    code = err.code()
+    if code in _FENCED_CODES or "fenc" in (err.str() or "").lower():
+        return WorkerFenced(
+            f"{what}: {err.str()}. Another instance with the same process id (state dir) took over this "
+            f"worker's transactional.id / group.instance.id, so this one stops without committing.")
+    return FatalKafkaError(f"{what}: fatal Kafka error {err.name()}: {err.str()}")
+
+
+def _call(what: str, fn, timeout_s: float):
+    """Call a transactional API, retrying retriable errors until ``timeout_s``.
+
+    Raises ``CheckpointRolledBack``-worthy ``_Abortable`` or a fatal error.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return fn()
+        except KafkaException as e:
+            err = kafka_error(e)
+            if err is None:
+                raise
+            if err.fatal():
+                raise fatal_error(err, what) from None
+            if err.txn_requires_abort():
+                raise _Abortable(f"{what}: {err.str()}") from None
+            if err.retriable() and time.monotonic() < deadline:
+                log.debug("%s: retriable error %s, retrying", what, err.str())
+                time.sleep(0.05)
+                continue
+            raise _Abortable(f"{what}: {err.str()}") from None
+
+
+class _Abortable(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------
+def checkpoint(w) -> bool:
+    """Commit everything worker ``w`` processed since the last checkpoint (see the module doc).
+
+    Returns True when committed (or nothing was open), False when rolled back.
+    ``w`` provides: ``eos``, ``producer``, ``consumer``, ``dirty`` ({task key: Task} that ran),
+    ``positions`` ({(topic, partition): next offset}), ``open`` (a checkpoint is open),
+    ``changelog_offsets`` ({(topic, partition): highest delivered offset}, filled by the
+    delivery callback), ``delivery_errors``, ``produce(...)``, ``timeout_s``, and the rollback
+    hooks ``rebuild_tasks(keys)`` / ``reset_to_committed()``.
+    """
+    if not w.open:
+        return True
+    tasks = list(w.dirty.values())
+    offsets = [TopicPartition(t, p, o) for (t, p), o in w.positions.items()]
+    try:
+        # 1. write caches -> changelog records (in the transaction under EOS)
+        w.changelog_offsets.clear()
+        for task in tasks:
+            _write_changelogs(w, task)
+        if w.eos:
+            # 2. the input positions join the transaction
+            if offsets:
+                _call("send_offsets_to_transaction",
+                      lambda: w.producer.send_offsets_to_transaction(
+                          offsets, w.consumer.consumer_group_metadata(), w.timeout_s), w.timeout_s)
+            # 3. everything delivered (changelog offsets known), then commit
+            _flush(w)
+            _call("commit_transaction", lambda: w.producer.commit_transaction(w.timeout_s), w.timeout_s)
+        else:
+            _flush(w)
+    except _Abortable as e:
+        rollback(w, str(e))
+        return False
+    except FatalKafkaError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything else before the commit: roll back, then stop
+        rollback(w, f"{type(e).__name__}: {e}")
+        raise
+    w.in_txn = False
+    committed = True
+    if not w.eos and offsets:
+        # at-least-once: 3. commit the input offsets synchronously
+        try:
+            w.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as e:
+            err = kafka_error(e)
+            if err is not None and err.fatal():
+                raise fatal_error(err, "committing offsets") from None
+            committed = False
+            log.warning("committing input offsets failed (%s); they are retried at the next checkpoint and the "
+                        "input since the last commit may be processed again (at-least-once)",
+                        err.str() if err else e)
+    # 4. the changelog is durable: apply the write caches with the offsets they reflect
+    for task in tasks:
+        task.state.apply(_task_changelog_offsets(w, task))
+    w.dirty.clear()
+    if committed:
+        w.positions.clear()
+    w.open = bool(w.positions)
+    w.checkpoints += 1
+    return True
+
+
+def _write_changelogs(w, task) -> None:
+    stores = task.subtopology.stores
+    if not stores:
+        task.state.changes()
+        return
+    state = task.state
+    changes = state.changes()
+    p = task.partition
+    produce = w.produce
+    stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
+    for spec in stores:
+        topic = spec.changelog
+        for k, v in changes.get(spec.name, ()):
+            produce(topic, None if v is None else encode(v), encode(k), p)
+        if stream_time_moved:
+            produce(topic, encode(state.stream_time), STREAM_TIME_KEY, p)
+
+
+def _task_changelog_offsets(w, task) -> dict:
+    out = {}
+    for spec in task.subtopology.stores:
+        off = w.changelog_offsets.get((spec.changelog, task.partition))
+        if off is not None:
+            out[spec.name] = off
+    return out
+
+
+def _flush(w) -> None:
+    left = w.producer.flush(w.timeout_s)
+    if left:
+        raise _Abortable(f"{left} record(s) were not delivered within {w.timeout_s:g} s")
+    if w.delivery_errors:
+        errs, w.delivery_errors[:] = list(w.delivery_errors), []
+        err, topic = errs[0]
+        if err.fatal():
+            raise fatal_error(err, f"producing to {topic}")
+        raise _Abortable(f"{len(errs)} record(s) failed delivery, first to {topic}: {err.str()}")
+
+
+def rollback(w, reason: str) -> None:
+    """Abort the open checkpoint: nothing of it is committed, its input is processed again."""
+    log.warning("checkpoint aborted (%s); processing again from the last committed offsets", reason)
+    if w.eos and w.in_txn:
+        abort_transaction(w)
+    _forget(w)
+    w.reset_to_committed()
+
+
+def abort_open(w) -> None:
+    """Drop the open checkpoint without committing or seeking (partitions lost or worker stopping)."""
+    if w.eos and w.in_txn:
+        try:
+            abort_transaction(w)
+        except FatalKafkaError:
+            pass
+    _forget(w)
+
+
+def abort_transaction(w) -> None:
+    w.in_txn = False
+    try:
+        _call("abort_transaction", lambda: w.producer.abort_transaction(w.timeout_s), w.timeout_s)
+    except _Abortable as e:
+        raise BrokerError(f"could not abort the open transaction: {e}") from None
+    w.delivery_errors[:] = []
+
+
+def _forget(w) -> None:
+    keys = list(w.dirty)
+    for task in w.dirty.values():
+        task.state.discard()
+    w.dirty.clear()
+    w.positions.clear()
+    w.open = False
+    w.in_txn = False
+    if keys:
+        w.rebuild_tasks(keys)

@@ -1,0 +1,245 @@
+"""THE restore loop: rebuild a task's stores from their changelog partitions before it runs.
+
+On assignment the worker pauses a stateful task's input partitions and hands the task's
+backend to a :class:`Restorer`. For each store the restorer reads
+``<app-id>-<store>-changelog``, partition = the task's partition, with its own group-less
+``read_committed`` consumer (``assign``, never ``subscribe``):
+
+* from the offset after the last one the backend already holds
+  (backend metadata ``changelog_offsets[store] + 1``; a fresh backend - always the case for
+  the memory backend - starts at the beginning),
+* to the end: the end offset measured when the restore starts (``get_watermark_offsets`` on a
+  read_committed consumer gives the last stable offset), or the partition-EOF event, whichever
+  comes first. A partition that yields nothing for ``stall_timeout_s`` counts as restored,
+  with a warning: some brokers report a wrong high watermark.
+
+Records are applied to the backend in batches with ``backend.write(puts, deletes, meta)``:
+a tombstone deletes its key, the stream-time record (:data:`STREAM_TIME_KEY`) restores the
+task's stream time, and every write also records the changelog offset it reflects, so an
+interrupted restore resumes where it stopped. When every store of a task is restored the
+worker builds the task (its operators index the restored state), seeks its input partitions
+to the committed offsets and resumes them. The main consumer keeps polling all along.
+
+``step()`` does one bounded slice of work so the worker can interleave restoring with
+processing its ready tasks; :func:`restore_blocking` drives it to the end (for ``replay``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from ..errors import BrokerError
+from ..state import DELETED
+from ._changelog import (META_CHANGELOG_OFFSETS, META_STREAM_TIME, STREAM_TIME_KEY, changelog_offsets, decode)
+
+log = logging.getLogger("streamproc.restore")
+
+_PARTITION_EOF = KafkaError._PARTITION_EOF
+
+
+@dataclass(eq=False)
+class _Part:
+    """One changelog partition being restored into one store of one task."""
+
+    key: object                  # the task key, e.g. (subtopology id, partition)
+    store: str
+    topic: str
+    partition: int
+    backend: object
+    position: int                # next offset to read
+    end: int                     # restore target (exclusive)
+    done: bool = False
+    last_progress: float = field(default_factory=time.monotonic)
+    restored: int = 0
+
+
+class Restorer:
+    """Restores tasks' stores from changelogs; one per worker, one consumer for all restores."""
+
+    def __init__(self, consumer_config: dict, *, batch_size: int = 10_000, stall_timeout_s: float = 5.0,
+                 metadata_timeout_s: float = 30.0, progress=None):
+        conf = dict(consumer_config)
+        conf["enable.partition.eof"] = True
+        conf.setdefault("isolation.level", "read_committed")
+        self._conf = conf
+        self._consumer: Consumer | None = None
+        self.batch_size = batch_size
+        self.stall_timeout_s = stall_timeout_s
+        self.metadata_timeout_s = metadata_timeout_s
+        self._progress = progress          # optional callable(part) after each applied batch
+        self._tasks: dict[object, list[_Part]] = {}
+        self._by_tp: dict[tuple[str, int], _Part] = {}
+        self._ready: list = []            # task keys restored with nothing to read
+
+    # ------------------------------------------------------------------------------ API
+    @property
+    def pending(self) -> bool:
+        return bool(self._tasks) or bool(self._ready)
+
+    def restoring(self, key) -> bool:
+        return key in self._tasks
+
+    def start(self, key, backend, changelogs: list[tuple[str, str, int]]) -> None:
+        """Begin restoring task ``key``: ``changelogs`` = ``[(store, changelog topic, partition), ...]``."""
+        if key in self._tasks:
+            return
+        offsets = changelog_offsets(backend)
+        parts, to_assign = [], []
+        for store, topic, partition in changelogs:
+            low, high = self._watermarks(topic, partition)
+            stored = offsets.get(store)
+            start = low if stored is None else stored + 1
+            if start < low:
+                log.warning("changelog %s[%d]: the records after offset %d are gone (log starts at %d); "
+                            "restoring what is left", topic, partition, stored, low)
+                start = low
+            part = _Part(key, store, topic, partition, backend, start, high)
+            if start >= high:
+                part.done = True
+            else:
+                to_assign.append(TopicPartition(topic, partition, start if stored is not None else OFFSET_BEGINNING))
+                self._by_tp[(topic, partition)] = part
+            parts.append(part)
+            log.debug("restore %s store %s from %s[%d] offsets %d..%d", key, store, topic, partition, start, high)
+        if not to_assign:
+            self._ready.append(key)
+            return
+        self._tasks[key] = parts
+        self._assign_more(to_assign)
+
+    def cancel(self, keys) -> None:
+        """Stop restoring these tasks (revoked). What was applied stays applied, offsets included."""
+        drop = []
+        for key in keys:
+            for part in self._tasks.pop(key, []):
+                if self._by_tp.pop((part.topic, part.partition), None) is not None:
+                    drop.append(TopicPartition(part.topic, part.partition))
+            if key in self._ready:
+                self._ready.remove(key)
+        if drop and self._consumer is not None:
+            self._consumer.incremental_unassign(drop)
+
+    def step(self, timeout: float = 0.05) -> list:
+        """Read and apply one batch of changelog records; return the keys of tasks now fully restored."""
+        finished, self._ready = self._ready, []
+        if not self._tasks:
+            return finished
+        msgs = self._consumer.consume(self.batch_size, timeout)
+        now = time.monotonic()
+        pending: dict[int, tuple[object, dict, dict]] = {}      # id(backend) -> (backend, entries, meta)
+        for m in msgs:
+            part = self._by_tp.get((m.topic(), m.partition()))
+            if part is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == _PARTITION_EOF:
+                    part.position = max(part.position, m.offset())
+                    part.done = True
+                    continue
+                raise BrokerError(f"restoring store {part.store!r} from {part.topic}[{part.partition}] failed: "
+                                  f"{err.str()}")
+            acc = pending.get(id(part.backend))
+            if acc is None:
+                acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None})
+            _, entries, meta = acc
+            kb = m.key()
+            if kb == STREAM_TIME_KEY:
+                st = decode(m.value())
+                if meta["stream_time"] is None or st > meta["stream_time"]:
+                    meta["stream_time"] = st
+            else:
+                v = m.value()
+                entries.setdefault(part.store, {})[decode(kb)] = DELETED if v is None else decode(v)
+            off = m.offset()
+            meta["offsets"][part.store] = off
+            part.position = off + 1
+            part.restored += 1
+            part.last_progress = now
+        for backend, entries, meta in pending.values():
+            _write(backend, entries, meta)
+        if self._progress is not None and pending:
+            for parts in self._tasks.values():
+                for part in parts:
+                    self._progress(part)
+        done_tps = []
+        for key in list(self._tasks):
+            parts = self._tasks[key]
+            for part in parts:
+                if part.done:
+                    continue
+                if part.position >= part.end:
+                    part.done = True
+                elif now - part.last_progress > self.stall_timeout_s:
+                    log.warning(
+                        "restoring store %r of task %s: changelog %s[%d] yielded nothing for %.0f s at offset %d "
+                        "although its end offset was reported as %d; treating it as fully restored",
+                        part.store, key, part.topic, part.partition, self.stall_timeout_s, part.position, part.end)
+                    part.done = True
+                if part.done:
+                    self._by_tp.pop((part.topic, part.partition), None)
+                    done_tps.append(TopicPartition(part.topic, part.partition))
+            if all(p.done for p in parts):
+                del self._tasks[key]
+                finished.append(key)
+                log.info("restored task %s: %s", key,
+                         ", ".join(f"{p.store}={p.restored} records" for p in parts))
+        if done_tps:
+            self._consumer.incremental_unassign(done_tps)
+        return finished
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            finally:
+                self._consumer = None
+        self._tasks.clear()
+        self._by_tp.clear()
+        self._ready.clear()
+
+    # ------------------------------------------------------------------------------ internals
+    def _ensure_consumer(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(self._conf)
+        return self._consumer
+
+    def _assign_more(self, tps: list[TopicPartition]) -> None:
+        c = self._ensure_consumer()
+        c.incremental_assign(tps)
+        now = time.monotonic()
+        for tp in tps:
+            self._by_tp[(tp.topic, tp.partition)].last_progress = now
+
+    def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        c = self._ensure_consumer()
+        try:
+            return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.metadata_timeout_s,
+                                           cached=False)
+        except KafkaException as e:
+            raise BrokerError(f"cannot read the end offset of changelog {topic}[{partition}] to restore "
+                              f"state: {e.args[0].str() if e.args else e}") from None
+
+
+def _write(backend, entries: dict, meta: dict) -> None:
+    puts = {s: {k: v for k, v in kv.items() if v is not DELETED} for s, kv in entries.items()}
+    deletes = {s: {k for k, v in kv.items() if v is DELETED} for s, kv in entries.items()}
+    new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
+    if meta["stream_time"] is not None:
+        new_meta[META_STREAM_TIME] = max(int(meta["stream_time"]), backend.get_meta(META_STREAM_TIME, -1))
+    backend.write(puts, deletes, new_meta)
+
+
+def restore_blocking(consumer_config: dict, key, backend, changelogs: list[tuple[str, str, int]],
+                     **kwargs) -> None:
+    """Restore one task's stores to the end of their changelogs, then return (``replay``)."""
+    r = Restorer(consumer_config, **kwargs)
+    try:
+        r.start(key, backend, changelogs)
+        while r.pending:
+            r.step(0.2)
+    finally:
+        r.close()

@@ -1,0 +1,190 @@
+"""The supervisor: ``--workers N`` worker processes, restarted when they crash.
+
+Workers are started with the multiprocessing ``spawn`` context and given a *reference* to the
+topology (``path.py[:name]`` or ``module:name``), never a pickled plan: topologies hold
+lambdas, and each child imports the module and compiles it again.
+
+* A worker that exits non-zero is restarted after an exponential backoff
+  (0.5 s, 1 s, 2 s, ... up to 30 s, counted over the last 60 s).
+* A worker that crashes :data:`MAX_CRASHES` times within :data:`CRASH_WINDOW_S` makes the whole
+  instance stop and :meth:`Supervisor.run` raise :class:`WorkerCrashLoop`, whose message is the
+  worker's last error (one paragraph, as the worker reported it).
+* :meth:`Supervisor.stop` (SIGINT/SIGTERM in ``run_app``) sends SIGTERM to every worker: each
+  finishes its open checkpoint (or aborts it), closes its clients and exits 0. Workers still
+  alive after ``shutdown_timeout_s`` are killed.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+from ..errors import StreamprocError
+from ._config import RunOptions
+from .worker import EXIT_FENCED, EXIT_OK, worker_main
+
+log = logging.getLogger("streamproc.supervisor")
+
+MAX_CRASHES = 5
+CRASH_WINDOW_S = 60.0
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+class WorkerCrashLoop(StreamprocError):
+    """A worker kept crashing; the instance gave up."""
+
+
+class _Slot:
+    def __init__(self, index: int):
+        self.index = index
+        self.proc = None
+        self.crashes: collections.deque = collections.deque()
+        self.restart_at: float | None = None
+        self.last_error: str | None = None
+        self.done = False
+        self.starts = 0
+
+
+class Supervisor:
+    def __init__(self, ref: str, app_id: str, options: RunOptions, process_id: str, *,
+                 log_level: int | None = None):
+        self.ref = ref
+        self.app_id = app_id
+        self.options = options
+        self.process_id = process_id
+        self.log_level = logging.getLogger().getEffectiveLevel() if log_level is None else log_level
+        self._ctx = multiprocessing.get_context("spawn")
+        self._queue = self._ctx.SimpleQueue()
+        self._slots = [_Slot(i) for i in range(options.workers)]
+        self._stop = threading.Event()
+        self._stop_sent = False
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask every worker to finish its checkpoint and exit (safe from a signal handler)."""
+        self._stop.set()
+
+    def worker_pids(self) -> list[int]:
+        return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.is_alive()]
+
+    def run(self) -> int:
+        """Run until stopped (returns 0) or a worker crash-loops (raises WorkerCrashLoop)."""
+        deadline = None if self.options.max_runtime_s is None else time.monotonic() + self.options.max_runtime_s
+        for slot in self._slots:
+            self._start(slot)
+        failure: str | None = None
+        stop_deadline = None
+        while True:
+            self._drain_errors()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._stop.set()
+            if self._stop.is_set() and not self._stop_sent:
+                self._signal_all(signal.SIGTERM)
+                self._stop_sent = True
+                stop_deadline = now + self.options.shutdown_timeout_s
+            for slot in self._slots:
+                if slot.done:
+                    continue
+                if slot.proc is None:
+                    if self._stop.is_set():
+                        slot.done = True
+                    elif slot.restart_at is not None and now >= slot.restart_at:
+                        self._start(slot)
+                    continue
+                if slot.proc.is_alive():
+                    continue
+                code = slot.proc.exitcode
+                slot.proc.join()
+                slot.proc = None
+                self._drain_errors()
+                if self._stop.is_set() or code == EXIT_OK:
+                    slot.done = True
+                    continue
+                failure = self._crashed(slot, code, now)
+                if failure:
+                    break
+            if failure:
+                break
+            if all(s.done for s in self._slots):
+                return 0
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                log.warning("workers did not stop within %.0f s; killing them", self.options.shutdown_timeout_s)
+                self._signal_all(signal.SIGKILL)
+                stop_deadline = None
+            time.sleep(0.05)
+        # a worker crash-looped: stop the others, then report
+        self._stop.set()
+        self._signal_all(signal.SIGTERM)
+        end = time.monotonic() + self.options.shutdown_timeout_s
+        for slot in self._slots:
+            if slot.proc is not None:
+                slot.proc.join(max(0.1, end - time.monotonic()))
+                if slot.proc.is_alive():
+                    slot.proc.kill()
+                    slot.proc.join()
+        raise WorkerCrashLoop(failure)
+
+    # ------------------------------------------------------------------ internals
+    def _start(self, slot: _Slot) -> None:
+        slot.restart_at = None
+        slot.starts += 1
+        p = self._ctx.Process(
+            target=worker_main,
+            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, self._queue, self.log_level),
+            name=f"streamproc-worker-{slot.index}", daemon=False)
+        p.start()
+        slot.proc = p
+        log.info("started worker %d (pid %d)", slot.index, p.pid)
+
+    def _crashed(self, slot: _Slot, code: int, now: float) -> str | None:
+        slot.crashes.append(now)
+        while slot.crashes and now - slot.crashes[0] > CRASH_WINDOW_S:
+            slot.crashes.popleft()
+        reason = slot.last_error or _exit_reason(code)
+        slot.last_error = None
+        n = len(slot.crashes)
+        if n >= MAX_CRASHES:
+            return (f"worker {slot.index} of {self.app_id!r} crashed {n} times within {CRASH_WINDOW_S:.0f} s, "
+                    f"so the application stopped. Last error: {reason}")
+        delay = min(BACKOFF_MAX_S, BACKOFF_START_S * (2 ** (n - 1)))
+        if code == EXIT_FENCED:
+            delay = BACKOFF_START_S
+        slot.restart_at = now + delay
+        log.warning("worker %d exited (%s): %s; restarting in %.1f s", slot.index, _exit_reason(code), reason, delay)
+        return None
+
+    def _drain_errors(self) -> None:
+        try:
+            while not self._queue.empty():
+                index, message = self._queue.get()
+                if 0 <= index < len(self._slots):
+                    self._slots[index].last_error = message
+        except (EOFError, OSError):
+            pass
+
+    def _signal_all(self, signum: int) -> None:
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.is_alive():
+                try:
+                    os.kill(slot.proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == EXIT_FENCED:
+        return "fenced by a newer instance"
+    return f"exit code {code}"

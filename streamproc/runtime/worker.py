@@ -1,0 +1,556 @@
+"""One worker: one consumer and one producer running the tasks of the partitions it is assigned.
+
+Partitions and tasks
+    The consumer joins group ``<app-id>`` and subscribes to every input topic of every
+    sub-topology (sources and repartition topics). A task is (sub-topology, partition number);
+    it is created when the worker is assigned that partition of one of the sub-topology's
+    input topics. The assignor is ``range`` (``streamproc.kafka.ASSIGNMENT_STRATEGY``): it
+    assigns each topic separately, members sorted the same way, so partition N of topics with
+    the same partition count - the co-partitioned inputs of one task - always lands on the same
+    member. A task's changelog partitions are numbered like the task (changelog partition N
+    belongs to task N), so state follows its input wherever the assignor puts it.
+
+Identity
+    ``group.instance.id`` and ``transactional.id`` are ``<app-id>-<process-id>-<worker>``, the
+    process id being a uuid persisted in ``<state-dir>/<app-id>/process-id``. A worker
+    restarted after a crash rejoins as the same static member (same partitions, no rebalance)
+    and its producer fences the crashed one and aborts its open transaction.
+
+Main loop
+    ``consume(num_messages=batch_size)``; messages grouped per (topic, partition) into a
+    ``RawBatch`` each (offset order kept) and run through the task; outputs produced in the
+    open checkpoint (transaction); every commit interval :func:`checkpoint.checkpoint`.
+    Stateful tasks restore first (:mod:`restore`) with their input partitions paused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from ..errors import BrokerError, StreamprocError
+from ..kafka.config import (consumer_config, producer_config, restore_consumer_config,
+                            transactional_producer_config)
+from ..operators import RawBatch
+from ..state import MemoryBackend
+from . import checkpoint as cp
+from ._config import RunOptions
+from .restore import Restorer
+from .task import Task
+
+log = logging.getLogger("streamproc.worker")
+
+#: Worker exit codes (the supervisor restarts on anything but 0).
+EXIT_OK, EXIT_ERROR, EXIT_FENCED = 0, 1, 75
+
+_EOF = KafkaError._PARTITION_EOF
+
+
+class ProcessingFailed(StreamprocError):
+    """A record could not be processed (user function raised, bad record under on_error='fail')."""
+
+
+def instance_id(app_id: str, process_id: str, index: int) -> str:
+    return f"{app_id}-{process_id}-{index}"
+
+
+class Worker:
+    """Runs the tasks of one consumer-group member. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, plan, options: RunOptions, index: int = 0, process_id: str = "local",
+                 backend_factory=None):
+        self.plan = plan
+        self.options = options
+        self.index = index
+        self.app_id = plan.app_id
+        self.eos = options.eos
+        self.id = instance_id(self.app_id, process_id, index)
+        self.timeout_s = 30.0
+        self.batch_size = options.batch_size
+        self.commit_interval_s = options.commit_interval_s
+        self.dlq_topic = f"{self.app_id}-dlq"
+        self._backend_factory = backend_factory or (lambda st, partition: MemoryBackend())
+
+        self._st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
+        self.input_topics = list(self._st_of_topic)
+        self._changelog_topics = {s.changelog for s in plan.stores}
+
+        # task bookkeeping
+        self.tasks: dict[tuple, Task] = {}               # active tasks
+        self._restoring: dict[tuple, tuple] = {}         # key -> (subtopology, partition, backend)
+        self._to_restore: list[tuple] = []               # keys whose restore is not started yet
+        self._suspended: dict[tuple, object] = {}        # key -> backend of a revoked task
+        self._tps_of: dict[tuple, set] = {}              # key -> {(topic, partition)} assigned
+        self._dropped: set = set()                       # (topic, partition) whose fetched records were dropped
+
+        # the open checkpoint (see checkpoint.py)
+        self.open = False
+        self.in_txn = False
+        self.dirty: dict[tuple, Task] = {}
+        self.positions: dict[tuple, int] = {}
+        self.changelog_offsets: dict[tuple, int] = {}
+        self.delivery_errors: list = []
+        self.checkpoints = 0
+        self._checkpoint_due = 0.0
+
+        self._epoch = 0
+        self._fatal: BaseException | None = None
+        self._failed = False
+        self._stop = threading.Event()
+        self.started = threading.Event()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+        self.restorer: Restorer | None = None
+        self.records_in = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def stop(self) -> None:
+        """Ask the worker to finish its open checkpoint, leave and return from ``run()``."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        deadline = None if self.options.max_runtime_s is None else time.monotonic() + self.options.max_runtime_s
+        self._open()
+        try:
+            while not self._stop.is_set():
+                self._tick()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+            cp.checkpoint(self)
+            self._close(clean=True)
+        except BaseException:
+            self._failed = True
+            self._close(clean=False)
+            raise
+
+    def _open(self) -> None:
+        o = self.options
+        bootstrap = o.bootstrap_servers
+        pconf = (transactional_producer_config(bootstrap, self.app_id, self.id, o.client("producer")) if self.eos
+                 else producer_config(bootstrap, self.app_id, o.client("producer")))
+        pconf["on_delivery"] = self._on_delivery
+        pconf["error_cb"] = self._on_error
+        pconf.setdefault("queue.buffering.max.messages", 500_000)
+        self.producer = Producer(pconf)
+        if self.eos:
+            try:
+                cp._call("init_transactions", lambda: self.producer.init_transactions(self.timeout_s), 60.0)
+            except cp._Abortable as e:
+                raise BrokerError(f"worker {self.id} could not start its transactional producer: {e}") from None
+        cconf = consumer_config(bootstrap, self.app_id, o.client("consumer"), group_instance_id=self.id)
+        cconf["error_cb"] = self._on_error
+        self._reset_policy = str(cconf.get("auto.offset.reset", "earliest"))
+        self.consumer = Consumer(cconf)
+        self.restorer = Restorer(restore_consumer_config(bootstrap, self.app_id, o.client("restore")),
+                                 stall_timeout_s=o.restore_stall_timeout_s)
+        self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        log.info("worker %s started: %s, inputs %s", self.id, self.options.guarantee, ", ".join(self.input_topics))
+        self.started.set()
+
+    def _close(self, clean: bool) -> None:
+        if not clean:
+            try:
+                cp.abort_open(self)
+            except Exception as e:  # noqa: BLE001 - we are failing already
+                log.debug("abort while stopping failed: %s", e)
+        if self.consumer is not None:
+            try:
+                self.consumer.close()      # on_revoke: commits nothing more (clean: nothing is open)
+            except Exception as e:  # noqa: BLE001
+                log.debug("consumer close: %s", e)
+        if self.restorer is not None:
+            self.restorer.close()
+        if self.producer is not None:
+            try:
+                self.producer.flush(5 if clean else 0)
+            except Exception:  # noqa: BLE001
+                pass
+        for b in list(self._suspended.values()):
+            b.close()
+        self._suspended.clear()
+        for t in self.tasks.values():
+            t.state.backend.close()
+        self.tasks.clear()
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.delivery_errors.append((err, msg.topic()))
+            return
+        t = msg.topic()
+        if t in self._changelog_topics:
+            k = (t, msg.partition())
+            o = msg.offset()
+            if o > self.changelog_offsets.get(k, -1):
+                self.changelog_offsets[k] = o
+
+    def _on_error(self, err) -> None:
+        if err.fatal():
+            self._fatal = cp.fatal_error(err, "Kafka client")
+        elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            log.warning("worker %s: %s", self.id, err.str())
+        else:
+            log.info("worker %s: Kafka client: %s", self.id, err.str())
+
+    def _key(self, topic: str, partition: int) -> tuple:
+        return (self._st_of_topic[topic].id, partition)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._epoch += 1
+        try:
+            consumer.assign(partitions)
+            to_pause = []
+            for tp in partitions:
+                key = self._key(tp.topic, tp.partition)
+                self._tps_of.setdefault(key, set()).add((tp.topic, tp.partition))
+                if key in self.tasks or key in self._restoring:
+                    if key in self._restoring:
+                        to_pause.append(TopicPartition(tp.topic, tp.partition))
+                    continue
+                st = self._st_of_topic[tp.topic]
+                backend = self._suspended.pop(key, None) or self._backend_factory(st, tp.partition)
+                if st.stateful:
+                    self._restoring[key] = (st, tp.partition, backend)
+                    self._to_restore.append(key)
+                    to_pause.append(TopicPartition(tp.topic, tp.partition))
+                else:
+                    self.tasks[key] = Task(st, tp.partition, backend)
+            if to_pause:
+                consumer.pause(to_pause)
+            for b in self._suspended.values():
+                b.close()
+            self._suspended.clear()
+            log.info("worker %s assigned %d partition(s): %d task(s) ready, %d restoring", self.id,
+                     len(partitions), len(self.tasks), len(self._restoring))
+        except BaseException as e:  # noqa: BLE001 - re-raised from the main loop
+            self._fatal = e
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self._epoch += 1
+        try:
+            if not self._failed and self._fatal is None:
+                cp.checkpoint(self)
+            else:
+                cp.abort_open(self)
+        except BaseException as e:  # noqa: BLE001
+            self._fatal = self._fatal or e
+            try:
+                cp.abort_open(self)
+            except BaseException:  # noqa: BLE001
+                pass
+        self._drop(partitions)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        self._epoch += 1
+        log.warning("worker %s lost %d partition(s) (session timed out?): dropping the open checkpoint",
+                    self.id, len(partitions))
+        try:
+            cp.abort_open(self)
+        except BaseException as e:  # noqa: BLE001
+            self._fatal = self._fatal or e
+        self._drop(partitions)
+
+    def _drop(self, partitions) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        keys = set()
+        for key, tps in list(self._tps_of.items()):
+            if tps & gone:
+                tps -= gone
+                if not tps:
+                    keys.add(key)
+                    del self._tps_of[key]
+        for key in keys:
+            task = self.tasks.pop(key, None)
+            if task is not None:
+                self._suspended[key] = task.state.backend
+            entry = self._restoring.pop(key, None)
+            if entry is not None:
+                self._suspended[key] = entry[2]
+            if key in self._to_restore:
+                self._to_restore.remove(key)
+            self.dirty.pop(key, None)
+        if self.restorer is not None:
+            self.restorer.cancel(keys)
+        for tp in gone:
+            self.positions.pop(tp, None)
+            self._dropped.discard(tp)
+        if not self.positions and not self.dirty:
+            self.open = self.in_txn
+
+    # ------------------------------------------------------------------ checkpoint hooks
+    def rebuild_tasks(self, keys) -> None:
+        """Recreate tasks from their backends (after ``state.discard()``): operators re-index state."""
+        for key in keys:
+            old = self.tasks.get(key)
+            if old is None:
+                continue
+            new = Task(old.subtopology, old.partition, old.state.backend)
+            new.ctx.metrics = old.ctx.metrics
+            self.tasks[key] = new
+
+    def reset_to_committed(self, tps=None) -> None:
+        """Seek the given (default: all active) input partitions back to their committed offsets."""
+        if tps is None:
+            tps = [tp for key in self.tasks for tp in self._tps_of.get(key, ())]
+        tps = [TopicPartition(t, p) for t, p in tps]
+        if not tps:
+            return
+        try:
+            committed = self.consumer.committed(tps, timeout=self.timeout_s)
+        except KafkaException as e:
+            err = cp.kafka_error(e)
+            raise cp.FatalKafkaError(f"cannot read the committed offsets to resume from: "
+                                     f"{err.str() if err else e}") from None
+        earliest = self._reset_policy in ("earliest", "smallest", "beginning")
+        for tp in committed:
+            off = tp.offset if tp.offset >= 0 else (OFFSET_BEGINNING if earliest else OFFSET_END)
+            try:
+                self.consumer.seek(TopicPartition(tp.topic, tp.partition, off))
+            except KafkaException as e:
+                err = cp.kafka_error(e)
+                if err is not None and err.code() == KafkaError._STATE:
+                    continue          # not fetching yet: it will start from the committed offset anyway
+                raise
+            self._dropped.discard((tp.topic, tp.partition))
+
+    # ------------------------------------------------------------------ main loop
+    def _tick(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        restoring = bool(self._to_restore) or self.restorer.pending
+        if restoring:
+            self._restore_step()
+        if self.open:
+            timeout = min(0.1, max(0.0, self._checkpoint_due - time.monotonic()))
+        else:
+            timeout = 0.1
+        if restoring:
+            timeout = 0.0
+        epoch = self._epoch
+        msgs = self.consumer.consume(self.batch_size, timeout)
+        if self._fatal is not None:
+            raise self._fatal
+        if self._epoch != epoch and msgs:
+            msgs = self._drop_stale(msgs)
+        if msgs:
+            self._process(msgs)
+        else:
+            self.producer.poll(0)
+        if self.open and time.monotonic() >= self._checkpoint_due:
+            cp.checkpoint(self)
+
+    def _restore_step(self) -> None:
+        while self._to_restore:
+            key = self._to_restore.pop(0)
+            st, p, backend = self._restoring[key]
+            self.restorer.start(key, backend, [(s.name, s.changelog, p) for s in st.stores])
+        for key in self.restorer.step(0.0 if self.tasks else 0.05):
+            entry = self._restoring.pop(key, None)
+            if entry is None:
+                continue
+            st, p, backend = entry
+            self.tasks[key] = Task(st, p, backend)
+            tps = sorted(self._tps_of.get(key, ()))
+            dropped = [tp for tp in tps if tp in self._dropped]
+            if dropped:
+                self.reset_to_committed(dropped)
+            self.consumer.resume([TopicPartition(t, q) for t, q in tps])
+            log.info("worker %s: task %s restored (stream time %s), processing", self.id, key,
+                     self.tasks[key].state.stream_time)
+
+    def _drop_stale(self, msgs) -> list:
+        """A rebalance ran inside this consume(): records fetched before it may be stale. Drop them
+        and re-read those partitions from their committed offsets."""
+        tps = set()
+        for m in msgs:
+            if m.error() is None:
+                tps.add((m.topic(), m.partition()))
+        active = [tp for tp in tps if self._key(*tp) in self.tasks]
+        self._dropped.update(tps)
+        if active:
+            self.reset_to_committed(active)
+        return [m for m in msgs if m.error() is not None]
+
+    def _process(self, msgs) -> None:
+        groups: dict[tuple, tuple] = {}
+        for m in msgs:
+            if m.error() is not None:
+                self._consumer_error(m)
+                continue
+            tp = (m.topic(), m.partition())
+            g = groups.get(tp)
+            if g is None:
+                g = groups[tp] = ([], [], [], [])
+            g[0].append(m.key())
+            g[1].append(m.value())
+            g[2].append(m.timestamp()[1])
+            g[3].append(m.offset())
+        if not groups:
+            return
+        if not self.open:
+            self.open = True
+            self._checkpoint_due = time.monotonic() + self.commit_interval_s
+        if self.eos and not self.in_txn:
+            cp._call("begin_transaction", self.producer.begin_transaction, self.timeout_s)
+            self.in_txn = True
+        produce = self._produce_fast
+        for tp, (keys, values, tss, offs) in groups.items():
+            topic, partition = tp
+            key = self._key(topic, partition)
+            task = self.tasks.get(key)
+            if task is None:
+                self._dropped.add(tp)        # restoring, or revoked: re-read from the committed offset
+                continue
+            try:
+                produced = task.process(RawBatch(topic, partition, keys, values, tss, offs))
+            except StreamprocError as e:
+                raise ProcessingFailed(f"task {task.id} stopped on {topic}[{partition}] offsets "
+                                       f"{offs[0]}..{offs[-1]}: {e}") from None
+            except Exception as e:  # noqa: BLE001
+                raise ProcessingFailed(f"task {task.id} stopped on {topic}[{partition}] offsets "
+                                       f"{offs[0]}..{offs[-1]}: {type(e).__name__}: {e}") from e
+            for out_topic, kb, vb, ts in produced:
+                for i in range(len(kb)):
+                    produce(out_topic, vb[i], kb[i], ts[i])
+            if task.ctx.dead_letters:
+                self._dead_letters(task)
+            self.positions[tp] = offs[-1] + 1
+            self.dirty[key] = task
+            self.records_in += len(offs)
+
+    def _produce_fast(self, topic, value, key, ts) -> None:
+        try:
+            self.producer.produce(topic, value, key, timestamp=ts)
+        except BufferError:
+            self._wait_for_queue()
+            self.producer.produce(topic, value, key, timestamp=ts)
+
+    def produce(self, topic, value, key, partition=-1, timestamp=0, headers=None) -> None:
+        """Produce one record in the open checkpoint (waits while the producer queue is full)."""
+        while True:
+            try:
+                if headers is None:
+                    self.producer.produce(topic, value, key, partition=partition, timestamp=timestamp)
+                else:
+                    self.producer.produce(topic, value, key, partition=partition, timestamp=timestamp,
+                                          headers=headers)
+                return
+            except BufferError:
+                self._wait_for_queue()
+
+    def _wait_for_queue(self) -> None:
+        self.producer.poll(0.05)
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _dead_letters(self, task) -> None:
+        for dl in task.ctx.dead_letters:
+            headers = [("error", dl.error.encode("utf-8", "replace")), ("topic", dl.topic.encode()),
+                       ("partition", str(dl.partition).encode()), ("offset", str(dl.offset).encode())]
+            self.produce(self.dlq_topic, dl.value, dl.key, timestamp=max(int(dl.timestamp), 0), headers=headers)
+        task.ctx.dead_letters.clear()
+
+    def _consumer_error(self, m) -> None:
+        err = m.error()
+        if err.code() == _EOF:
+            return
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            raise cp.fatal_error(err, f"consumer of {self.id}")
+        if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                          KafkaError.GROUP_AUTHORIZATION_FAILED):
+            raise cp.FatalKafkaError(f"consumer of {self.id}: {err.str()} (topic {m.topic()!r}); "
+                                     f"check that the topic exists and the client may read it")
+        log.warning("worker %s: consumer error: %s", self.id, err.str())
+
+    # ------------------------------------------------------------------ introspection
+    def metrics(self) -> dict:
+        total: dict = {}
+        for t in self.tasks.values():
+            for k, v in t.metrics.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+# ------------------------------------------------------------------------------------------------
+# worker process entry point (multiprocessing "spawn": the topology is imported again, not pickled)
+
+def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_id: str, queue,
+                log_level: int = logging.WARNING) -> None:
+    worker: list[Worker] = []
+
+    def on_signal(signum, frame):
+        if worker:
+            worker[0].stop()
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    _die_with_parent()
+    logging.basicConfig(
+        level=log_level,
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    code = EXIT_ERROR
+    try:
+        from ..plan import compile_topology
+        from ._load import load_topology
+
+        plan = compile_topology(load_topology(ref, app_id))
+        w = Worker(plan, options, index, process_id)
+        worker.append(w)
+        w.run()
+        code = EXIT_OK
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    except cp.WorkerFenced as e:
+        _report(queue, index, str(e))
+        code = EXIT_FENCED
+    except StreamprocError as e:
+        _report(queue, index, str(e))
+    except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level
+        log.debug("worker %d crashed", index, exc_info=True)
+        _report(queue, index, _describe(e))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _report(queue, index: int, message: str) -> None:
+    try:
+        queue.put((index, message))
+    except Exception:  # noqa: BLE001 - the supervisor may be gone
+        pass
+
+
+def _describe(e: BaseException) -> str:
+    import traceback
+
+    where = ""
+    tb = traceback.extract_tb(e.__traceback__)
+    if tb:
+        f = tb[-1]
+        where = f" (at {os.path.relpath(f.filename) if not f.filename.startswith('<') else f.filename}:{f.lineno})"
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the supervisor dies, so no worker outlives its instance."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)     # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,4 @@
+"""Fixture: defines no Topology object (only imports the class)."""
+from streamproc import Topology  # noqa: F401
+
+NAME = "not a topology"
