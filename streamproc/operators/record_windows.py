@@ -46,9 +46,10 @@ class _RecordWindowOp(_AggregateBase):
             entry = work.get(k)
             if entry is None:
                 entry = work[k] = self._copy(self.store.get(k))
-            w = self._remove(entry, wid)
+            w = self._close(k, entry, wid, st)
             if w is not None and self.emit_final:
                 items.append(self._result(k, w))
+        self._expire(work, st)
         for k, entry in work.items():
             self._prune(entry, st)
             if self._empty(entry):
@@ -56,6 +57,19 @@ class _RecordWindowOp(_AggregateBase):
             else:
                 self.store.put(k, entry)
         return self._output([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], st)
+
+    def _close(self, k, entry, wid, st):
+        """The window ``wid`` of key ``k`` just closed: take it out (return it for the final emit)."""
+        return self._remove(entry, wid)
+
+    def _expire(self, work: dict, st: int) -> None:
+        """Drop state kept past closing that no record can touch any more."""
+
+    def _work_entry(self, work: dict, k):
+        entry = work.get(k)
+        if entry is None:
+            entry = work[k] = self._copy(self.store.get(k))
+        return entry
 
     def _snapshot_items(self):
         for k, entry in self.store.items():
@@ -152,7 +166,9 @@ class SlidingAggregateOp(_RecordWindowOp):
         return True
 
     def _prune(self, entry, st):
-        horizon = st - self.window.grace - self.window.max_difference
+        # a record at r is still needed while a window containing it, or its own right window
+        # [r+1, r+1+d] (created when a later record arrives), can be open
+        horizon = st - self.window.grace - self.window.max_difference - 1
         recs = entry[0]
         cut = bisect.bisect_left([r[0] for r in recs], horizon)
         if cut:
@@ -170,17 +186,33 @@ class SlidingAggregateOp(_RecordWindowOp):
 
 
 class SessionAggregateOp(_RecordWindowOp):
-    """Session windows. Per key the store holds the sessions ``[start, end, max_ts, *states]``.
+    """Session windows. Per key the store holds the sessions ``[start, end, closed, max_ts, *states]``.
 
-    A record at t merges every session with ``end >= t - gap`` and ``start <= t + gap`` into
-    one ``[min start, max end]``; if that merged session is already closed the record is late
-    and nothing changes.
+    A record at t merges every session of its key with ``end >= t - gap`` and ``start <= t + gap``
+    into one ``[min start, max end]``; if that merged session is already closed the record is
+    late and nothing changes. Closed sessions take part in merges too (DESIGN section 4; Kafka
+    Streams does the same while they are retained): a closed session was emitted when it closed,
+    and the session it merges into is emitted again when that one closes. A closed session is
+    kept until no record can merge it without a third, still open session: until stream time
+    passes ``end + 2*gap + grace``; then it is deleted (tombstoned in the changelog).
     """
 
-    _S = 3   # session list layout: [start, end, max_ts, *states]
+    _S = 4   # session list layout: [start, end, closed, max_ts, *states]
+
+    def __init__(self, node, ctx):
+        self.expiry = CloseIndex()
+        super().__init__(node, ctx)
+        for k, sessions in self.store.items():
+            for s in sessions:
+                if s[2]:
+                    self.expiry.add(self._expire_time(s[1]), (k, s[0]))
+
+    def _expire_time(self, end: int) -> int:
+        w = self.window
+        return end + 2 * w.gap + w.grace + 1
 
     def _windows_of(self, k, sessions):
-        return [((k, s[0]), self.window.close_time(s[1])) for s in sessions]
+        return [((k, s[0]), self.window.close_time(s[1])) for s in sessions if not s[2]]
 
     @staticmethod
     def _copy(sessions):
@@ -200,29 +232,46 @@ class SessionAggregateOp(_RecordWindowOp):
                 return sessions.pop(i)
         return None
 
+    def _close(self, k, sessions, start, st):
+        s = self._find(sessions, start)
+        if s is None or s[2]:
+            return None
+        s[2] = 1
+        self.expiry.add(self._expire_time(s[1]), (k, start))
+        return s
+
+    def _expire(self, work, st):
+        for k, start in self.expiry.pop_closed(st):
+            sessions = self._work_entry(work, k)
+            s = self._find(sessions, start)
+            if s is not None and s[2]:
+                sessions.remove(s)
+
     def _add(self, k, sessions, t, st, value, xs, changed) -> bool:
-        gap = self.window.gap
-        close = self.window.close_time
-        # only open sessions merge: a closed one was already emitted and is gone from the
-        # store at the end of its batch, so merging it here would make results depend on batching
-        hit = [s for s in sessions if s[1] >= t - gap and s[0] <= t + gap and st < close(s[1])]
+        w = self.window
+        gap, close = w.gap, w.close_time
+        hit = [s for s in sessions if s[1] >= t - gap and s[0] <= t + gap]
         start = min([t] + [s[0] for s in hit])
         end = max([t] + [s[1] for s in hit])
         if st >= close(end):
             return False
         hit.sort(key=lambda s: s[0])
         if hit:
-            merged = hit[0]
+            states = hit[0][4:]
+            max_ts = hit[0][3]
             for s in hit[1:]:
-                merged = merged[:3] + [a.combine(x, y) for a, x, y in zip(self.aggs, merged[3:], s[3:])]
-                merged[2] = max(merged[2], s[2])
+                states = [a.combine(x, y) for a, x, y in zip(self.aggs, states, s[4:])]
+                max_ts = max(max_ts, s[3])
             for s in hit:
-                self.index.remove(close(s[1]), (k, s[0]))
+                if s[2]:
+                    self.expiry.remove(self._expire_time(s[1]), (k, s[0]))
+                else:
+                    self.index.remove(close(s[1]), (k, s[0]))
                 changed.pop((k, s[0]), None)
                 sessions.remove(s)
-            new = [start, end, merged[2]] + merged[3:]
+            new = [start, end, 0, max_ts] + list(states)
         else:
-            new = [start, end, t] + [a.init() for a in self.aggs]
+            new = [start, end, 0, t] + [a.init() for a in self.aggs]
         self._grow(new, t, xs)
         sessions.append(new)
         sessions.sort(key=lambda s: s[0])
@@ -239,5 +288,5 @@ class SessionAggregateOp(_RecordWindowOp):
 
     def _result(self, k, s):
         value = {"window_start": s[0], "window_end": s[1]}
-        value.update(self._results(s[2:]))
-        return k, value, s[2]
+        value.update(self._results(s[3:]))
+        return k, value, s[3]
