@@ -46,10 +46,9 @@ class _RecordWindowOp(_AggregateBase):
             entry = work.get(k)
             if entry is None:
                 entry = work[k] = self._copy(self.store.get(k))
-            w = self._close(k, entry, wid, st)
+            w = self._remove(entry, wid)
             if w is not None and self.emit_final:
                 items.append(self._result(k, w))
-        self._expire(work, st)
         for k, entry in work.items():
             self._prune(entry, st)
             if self._empty(entry):
@@ -57,19 +56,6 @@ class _RecordWindowOp(_AggregateBase):
             else:
                 self.store.put(k, entry)
         return self._output([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], st)
-
-    def _close(self, k, entry, wid, st):
-        """The window ``wid`` of key ``k`` just closed: take it out (return it for the final emit)."""
-        return self._remove(entry, wid)
-
-    def _expire(self, work: dict, st: int) -> None:
-        """Drop state kept past closing that no record can touch any more."""
-
-    def _work_entry(self, work: dict, k):
-        entry = work.get(k)
-        if entry is None:
-            entry = work[k] = self._copy(self.store.get(k))
-        return entry
 
     def _snapshot_items(self):
         for k, entry in self.store.items():
@@ -186,33 +172,21 @@ class SlidingAggregateOp(_RecordWindowOp):
 
 
 class SessionAggregateOp(_RecordWindowOp):
-    """Session windows. Per key the store holds the sessions ``[start, end, closed, max_ts, *states]``.
+    """Session windows. Per key the store holds the open sessions ``[start, end, max_ts, *states]``.
 
     A record at t merges every session of its key with ``end >= t - gap`` and ``start <= t + gap``
-    into one ``[min start, max end]``; if that merged session is already closed the record is
-    late and nothing changes. Closed sessions take part in merges too (DESIGN section 4; Kafka
-    Streams does the same while they are retained): a closed session was emitted when it closed,
-    and the session it merges into is emitted again when that one closes. A closed session is
-    kept until no record can merge it without a third, still open session: until stream time
-    passes ``end + 2*gap + grace``; then it is deleted (tombstoned in the changelog).
+    that is still open when the record is processed, into one ``[min start, max end]``; if that
+    merged session is already closed the record is late and nothing changes. A closed session
+    has been emitted and is deleted from the store (tombstoned in the changelog) at the end of
+    its batch; it never merges again. This is Kafka Streams' behaviour: its session store
+    retention defaults to gap + grace, and a fetch never returns a session older than that, so
+    every record counts in at most one final result and the store stays bounded.
     """
 
-    _S = 4   # session list layout: [start, end, closed, max_ts, *states]
-
-    def __init__(self, node, ctx):
-        self.expiry = CloseIndex()
-        super().__init__(node, ctx)
-        for k, sessions in self.store.items():
-            for s in sessions:
-                if s[2]:
-                    self.expiry.add(self._expire_time(s[1]), (k, s[0]))
-
-    def _expire_time(self, end: int) -> int:
-        w = self.window
-        return end + 2 * w.gap + w.grace + 1
+    _S = 3   # session list layout: [start, end, max_ts, *states]
 
     def _windows_of(self, k, sessions):
-        return [((k, s[0]), self.window.close_time(s[1])) for s in sessions if not s[2]]
+        return [((k, s[0]), self.window.close_time(s[1])) for s in sessions]
 
     @staticmethod
     def _copy(sessions):
@@ -232,46 +206,29 @@ class SessionAggregateOp(_RecordWindowOp):
                 return sessions.pop(i)
         return None
 
-    def _close(self, k, sessions, start, st):
-        s = self._find(sessions, start)
-        if s is None or s[2]:
-            return None
-        s[2] = 1
-        self.expiry.add(self._expire_time(s[1]), (k, start))
-        return s
-
-    def _expire(self, work, st):
-        for k, start in self.expiry.pop_closed(st):
-            sessions = self._work_entry(work, k)
-            s = self._find(sessions, start)
-            if s is not None and s[2]:
-                sessions.remove(s)
-
     def _add(self, k, sessions, t, st, value, xs, changed) -> bool:
         w = self.window
         gap, close = w.gap, w.close_time
-        hit = [s for s in sessions if s[1] >= t - gap and s[0] <= t + gap]
+        # closed sessions may still sit in the batch's working copy until the batch ends
+        hit = [s for s in sessions if s[1] >= t - gap and s[0] <= t + gap and st < close(s[1])]
         start = min([t] + [s[0] for s in hit])
         end = max([t] + [s[1] for s in hit])
         if st >= close(end):
             return False
         hit.sort(key=lambda s: s[0])
         if hit:
-            states = hit[0][4:]
-            max_ts = hit[0][3]
+            states = hit[0][3:]
+            max_ts = hit[0][2]
             for s in hit[1:]:
-                states = [a.combine(x, y) for a, x, y in zip(self.aggs, states, s[4:])]
-                max_ts = max(max_ts, s[3])
+                states = [a.combine(x, y) for a, x, y in zip(self.aggs, states, s[3:])]
+                max_ts = max(max_ts, s[2])
             for s in hit:
-                if s[2]:
-                    self.expiry.remove(self._expire_time(s[1]), (k, s[0]))
-                else:
-                    self.index.remove(close(s[1]), (k, s[0]))
+                self.index.remove(close(s[1]), (k, s[0]))
                 changed.pop((k, s[0]), None)
                 sessions.remove(s)
-            new = [start, end, 0, max_ts] + list(states)
+            new = [start, end, max_ts] + list(states)
         else:
-            new = [start, end, 0, t] + [a.init() for a in self.aggs]
+            new = [start, end, t] + [a.init() for a in self.aggs]
         self._grow(new, t, xs)
         sessions.append(new)
         sessions.sort(key=lambda s: s[0])
@@ -288,5 +245,5 @@ class SessionAggregateOp(_RecordWindowOp):
 
     def _result(self, k, s):
         value = {"window_start": s[0], "window_end": s[1]}
-        value.update(self._results(s[3:]))
-        return k, value, s[3]
+        value.update(self._results(s[2:]))
+        return k, value, s[2]
