@@ -21,6 +21,8 @@ Choices that matter for correctness (see the librdkafka CONFIGURATION.md):
   same key. librdkafka's own default (``consistent_random``, CRC32) would not.
 * ``isolation.level=read_committed`` and ``enable.auto.commit=false``: offsets are
   committed only by the runtime (in the transaction under exactly-once).
+* ``fetch.queue.backoff.ms=10`` (librdkafka default 1000) so a fast consumer
+  does not stall a second whenever its local queue is full.
 * ``allow.auto.create.topics=false`` on every client: a metadata request for a
   missing topic must never create it with the broker's default partition count.
 """
@@ -42,6 +44,12 @@ DEFAULT_SESSION_TIMEOUT_MS = 10_000
 #: open transaction of a producer that vanished (Kafka Streams uses 10 s too).
 #: A transaction must finish (begin .. commit) well within it.
 DEFAULT_TRANSACTION_TIMEOUT_MS = 10_000
+
+#: How long librdkafka postpones the next fetch of a partition whose local
+#: queue is over ``queued.min.messages``. The default (1000 ms) makes a consumer
+#: that drains 100k records faster than one fetch round trip idle for a second:
+#: measured 4x lower throughput (110k vs 475k msgs/s) on one partition.
+DEFAULT_FETCH_QUEUE_BACKOFF_MS = 10
 
 #: Producer batching delay. Transactions flush at commit anyway; this only
 #: bounds how long records wait inside a checkpoint interval.
@@ -79,6 +87,7 @@ def consumer_config(bootstrap: str, app_id: str,
         "heartbeat.interval.ms": session_ms // 4,
         "allow.auto.create.topics": False,
         "enable.partition.eof": False,
+        "fetch.queue.backoff.ms": DEFAULT_FETCH_QUEUE_BACKOFF_MS,
     }
     if group_instance_id:
         conf["group.instance.id"] = group_instance_id
@@ -107,6 +116,7 @@ def restore_consumer_config(bootstrap: str, app_id: str,
         "isolation.level": "read_committed",
         "allow.auto.create.topics": False,
         "enable.partition.eof": True,
+        "fetch.queue.backoff.ms": DEFAULT_FETCH_QUEUE_BACKOFF_MS,
     }
     return _merge(conf, overrides)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,8 +91,9 @@ class DevBroker:
     ...     run(bootstrap=broker.bootstrap)
 
     ``port=None`` picks a free port. ``bootstrap`` is ``"127.0.0.1:<port>"``;
-    ``log_path`` is the file receiving the broker's stdout and stderr (kept after
-    stop, in a temporary directory, so a failed test can point at it).
+    ``log_path`` is the file receiving the broker's stdout and stderr. Without
+    ``log_dir`` it lives in a fresh temporary directory that ``stop()`` removes
+    unless ``keep_log=True`` or the broker failed to start.
 
     The broker runs in its own session (a Ctrl-C in the terminal reaches only
     the Python process, which then stops it) and, on Linux, with a parent-death
@@ -102,13 +104,15 @@ class DevBroker:
 
     def __init__(self, port: int | None = None, *, host: str = "127.0.0.1",
                  startup_timeout_s: float = 30.0, log_dir: str | os.PathLike[str] | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, keep_log: bool = False):
         self._requested_port = port
         self.host = host
         self.port: int | None = port
         self.startup_timeout_s = startup_timeout_s
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._extra_args = list(extra_args or [])
+        self.keep_log = keep_log
+        self._tmp_log_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
@@ -132,7 +136,10 @@ class DevBroker:
         if self.running:
             return self
         binary = find_tansu_binary()
-        log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="streamproc-devbroker-"))
+        if self._log_dir is not None:
+            log_dir = self._log_dir
+        else:
+            log_dir = self._tmp_log_dir = Path(tempfile.mkdtemp(prefix="streamproc-devbroker-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / "tansu.log"
 
@@ -147,7 +154,7 @@ class DevBroker:
                 return self
             except BrokerError as exc:
                 last_error = exc
-                self.stop()
+                self._terminate()
         assert last_error is not None
         raise last_error
 
@@ -161,6 +168,7 @@ class DevBroker:
             kwargs: dict[str, Any] = {
                 "stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT,
                 "close_fds": True,
+                "env": {**os.environ, "NO_COLOR": "1"},  # plain-text log file
             }
             if os.name == "posix":
                 kwargs["start_new_session"] = True
@@ -203,6 +211,12 @@ class DevBroker:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after ``timeout_s``. Idempotent."""
+        self._terminate(timeout_s)
+        if self._tmp_log_dir is not None and not self.keep_log:
+            shutil.rmtree(self._tmp_log_dir, ignore_errors=True)
+            self._tmp_log_dir = None
+
+    def _terminate(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
         try:
             atexit.unregister(self.stop)
