@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test bench describe clean
+.PHONY: install test demo bench describe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(VENV)/.installed
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+demo: install
+	$(BIN)/python scripts/demo.py
+
 bench: install
 	$(BIN)/python benchmarks/operators.py
 
@@ -25,4 +28,4 @@ describe: install
 	$(BIN)/streamproc describe topologies/page_views.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .demo-state

@@ -40,9 +40,12 @@ def _docker_answers() -> bool:
 
 def _testcontainers_kafka():
     try:
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer   # testcontainers >= 4.10
     except ImportError:
-        return None
+        try:
+            from testcontainers.kafka import KafkaContainer
+        except ImportError:
+            return None
     return KafkaContainer
 
 
