@@ -9,10 +9,23 @@ that a committed changelog does not.
 The checkpoint itself is two calls, made by whoever drives the task (test driver or
 Kafka runtime): ``changes()`` -> records to write to the changelogs, then, once those are
 durable, ``apply(changelog_offsets)``.
+
+Backends: ``MemoryBackend`` (dicts) and ``RocksDBBackend`` (one RocksDB database per task
+directory, ``streamproc.state.rocksdb``; key encodings in ``streamproc.state.keys``;
+``TaskDirLock`` keeps two processes out of one task directory).
 """
 from __future__ import annotations
 
 from .backend import Backend, MemoryBackend
+from .lock import TaskDirLock
 from .store import DELETED, Store, TaskState
 
-__all__ = ["Backend", "MemoryBackend", "Store", "TaskState", "DELETED"]
+__all__ = ["Backend", "MemoryBackend", "RocksDBBackend", "Store", "TaskState", "TaskDirLock", "DELETED"]
+
+
+def __getattr__(name):
+    # rocksdict is imported only when RocksDB is used: the memory backend and the test driver do without it
+    if name == "RocksDBBackend":
+        from .rocksdb import RocksDBBackend
+        return RocksDBBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

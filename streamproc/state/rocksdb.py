@@ -1,0 +1,537 @@
+"""``RocksDBBackend``: a task's stores on local disk (DESIGN.md section 5).
+
+Layout of one task directory ``<state-dir>/<app-id>/<task-id>/``::
+
+    LOCK          TaskDirLock: flock + "pid host" of the process using the directory
+    rocksdb/      one RocksDB database (rocksdict, raw bytes mode)
+        column family <store>     one per store; keys and values as streamproc.state.keys says
+        column family __meta__    b"m:<name>"  -> pickle   task metadata (get_meta/write: stream_time,
+                                                           changelog_offsets {store: offset}, ...)
+                                  b"sys:format_version"    -> pickle int (FORMAT_VERSION)
+                                  b"sys:kind:<store>"      -> pickle str (key encoding of the store)
+                                  b"sys:fingerprint:<store>", b"sys:description:<store>" -> pickle str
+
+``write(changes, meta)`` puts every store's changes and the metadata into ONE RocksDB
+WriteBatch with the WAL on: the data and the changelog offsets it reflects are durable
+together or not at all, so local state never runs ahead of (or behind) the offsets it claims.
+
+Opening checks the format version and each store's fingerprint (the definition of the
+operator that wrote it); a mismatch is a :class:`StateError` that names the store, shows
+the old and new definitions and how to reset - stores are never silently mixed.
+
+RocksDB options (see :func:`_cf_options` / :func:`_db_options`) are tuned for many small
+per-task databases in one worker process, bounded memory, and fast bulk restore:
+
+* memory: one block cache (128 MiB) shared by every database of the process, with the
+  memtables charged to it through one shared WriteBufferManager (64 MiB), and index and
+  filter blocks kept *in* that cache, so a worker's RocksDB memory stays flat however large
+  its state grows; ``configure_memory()`` changes the budget before the first open;
+* writes: 32 MiB memtables (x3) per store: a restore of ~1M records flushes a couple of
+  times instead of tens; atomic_flush so all stores and ``__meta__`` flush together, and a
+  64 MiB cap on the WAL so the tiny ``__meta__`` family never pins old WAL files;
+* WAL on (never disabled), not fsynced per write (``sync=False``): a write survives a
+  process crash (the WAL is in the OS page cache). After a machine crash, point-in-time WAL
+  recovery yields an earlier consistent checkpoint (data and offsets still match) and the
+  restore replays the changelog tail. ``sync=True`` fsyncs each write batch instead;
+* reads are point lookups (one multi-get per operator batch), many of them for keys not
+  there yet (a new window): 10-bit bloom filters in the SST files and a memtable bloom
+  filter answer those without touching data blocks; 16 KiB blocks;
+* lz4 compression (cheap on 2 cores; pickled state compresses well), dynamic level sizes,
+  2 background jobs, small info LOG files.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import threading
+
+from rocksdict import (AccessType, BlockBasedOptions, Cache, DBCompressionType, DBRecoveryMode, Options,
+                       Rdict, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions)
+
+from ..errors import StateError
+from .backend import DELETED, Backend
+from .keys import KINDS, WINDOWED_KINDS, key_decoder, key_encoder, window_range
+from .lock import TaskDirLock
+
+log = logging.getLogger("streamproc.state")
+
+__all__ = ["RocksDBBackend", "FORMAT_VERSION", "META_CF", "DB_DIR", "describe_store", "task_dir",
+           "configure_memory"]
+
+FORMAT_VERSION = 1
+META_CF = "__meta__"
+DB_DIR = "rocksdb"
+RESET_HINT = ("stop the app and run `streamproc reset <topology> --state-dir DIR` to delete the local state "
+              "(the changelog rebuilds it)")
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+_SYS_VERSION = b"sys:format_version"
+
+
+def _sys_key(what: str, store: str) -> bytes:
+    return f"sys:{what}:{store}".encode()
+
+
+def _meta_key(name: str) -> bytes:
+    return b"m:" + name.encode()
+
+
+def task_dir(state_dir: str, app_id: str, task_id: str) -> str:
+    """``<state-dir>/<app-id>/<task-id>``: where a task's backend lives."""
+    return os.path.join(os.path.abspath(state_dir), app_id, task_id)
+
+
+# ------------------------------------------------------------------------------------- options
+_mem_lock = threading.Lock()
+_mem = {"cache_bytes": 128 << 20, "write_buffer_bytes": 64 << 20, "cache": None, "wbm": None}
+
+
+def configure_memory(block_cache_bytes: int | None = None, write_buffer_bytes: int | None = None) -> None:
+    """Set the process-wide RocksDB memory budget (before the first backend opens).
+
+    ``block_cache_bytes``: the cache shared by every task database, memtables included;
+    ``write_buffer_bytes``: memtable total across all databases (charged to that cache).
+    """
+    with _mem_lock:
+        if _mem["cache"] is not None:
+            raise StateError("configure_memory() must be called before the first RocksDB backend is opened")
+        if block_cache_bytes is not None:
+            _mem["cache_bytes"] = int(block_cache_bytes)
+        if write_buffer_bytes is not None:
+            _mem["write_buffer_bytes"] = int(write_buffer_bytes)
+
+
+def _shared():
+    with _mem_lock:
+        if _mem["cache"] is None:
+            _mem["cache"] = Cache(_mem["cache_bytes"])
+            _mem["wbm"] = WriteBufferManager.new_write_buffer_manager_with_cache(
+                _mem["write_buffer_bytes"], False, _mem["cache"])
+        return _mem["cache"], _mem["wbm"]
+
+
+def _cf_options(*, data: bool = True) -> Options:
+    cache, wbm = _shared()
+    o = Options(raw_mode=True)
+    o.create_if_missing(True)
+    o.create_missing_column_families(True)
+    o.set_write_buffer_manager(wbm)
+    if data:
+        o.set_write_buffer_size(32 << 20)
+        o.set_max_write_buffer_number(3)
+        o.set_memtable_whole_key_filtering(True)
+        o.set_memtable_prefix_bloom_ratio(0.05)
+    else:                                    # __meta__: a handful of small keys
+        o.set_write_buffer_size(1 << 20)
+    o.set_compression_type(DBCompressionType.lz4())
+    o.set_level_compaction_dynamic_level_bytes(True)
+    t = BlockBasedOptions()
+    t.set_block_cache(cache)
+    t.set_block_size(16 << 10)
+    t.set_bloom_filter(10, False)
+    t.set_cache_index_and_filter_blocks(True)
+    t.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    o.set_block_based_table_factory(t)
+    return o
+
+
+def _db_options() -> Options:
+    o = _cf_options(data=False)              # also the "default" family's options (unused)
+    o.set_max_background_jobs(2)
+    o.set_atomic_flush(True)
+    o.set_max_total_wal_size(64 << 20)
+    o.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
+    o.set_max_open_files(256)
+    o.set_keep_log_file_num(2)
+    o.set_max_log_file_size(1 << 20)
+    o.set_stats_dump_period_sec(0)
+    return o
+
+
+# ------------------------------------------------------------------------------------- descriptions
+def describe_store(spec, node=None) -> str:
+    """A human-readable definition of the operator behind store ``spec`` (for fingerprint messages).
+
+    ``node``: the store's ``PlanNode`` (``subtopology.nodes`` with ``id == spec.node_id``), which
+    adds the aggregations; without it only the store kind and window are known.
+    """
+    own = getattr(spec, "description", None)          # if the plan ever provides one
+    if own:
+        return own
+    w = getattr(spec, "window", None)
+    parts = [f"{spec.kind} store", w.describe() if w is not None else "table (no window)"]
+    params = getattr(node, "params", None) or {}
+    aggs = params.get("aggs")
+    if aggs:
+        parts.append("aggregations " + ", ".join(f"{k}={a.describe()}" for k, a in aggs.items()))
+    if params.get("emit"):
+        parts.append(f"emit={params['emit']}")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- backend
+class RocksDBBackend(Backend):
+    """Every store of one task in one RocksDB database under ``path`` (the task directory).
+
+    ``stores``: the task's ``StoreSpec``s (kind, fingerprint) or plain store names (kind taken
+    from the database, else ``"kv"``; no fingerprint check unless ``fingerprints`` says so).
+    ``fingerprints`` / ``descriptions``: ``{store: ...}``, override or complete the specs.
+    ``lock_timeout``: seconds to wait for another process to release the task directory.
+    ``sync``: fsync every write batch (default: WAL written, not fsynced; see the module doc).
+    ``read_only``: open without the lock for inspection (``streamproc state``) while a worker
+    may be running; sees the state as of the open; writes are refused.
+    """
+
+    def __init__(self, path, stores: list | tuple = (), *, fingerprints: dict[str, str] | None = None,
+                 descriptions: dict[str, str] | None = None, lock_timeout: float = 0.0, sync: bool = False,
+                 read_only: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.db_path = os.path.join(self.path, DB_DIR)
+        self.read_only = read_only
+        self._db = None
+        self._lock = None
+        self._wopt = WriteOptions()
+        self._wopt.sync = bool(sync)
+        kinds, fps, descs = self._normalize(stores, fingerprints, descriptions)
+        if not read_only:
+            self._lock = TaskDirLock(self.path).acquire(timeout=lock_timeout)
+        try:
+            self._open(kinds, fps, descs)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def for_task(cls, path, subtopology, **kwargs) -> "RocksDBBackend":
+        """Open the backend of a task of ``subtopology``: its stores, fingerprints and readable definitions."""
+        nodes = {n.id: n for n in subtopology.nodes}
+        descs = {s.name: describe_store(s, nodes.get(s.node_id)) for s in subtopology.stores}
+        descs.update(kwargs.pop("descriptions", None) or {})
+        return cls(path, list(subtopology.stores), descriptions=descs, **kwargs)
+
+    # ------------------------------------------------------------------ open
+    @staticmethod
+    def _normalize(stores, fingerprints, descriptions):
+        kinds: dict[str, str | None] = {}
+        fps: dict[str, str] = {}
+        descs: dict[str, str] = {}
+        for s in stores:
+            if isinstance(s, str):
+                kinds[s] = None
+            else:
+                kinds[s.name] = s.kind
+                if getattr(s, "fingerprint", None):
+                    fps[s.name] = s.fingerprint
+                descs[s.name] = describe_store(s)
+        for name in (fingerprints or {}):
+            kinds.setdefault(name, None)
+        fps.update(fingerprints or {})
+        descs.update(descriptions or {})
+        for name, kind in kinds.items():
+            if name == META_CF:
+                raise StateError(f"a store cannot be named {META_CF!r}: the state backend uses that name")
+            if kind is not None and kind not in KINDS:
+                raise StateError(f"store {name!r} has unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        return kinds, fps, descs
+
+    def _open(self, kinds, fps, descs) -> None:
+        exists = os.path.exists(os.path.join(self.db_path, "CURRENT"))
+        if self.read_only and not exists:
+            raise StateError(f"there is no local state in {self.path} (no RocksDB database in {self.db_path})")
+        try:
+            existing = [c for c in Rdict.list_cf(self.db_path, Options(raw_mode=True))] if exists else []
+        except Exception as e:  # noqa: BLE001 - rocksdict raises plain Exception
+            raise StateError(f"cannot read the local state in {self.db_path}: {e}; {RESET_HINT}") from None
+        if self.read_only:
+            names = [c for c in existing if c != "default"]
+        else:
+            names = list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)))
+        cfs = {n: _cf_options(data=n != META_CF) for n in names}
+        access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
+        try:
+            self._db = Rdict(self.db_path, options=_db_options(), column_families=cfs, access_type=access)
+        except Exception as e:  # noqa: BLE001
+            raise StateError(f"cannot open the local state in {self.db_path}: {e}; {RESET_HINT}") from None
+        self._cf: dict[str, Rdict] = {n: self._db.get_column_family(n) for n in names}
+        self._h = {n: self._db.get_column_family_handle(n) for n in names}
+        meta_cf = self._cf.get(META_CF)
+        raw = {k: _loads(v) for k, v in meta_cf.items()} if meta_cf is not None else {}
+        self._meta = {k[2:].decode(): v for k, v in raw.items() if k.startswith(b"m:")}
+        self._sys = {k: v for k, v in raw.items() if k.startswith(b"sys:")}
+
+        version = self._sys.get(_SYS_VERSION)
+        setup: dict[bytes, object] = {}
+        if version is None:
+            stored = [n for n in names if n != META_CF and next(iter(self._cf[n].keys()), None) is not None]
+            if stored:
+                raise StateError(
+                    f"the local state in {self.path} has data (stores {', '.join(stored)}) but no streamproc format "
+                    f"version: it was not written by streamproc or is damaged; {RESET_HINT}")
+            setup[_SYS_VERSION] = FORMAT_VERSION
+        elif version != FORMAT_VERSION:
+            raise StateError(
+                f"the local state in {self.path} has format version {version}, this streamproc reads format "
+                f"version {FORMAT_VERSION}; {RESET_HINT}")
+
+        self._kind: dict[str, str] = {}
+        for n in names:
+            if n != META_CF:
+                self._kind[n] = self._sys.get(_sys_key("kind", n)) or "kv"
+        problems = []
+        for name, kind in kinds.items():
+            stored_kind = self._sys.get(_sys_key("kind", name))
+            if kind is not None and stored_kind is not None and stored_kind != kind:
+                problems.append(self._mismatch(name, f"a {stored_kind} store", f"a {kind} store", None, None))
+                continue
+            if stored_kind is None:
+                self._kind[name] = kind or "kv"
+                setup[_sys_key("kind", name)] = self._kind[name]
+            fp = fps.get(name)
+            if fp is None:
+                continue
+            old = self._sys.get(_sys_key("fingerprint", name))
+            if old is None:
+                setup[_sys_key("fingerprint", name)] = fp
+                setup[_sys_key("description", name)] = descs.get(name, "")
+            elif old != fp:
+                problems.append(self._mismatch(name, self._sys.get(_sys_key("description", name)) or "?",
+                                               descs.get(name) or "?", old, fp))
+        if problems:
+            raise StateError("\n".join(problems))
+        if setup and not self.read_only:
+            wb = WriteBatch(raw_mode=True)
+            h = self._h[META_CF]
+            for k, v in setup.items():
+                wb.put(k, _dumps(v, 5), h)
+            self._db.write(wb)
+            self._sys.update(setup)
+        self.stale_stores = sorted(n for n in self._kind if n not in kinds)
+        if self.stale_stores and kinds:
+            log.info("local state %s holds stores the topology no longer has: %s", self.path,
+                     ", ".join(self.stale_stores))
+        self._enc = {n: key_encoder(k) for n, k in self._kind.items()}
+        self._dec = {n: key_decoder(k) for n, k in self._kind.items()}
+
+    def _mismatch(self, store, old_desc, new_desc, old_fp, new_fp) -> str:
+        fp = f" (fingerprint {old_fp} -> {new_fp})" if old_fp and new_fp else ""
+        same = ("\n  (the definitions read the same: the code of a function the operator uses changed)"
+                if old_desc == new_desc and old_desc != "?" else "")
+        return (f"store {store!r} in {self.path} was written by a different definition of its operator{fp}:\n"
+                f"  stored: {old_desc}\n"
+                f"  now:    {new_desc}{same}\n"
+                f"streamproc does not mix state written by two definitions. To start over, {RESET_HINT}. "
+                f"The changelog was written by the old definition too: to keep the old state and start a "
+                f"new one, give the operator a new store name (aggregate(..., name=...)).")
+
+    # ------------------------------------------------------------------ reads
+    def get(self, store, key):
+        cf = self._cf.get(store)
+        if cf is None or store == META_CF:
+            return None
+        v = cf.get(self._enc[store](key))
+        return None if v is None else _loads(v)
+
+    def get_many(self, store, keys):
+        cf = self._cf.get(store)
+        if cf is None or store == META_CF:
+            return [None] * len(keys)
+        if not keys:
+            return []
+        enc = self._enc[store]
+        found = cf.get([enc(k) for k in keys])           # one multi-get
+        return [None if v is None else _loads(v) for v in found]
+
+    def items(self, store):
+        return list(self.iter_items(store))
+
+    def iter_items(self, store, lower: bytes | None = None, upper: bytes | None = None):
+        """``(key, value)`` of ``store`` in key order, optionally within the encoded key range ``[lower, upper)``."""
+        cf = self._cf.get(store)
+        if cf is None or store == META_CF:
+            return
+        dec = self._dec[store]
+        ropt = None
+        if upper is not None:
+            ropt = ReadOptions()
+            ropt.set_iterate_upper_bound(upper)
+        for k, v in cf.items(from_key=lower, read_opt=ropt):
+            yield dec(k), _loads(v)
+
+    def keys(self, store) -> list:
+        """Every key of ``store`` (values are not decoded: cheaper than ``items`` for rebuilding indexes)."""
+        cf = self._cf.get(store)
+        if cf is None or store == META_CF:
+            return []
+        dec = self._dec[store]
+        return [dec(k) for k in cf.keys()]
+
+    def windows(self, store, group_key, start_from: int | None = None, start_to: int | None = None) -> list:
+        """``[((group_key, start), value)]`` of a windowed store, ``start_from <= start < start_to``, by start.
+
+        One range scan: all windows of a key are adjacent on disk. (Backend view: a Store's
+        write cache is not overlaid.)
+        """
+        if self._kind.get(store) not in WINDOWED_KINDS:
+            raise StateError(f"store {store!r} is not a windowed store (kind {self._kind.get(store)!r})")
+        lower, upper = window_range(group_key, start_from, start_to)
+        return list(self.iter_items(store, lower, upper))
+
+    def get_meta(self, name, default=None):
+        return self._meta.get(name, default)
+
+    def kind(self, store) -> str | None:
+        return self._kind.get(store)
+
+    def fingerprint(self, store) -> str | None:
+        return self._sys.get(_sys_key("fingerprint", store))
+
+    def description(self, store) -> str | None:
+        return self._sys.get(_sys_key("description", store))
+
+    @property
+    def store_names(self) -> list[str]:
+        return sorted(self._kind)
+
+    # ------------------------------------------------------------------ writes
+    def _writable(self) -> None:
+        if self._db is None:
+            raise StateError(f"the state backend of {self.path} is closed")
+        if self.read_only:
+            raise StateError(f"the state in {self.path} was opened read-only")
+
+    def _store_handle(self, store: str):
+        h = self._h.get(store)
+        if h is None:
+            if store == META_CF:
+                raise StateError(f"{META_CF!r} is not a store")
+            # a store this backend was not opened with: a plain kv store, as a MemoryBackend would take it
+            cf = self._db.create_column_family(store, _cf_options())
+            self._cf[store] = cf
+            h = self._h[store] = self._db.get_column_family_handle(store)
+            self._kind[store] = "kv"
+            self._enc[store] = key_encoder("kv")
+            self._dec[store] = key_decoder("kv")
+            wb = WriteBatch(raw_mode=True)
+            wb.put(_sys_key("kind", store), _dumps("kv", 5), self._h[META_CF])
+            self._db.write(wb, self._wopt)
+            self._sys[_sys_key("kind", store)] = "kv"
+        return h
+
+    def write(self, changes, meta):
+        self._writable()
+        wb = WriteBatch(raw_mode=True)
+        dumps = _dumps
+        for store, kv in changes.items():
+            if not kv:
+                continue
+            h = self._store_handle(store)
+            enc = self._enc[store]
+            put, delete = wb.put, wb.delete
+            for k, v in kv.items():
+                if v is DELETED:
+                    delete(enc(k), h)
+                else:
+                    put(enc(k), dumps(v, 5), h)
+        self._put_meta(wb, meta)
+        self._db.write(wb, self._wopt)
+        if meta:
+            self._meta.update(meta)
+
+    def _put_meta(self, wb, meta) -> None:
+        if meta:
+            h = self._h[META_CF]
+            for name, v in meta.items():
+                wb.put(_meta_key(name), _dumps(v, 5), h)
+
+    def bulk_restore(self, store: str, records, meta: dict | None = None) -> int:
+        """Apply changelog records ``[(key_bytes, value_bytes_or_None), ...]`` to ``store`` in one batch.
+
+        Keys are ``_codec`` encodings of store keys (re-encoded to the sorted key format);
+        values are stored as they are (the changelog value bytes are the stored value
+        bytes); None deletes. Later records of a key win. ``meta`` (e.g. the changelog offsets
+        reached, the stream time) is written in the same atomic batch. Reserved changelog
+        records (the stream-time key) are the caller's: leave them out. Returns the count.
+        """
+        return self.restore_batch({store: records}, meta)
+
+    def restore_batch(self, records_by_store: dict, meta: dict | None = None) -> int:
+        """:meth:`bulk_restore` for several stores at once: ``{store: [(key_bytes, value_bytes_or_None)]}``
+        and ``meta``, all in ONE write batch. Returns the number of records applied."""
+        self._writable()
+        wb = WriteBatch(raw_mode=True)
+        put, delete = wb.put, wb.delete
+        loads = _loads
+        total = 0
+        for store, records in records_by_store.items():
+            h = self._store_handle(store)
+            enc = self._enc[store]
+            n = 0
+            kb = None
+            try:
+                for kb, vb in records:
+                    if vb is None:
+                        delete(enc(loads(kb)), h)
+                    else:
+                        put(enc(loads(kb)), vb, h)
+                    n += 1
+            except Exception as e:  # noqa: BLE001
+                raise StateError(
+                    f"changelog record {n} of store {store!r} has a key that is not a streamproc store key "
+                    f"({kb[:60] if isinstance(kb, bytes) else kb!r}): {e}") from None
+            total += n
+        self._put_meta(wb, meta)
+        self._db.write(wb, self._wopt)
+        if meta:
+            self._meta.update(meta)
+        return total
+
+    def drop_store(self, store: str) -> None:
+        """Delete a store and its records (e.g. one the topology no longer has)."""
+        self._writable()
+        if store not in self._cf or store == META_CF:
+            return
+        cf = self._cf.pop(store)
+        self._h.pop(store)
+        cf.close()
+        del cf
+        self._db.drop_column_family(store)
+        wb = WriteBatch(raw_mode=True)
+        h = self._h[META_CF]
+        for what in ("kind", "fingerprint", "description"):
+            wb.delete(_sys_key(what, store), h)
+            self._sys.pop(_sys_key(what, store), None)
+        self._db.write(wb, self._wopt)
+        for d in (self._kind, self._enc, self._dec):
+            d.pop(store, None)
+
+    def flush(self) -> None:
+        """Flush memtables to SST files (not needed for durability: the WAL has every write)."""
+        self._writable()
+        self._db.flush(True)
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        try:
+            if db is not None:
+                # every handle keeps the database alive: drop them all before closing
+                cfs = list(getattr(self, "_cf", {}).values())
+                self._cf, self._h = {}, {}
+                while cfs:
+                    cfs.pop().close()
+                db.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def __enter__(self) -> "RocksDBBackend":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"RocksDBBackend({self.path!r}, stores={self.store_names}, open={self._db is not None})"
