@@ -62,8 +62,11 @@ __all__ = ["RocksDBBackend", "FORMAT_VERSION", "META_CF", "DB_DIR", "describe_st
 FORMAT_VERSION = 1
 META_CF = "__meta__"
 DB_DIR = "rocksdb"
-RESET_HINT = ("stop the app and run `streamproc reset <topology> --state-dir DIR` to delete the local state "
-              "(the changelog rebuilds it)")
+RESET_HINT = ("the changelog holds the old definition's state too, so stop every instance and run "
+              "`streamproc reset <topology> --state-dir DIR --bootstrap-servers HOST:PORT`: it deletes the local "
+              "state, the app's changelog and repartition topics and its consumer group, and the app then "
+              "reprocesses its input from the beginning (or keep the old definition, or give the changed "
+              "operator a new store name with name=...)")
 
 _dumps = pickle.dumps
 _loads = pickle.loads

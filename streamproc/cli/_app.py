@@ -1,0 +1,64 @@
+"""The typer app every command registers on, and what commands share.
+
+Every command turns a ``StreamprocError`` into one paragraph on stderr and an exit code:
+2 for a bad topology (file, import, validation), 1 for everything else. No traceback walls.
+"""
+from __future__ import annotations
+
+import functools
+
+import typer
+from rich.console import Console
+
+from ..errors import StreamprocError, TopologyError, TopologyLoadError
+
+app = typer.Typer(
+    name="streamproc",
+    help="Stateful stream processing on Apache Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level (default: warnings only)."),
+):
+    """Stateful stream processing on Apache Kafka."""
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+
+
+def guarded(fn):
+    """Run a command; report streamproc errors for people and exit with the right code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (TopologyError, TopologyLoadError) as e:
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except StreamprocError as e:
+            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def compile_file(spec: str):
+    """Load the topology at ``spec`` and compile it (errors name the file)."""
+    from ..plan import compile_topology
+    from .loader import load_topology, split_spec
+
+    topology = load_topology(spec)
+    try:
+        return topology, compile_topology(topology)
+    except TopologyError as e:
+        raise TopologyError(f"{split_spec(spec)[0]}: invalid topology: {e}") from None

@@ -1,0 +1,94 @@
+"""``streamproc run`` and ``streamproc broker``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from ..errors import StreamprocError
+from ._app import app, compile_file, err, guarded
+
+
+def _parse_config(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k.strip():
+            raise StreamprocError(f"--config takes key=value (a librdkafka property), got {p!r}")
+        out[k.strip()] = v.strip()
+    return out
+
+
+@app.command()
+@guarded
+def run(
+    topology: str = typer.Argument(..., help="Topology module: path.py or path.py:name"),
+    bootstrap_servers: Optional[str] = typer.Option(
+        None, "--bootstrap-servers", "-b", envvar="STREAMPROC_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers. Without it an embedded, memory-only development broker is started."),
+    workers: int = typer.Option(1, "--workers", "-w", envvar="STREAMPROC_WORKERS", min=1,
+                                help="Worker processes on this machine (each one consumer + one producer)."),
+    guarantee: str = typer.Option("exactly-once", "--guarantee", envvar="STREAMPROC_GUARANTEE",
+                                  help="exactly-once (Kafka transactions) or at-least-once."),
+    state_dir: str = typer.Option("./state", "--state-dir", envvar="STREAMPROC_STATE_DIR",
+                                  help="Local state: stores, process id, lock."),
+    commit_interval: Optional[int] = typer.Option(
+        None, "--commit-interval", envvar="STREAMPROC_COMMIT_INTERVAL",
+        help="Milliseconds between checkpoints (default 100 exactly-once, 1000 at-least-once)."),
+    config: list[str] = typer.Option(
+        [], "--config", "-c", envvar="STREAMPROC_CONFIG",
+        help="key=value librdkafka property for every client (prefix consumer./producer./admin./restore. "
+             "for one client); repeatable."),
+    create_topics: bool = typer.Option(
+        False, "--create-topics", envvar="STREAMPROC_CREATE_TOPICS",
+        help="Create missing source/sink topics (development only)."),
+    batch_size: int = typer.Option(1000, "--batch-size", envvar="STREAMPROC_BATCH_SIZE", min=1,
+                                   help="Records per consume() call."),
+    max_runtime: Optional[float] = typer.Option(None, "--max-runtime", help="Stop after this many seconds.",
+                                                hidden=True),
+):
+    """Run a topology on Kafka until Ctrl-C / SIGTERM. Start it on more machines to share the partitions."""
+    from ..runtime.app import RunOptions, run_app
+
+    topo, plan = compile_file(topology)
+    options = RunOptions(
+        bootstrap_servers=bootstrap_servers or "", workers=workers, guarantee=guarantee, state_dir=state_dir,
+        commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
+        batch_size=batch_size, max_runtime_s=max_runtime, topology=topology)
+    if bootstrap_servers:
+        raise typer.Exit(run_app(plan, options))
+    from ..kafka.devbroker import DevBroker
+
+    with DevBroker() as broker:
+        err.print(
+            f"[bold yellow]WARNING:[/] no --bootstrap-servers given: started an embedded DEVELOPMENT broker at "
+            f"{broker.bootstrap}. It keeps everything in MEMORY and loses it on exit; missing topics are "
+            f"created. Use --bootstrap-servers (or STREAMPROC_BOOTSTRAP_SERVERS) for real work.",
+            soft_wrap=True)
+        options.bootstrap_servers = broker.bootstrap
+        options.create_topics = True
+        raise typer.Exit(run_app(plan, options))
+
+
+@app.command()
+@guarded
+def broker(
+    port: int = typer.Option(9092, "--port", "-p", help="Loopback port to listen on (0: any free port)."),
+):
+    """Run the embedded development broker (Tansu, memory only) in the foreground until Ctrl-C."""
+    import signal
+    import threading
+
+    from ..kafka.devbroker import DevBroker
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with DevBroker(port=port or None) as b:
+        err.print(f"[bold yellow]development broker[/] (memory only: everything is lost on exit) "
+                   f"listening at [bold]{b.bootstrap}[/]. Ctrl-C stops it.", soft_wrap=True)
+        typer.echo(b.bootstrap)
+        while not stop.wait(0.5):
+            if not b.running:
+                raise StreamprocError(f"the development broker exited; its log: {b.log_tail()}")
+    err.print("development broker stopped")
