@@ -32,6 +32,7 @@ class RunOptions:
     topology: str | None = None
     create_topics_partitions: int = 1             # partitions of sources made by create_topics
     shutdown_timeout_s: float = 30.0
+    broker_timeout_s: float = 30.0                # give up on an unreachable cluster after this long
     restore_stall_timeout_s: float = 5.0
 
     @property

@@ -5,7 +5,8 @@ Topics
       the inputs of each stateful sub-topology must have equal partition counts;
     * sinks must exist (or are created with ``create_topics``);
     * ``<app-id>-<name>-repartition``: as many partitions as the upstream sub-topology has
-      tasks (its largest input), ``cleanup.policy=delete``;
+      tasks (its largest input), ``cleanup.policy=delete``, ``retention.ms=-1``: records are
+      deleted by the workers once their offsets are committed (``DeleteRecords``, every 30 s);
     * ``<app-id>-<store>-changelog``: as many partitions as the store's sub-topology has tasks
       (partition N holds task N's state), ``cleanup.policy=compact``; windowed stores
       ``compact,delete`` with ``retention.ms`` = how long a window can live (size + grace;
@@ -157,7 +158,7 @@ def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
                       else {"cleanup.policy": "compact,delete", "retention.ms": str(ret)})
             specs.append(TopicSpec(store.changelog, n, config))
     for t in plan.repartition_topics:
-        specs.append(TopicSpec(t, counts[t], {"cleanup.policy": "delete"}))
+        specs.append(TopicSpec(t, counts[t], {"cleanup.policy": "delete", "retention.ms": "-1"}))
     if _uses_dlq(plan):
         specs.append(TopicSpec(f"{plan.app_id}-dlq", max(counts[t] for t in plan.source_topics),
                                {"cleanup.policy": "delete"}))
@@ -175,7 +176,7 @@ def prepare_topics(plan, options: RunOptions) -> dict:
     Returns the partition counts (see :func:`partition_counts`).
     """
     conf = admin_config(options.bootstrap_servers, plan.app_id, options.client("admin"))
-    wait_for_broker(conf, timeout_s=30.0)
+    wait_for_broker(conf, timeout_s=options.broker_timeout_s)
     admin = make_admin(options.bootstrap_servers, plan.app_id, options.client("admin"))
     external = list(dict.fromkeys(plan.source_topics + plan.sink_topics))
     if options.create_topics:

@@ -62,9 +62,12 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def is_fenced(err: KafkaError) -> bool:
+    return err.code() in _FENCED_CODES or "fence" in (err.str() or "").lower()
+
+
 def fatal_error(err: KafkaError, what: str) -> FatalKafkaError:
-    code = err.code()
-    if code in _FENCED_CODES or "fenc" in (err.str() or "").lower():
+    if is_fenced(err):
         return WorkerFenced(
             f"{what}: {err.str()}. Another instance with the same process id (state dir) took over this "
             f"worker's transactional.id / group.instance.id, so this one stops without committing.")
@@ -84,7 +87,7 @@ def _call(what: str, fn, timeout_s: float):
             err = kafka_error(e)
             if err is None:
                 raise
-            if err.fatal():
+            if err.fatal() or is_fenced(err):
                 raise fatal_error(err, what) from None
             if err.txn_requires_abort():
                 raise _Abortable(f"{what}: {err.str()}") from None
@@ -197,7 +200,7 @@ def _flush(w) -> None:
     if w.delivery_errors:
         errs, w.delivery_errors[:] = list(w.delivery_errors), []
         err, topic = errs[0]
-        if err.fatal():
+        if err.fatal() or is_fenced(err):
             raise fatal_error(err, f"producing to {topic}")
         raise _Abortable(f"{len(errs)} record(s) failed delivery, first to {topic}: {err.str()}")
 
@@ -215,16 +218,17 @@ def abort_open(w) -> None:
     """Drop the open checkpoint without committing or seeking (partitions lost or worker stopping)."""
     if w.eos and w.in_txn:
         try:
-            abort_transaction(w)
-        except FatalKafkaError:
-            pass
+            abort_transaction(w, timeout_s=5.0)
+        except (FatalKafkaError, BrokerError) as e:
+            log.debug("abort_transaction while dropping the checkpoint: %s", e)
     _forget(w)
 
 
-def abort_transaction(w) -> None:
+def abort_transaction(w, timeout_s: float | None = None) -> None:
     w.in_txn = False
+    t = w.timeout_s if timeout_s is None else timeout_s
     try:
-        _call("abort_transaction", lambda: w.producer.abort_transaction(w.timeout_s), w.timeout_s)
+        _call("abort_transaction", lambda: w.producer.abort_transaction(t), t)
     except _Abortable as e:
         raise BrokerError(f"could not abort the open transaction: {e}") from None
     w.delivery_errors[:] = []

@@ -13,7 +13,7 @@ backend to a :class:`Restorer`. For each store the restorer reads
   comes first. A partition that yields nothing for ``stall_timeout_s`` counts as restored,
   with a warning: some brokers report a wrong high watermark.
 
-Records are applied to the backend in batches with ``backend.write(puts, deletes, meta)``:
+Records are applied to the backend in batches with ``backend.write(changes, meta)``:
 a tombstone deletes its key, the stream-time record (:data:`STREAM_TIME_KEY`) restores the
 task's stream time, and every write also records the changelog offset it reflects, so an
 interrupted restore resumes where it stopped. When every store of a task is restored the
@@ -64,6 +64,8 @@ class Restorer:
         conf = dict(consumer_config)
         conf["enable.partition.eof"] = True
         conf.setdefault("isolation.level", "read_committed")
+        # a catch-up reader: an empty fetch should come back fast (the end is found by EOF events)
+        conf.setdefault("fetch.wait.max.ms", 50)
         self._conf = conf
         self._consumer: Consumer | None = None
         self.batch_size = batch_size
@@ -225,12 +227,11 @@ class Restorer:
 
 
 def _write(backend, entries: dict, meta: dict) -> None:
-    puts = {s: {k: v for k, v in kv.items() if v is not DELETED} for s, kv in entries.items()}
-    deletes = {s: {k for k, v in kv.items() if v is DELETED} for s, kv in entries.items()}
+    """One backend write: ``entries`` = {store: {key: value or DELETED}} plus the offsets and stream time."""
     new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
     if meta["stream_time"] is not None:
         new_meta[META_STREAM_TIME] = max(int(meta["stream_time"]), backend.get_meta(META_STREAM_TIME, -1))
-    backend.write(puts, deletes, new_meta)
+    backend.write(entries, new_meta)
 
 
 def restore_blocking(consumer_config: dict, key, backend, changelogs: list[tuple[str, str, int]],

@@ -48,6 +48,7 @@ class _Slot:
         self.last_error: str | None = None
         self.done = False
         self.starts = 0
+        self.errors = None       # the read end of this worker's error pipe
 
 
 class Supervisor:
@@ -59,7 +60,6 @@ class Supervisor:
         self.process_id = process_id
         self.log_level = logging.getLogger().getEffectiveLevel() if log_level is None else log_level
         self._ctx = multiprocessing.get_context("spawn")
-        self._queue = self._ctx.SimpleQueue()
         self._slots = [_Slot(i) for i in range(options.workers)]
         self._stop = threading.Event()
         self._stop_sent = False
@@ -134,12 +134,16 @@ class Supervisor:
     def _start(self, slot: _Slot) -> None:
         slot.restart_at = None
         slot.starts += 1
+        # one pipe per worker process: a worker killed while reporting cannot block the others
+        reader, writer = self._ctx.Pipe(duplex=False)
         p = self._ctx.Process(
             target=worker_main,
-            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, self._queue, self.log_level),
+            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, writer, self.log_level),
             name=f"streamproc-worker-{slot.index}", daemon=False)
         p.start()
+        writer.close()
         slot.proc = p
+        slot.errors = reader
         log.info("started worker %d (pid %d)", slot.index, p.pid)
 
     def _crashed(self, slot: _Slot, code: int, now: float) -> str | None:
@@ -160,13 +164,17 @@ class Supervisor:
         return None
 
     def _drain_errors(self) -> None:
-        try:
-            while not self._queue.empty():
-                index, message = self._queue.get()
-                if 0 <= index < len(self._slots):
-                    self._slots[index].last_error = message
-        except (EOFError, OSError):
-            pass
+        for slot in self._slots:
+            r = slot.errors
+            if r is None:
+                continue
+            try:
+                while r.poll():
+                    _, message = r.recv()
+                    slot.last_error = message
+            except (EOFError, OSError):
+                r.close()
+                slot.errors = None
 
     def _signal_all(self, signum: int) -> None:
         for slot in self._slots:

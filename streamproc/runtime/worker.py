@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -49,6 +50,9 @@ log = logging.getLogger("streamproc.worker")
 EXIT_OK, EXIT_ERROR, EXIT_FENCED = 0, 1, 75
 
 _EOF = KafkaError._PARTITION_EOF
+
+#: How often processed records are deleted from repartition topics.
+PURGE_INTERVAL_S = 30.0
 
 
 class ProcessingFailed(StreamprocError):
@@ -79,6 +83,10 @@ class Worker:
         self._st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
         self.input_topics = list(self._st_of_topic)
         self._changelog_topics = {s.changelog for s in plan.stores}
+        self._repartition_topics = set(plan.repartition_topics)
+        self._purgeable: dict[tuple, int] = {}           # repartition (topic, partition) -> committed offset
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+        self._admin = None
 
         # task bookkeeping
         self.tasks: dict[tuple, Task] = {}               # active tasks
@@ -99,6 +107,7 @@ class Worker:
         self._checkpoint_due = 0.0
 
         self._epoch = 0
+        self._cooperative = False
         self._fatal: BaseException | None = None
         self._failed = False
         self._stop = threading.Event()
@@ -119,18 +128,38 @@ class Worker:
 
     def run(self) -> None:
         deadline = None if self.options.max_runtime_s is None else time.monotonic() + self.options.max_runtime_s
-        self._open()
         try:
+            self._open()
             while not self._stop.is_set():
                 self._tick()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
             cp.checkpoint(self)
             self._close(clean=True)
+        except KafkaException as e:
+            self._failed = True
+            error = self._kafka_failure(e)
+            self._close(clean=False)
+            raise error from None
         except BaseException:
             self._failed = True
             self._close(clean=False)
             raise
+
+    def _kafka_failure(self, e: KafkaException) -> StreamprocError:
+        """A one-paragraph error for a Kafka client exception that reached the loop."""
+        try:
+            self.producer.poll(0)            # serve error_cb: it carries the cause of a fatal error
+        except Exception:  # noqa: BLE001
+            pass
+        if isinstance(self._fatal, StreamprocError):
+            return self._fatal
+        err = cp.kafka_error(e)
+        if err is None:
+            return BrokerError(f"worker {self.id}: Kafka client error: {e}")
+        if err.fatal() or cp.is_fenced(err) or err.code() == KafkaError._FATAL:
+            return cp.fatal_error(err, f"worker {self.id}")
+        return BrokerError(f"worker {self.id}: Kafka error {err.name()}: {err.str()}")
 
     def _open(self) -> None:
         o = self.options
@@ -149,6 +178,7 @@ class Worker:
         cconf = consumer_config(bootstrap, self.app_id, o.client("consumer"), group_instance_id=self.id)
         cconf["error_cb"] = self._on_error
         self._reset_policy = str(cconf.get("auto.offset.reset", "earliest"))
+        self._cooperative = "cooperative" in str(cconf.get("partition.assignment.strategy", ""))
         self.consumer = Consumer(cconf)
         self.restorer = Restorer(restore_consumer_config(bootstrap, self.app_id, o.client("restore")),
                                  stall_timeout_s=o.restore_stall_timeout_s)
@@ -173,6 +203,10 @@ class Worker:
         if self.producer is not None:
             try:
                 self.producer.flush(5 if clean else 0)
+                if hasattr(self.producer, "close"):      # recent confluent-kafka
+                    with warnings.catch_warnings():        # "abort failed during close" once fenced
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        self.producer.close()
             except Exception:  # noqa: BLE001
                 pass
         for b in list(self._suspended.values()):
@@ -208,7 +242,10 @@ class Worker:
     def _on_assign(self, consumer, partitions) -> None:
         self._epoch += 1
         try:
-            consumer.assign(partitions)
+            if self._cooperative:         # only if the user overrode the (eager) range assignor
+                consumer.incremental_assign(partitions)
+            else:
+                consumer.assign(partitions)
             to_pause = []
             for tp in partitions:
                 key = self._key(tp.topic, tp.partition)
@@ -256,9 +293,10 @@ class Worker:
                     self.id, len(partitions))
         try:
             cp.abort_open(self)
+            self._drop(partitions)
+            self.reset_to_committed()     # partitions still held (if any) re-read what was dropped
         except BaseException as e:  # noqa: BLE001
             self._fatal = self._fatal or e
-        self._drop(partitions)
 
     def _drop(self, partitions) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -347,14 +385,45 @@ class Worker:
         else:
             self.producer.poll(0)
         if self.open and time.monotonic() >= self._checkpoint_due:
-            cp.checkpoint(self)
+            done = {tp: o for tp, o in self.positions.items() if tp[0] in self._repartition_topics}
+            if cp.checkpoint(self) and done:
+                self._purgeable.update(done)
+            if self._purgeable and time.monotonic() >= self._next_purge:
+                self._purge_repartition_topics()
+
+    def _purge_repartition_topics(self) -> None:
+        """Delete repartition records below the committed offsets (as Kafka Streams does): the
+        topics keep ``retention.ms=-1`` so unprocessed records never expire, and this keeps them small."""
+        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
+        todo, self._purgeable = self._purgeable, {}
+        try:
+            if self._admin is None:
+                from ..kafka.admin import make_admin
+                self._admin = make_admin(self.options.bootstrap_servers, self.app_id, self.options.client("admin"))
+            futures = self._admin.delete_records([TopicPartition(t, p, o) for (t, p), o in todo.items()],
+                                                 request_timeout=10)
+        except Exception as e:  # noqa: BLE001 - purging is housekeeping
+            self._purge_failed(e)
+            return
+        for f in futures.values():
+            f.add_done_callback(lambda fut: fut.exception() and self._purge_failed(fut.exception()))
+
+    def _purge_failed(self, e) -> None:
+        if self._next_purge != float("inf"):
+            err = cp.kafka_error(e)
+            denied = err is not None and "AUTHORIZATION" in err.name()
+            log.log(logging.WARNING if denied else logging.INFO,
+                    "worker %s: cannot purge processed repartition records (%s); repartition topics keep them "
+                    "(retention.ms=-1)%s", self.id, err.str() if err is not None else e,
+                    ": grant the app DeleteRecords (ALTER on the topics)" if denied else "")
+        self._next_purge = float("inf")
 
     def _restore_step(self) -> None:
         while self._to_restore:
             key = self._to_restore.pop(0)
             st, p, backend = self._restoring[key]
             self.restorer.start(key, backend, [(s.name, s.changelog, p) for s in st.stores])
-        for key in self.restorer.step(0.0 if self.tasks else 0.05):
+        for key in self.restorer.step(0.01 if self.tasks else 0.05):
             entry = self._restoring.pop(key, None)
             if entry is None:
                 continue
@@ -484,7 +553,7 @@ class Worker:
 # ------------------------------------------------------------------------------------------------
 # worker process entry point (multiprocessing "spawn": the topology is imported again, not pickled)
 
-def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_id: str, queue,
+def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_id: str, errors,
                 log_level: int = logging.WARNING) -> None:
     worker: list[Worker] = []
 
@@ -513,21 +582,21 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     except KeyboardInterrupt:
         code = EXIT_OK
     except cp.WorkerFenced as e:
-        _report(queue, index, str(e))
+        _report(errors, index, str(e))
         code = EXIT_FENCED
     except StreamprocError as e:
-        _report(queue, index, str(e))
+        _report(errors, index, str(e))
     except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level
         log.debug("worker %d crashed", index, exc_info=True)
-        _report(queue, index, _describe(e))
+        _report(errors, index, _describe(e))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def _report(queue, index: int, message: str) -> None:
+def _report(channel, index: int, message: str) -> None:
     try:
-        queue.put((index, message))
+        channel.send((index, message))
     except Exception:  # noqa: BLE001 - the supervisor may be gone
         pass
 
