@@ -45,10 +45,10 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- preparing the input
 def prepare(bootstrap: str, topic: str, n: int, rate: int, console: Console) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     admin.create_topics([NewTopic(topic, PARTITIONS)])[topic].result(30)
     p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20,
-                  "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+                  "log_level": 3, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
     rng = np.random.default_rng(1)
     users = rng.integers(0, KEYS, n)
     amounts = rng.integers(1, 1000, n)
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
         run_id = uuid.uuid4().hex[:8]
         topic = f"e2e-input-{run_id}"
         prepare(bootstrap, topic, args.messages, args.rate, console)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
         results = []
         variants = {
             "a": ("(a) raw consume-parse-produce loop", "raw"),
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "benchmarks", "e2e_topology.py"),
                        "--bootstrap-servers", bootstrap, "--guarantee", what, "--workers", str(args.workers),
                        "--state-dir", f"/tmp/e2e-state-{run_id}-{key}", "--batch-size", "2000",
-                       "--config", "session.timeout.ms=6000"]
+                       "--config", "consumer.session.timeout.ms=6000"]
                 if what == "at-least-once":
                     cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
                 env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}

@@ -38,7 +38,7 @@ SPEEDUP = 4            # event-time ms per wall ms
 
 def produce_views(bootstrap: str, stop: threading.Event, console: Console) -> None:
     avro = serdes.Avro(os.path.join(ROOT, "schemas", "page_view.avsc"))
-    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5})
+    p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 5, "log_level": 3})
     rng = random.Random(42)
     start_ts = 1_700_000_000_000 - 1_700_000_000_000 % 60_000
     t0 = time.monotonic()
@@ -65,7 +65,7 @@ def main() -> int:
     with DevBroker() as broker:
         bootstrap = broker.bootstrap
         console.log(f"development broker (memory only) at {bootstrap}")
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
         for f in admin.create_topics([NewTopic("page-views", 4), NewTopic("page-views-per-user-1m", 4)]).values():
             f.result(15)
         stop = threading.Event()
@@ -76,13 +76,13 @@ def main() -> int:
         app = subprocess.Popen(
             [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "topologies", "page_views.py"),
              "--bootstrap-servers", bootstrap, "--workers", "2", "--state-dir", state_dir,
-             "--config", "session.timeout.ms=6000", "--max-runtime", str(run_seconds)],
+             "--config", "consumer.session.timeout.ms=6000", "--max-runtime", str(run_seconds)],
             cwd=ROOT)
         console.log(f"streamproc run topologies/page_views.py (pid {app.pid}, 2 workers, exactly-once) "
                     f"for {run_seconds:.0f} s")
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-reader-{os.getpid()}",
                              "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-                             "session.timeout.ms": 6000})
+                             "session.timeout.ms": 6000, "log_level": 3})
         consumer.subscribe(["page-views-per-user-1m"])
         json = serdes.Json()
         table = Table(title="page views per user per minute (final results, read_committed)")

@@ -56,7 +56,13 @@ DEFAULT_FETCH_QUEUE_BACKOFF_MS = 10
 DEFAULT_LINGER_MS = 10
 
 
+#: librdkafka's own log lines (connection resets, config notes) go to stderr unformatted;
+#: keep them to errors by default. ``--config log_level=7`` (with ``debug=...``) brings them back.
+DEFAULT_LOG_LEVEL = 3
+
+
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    base.setdefault("log_level", DEFAULT_LOG_LEVEL)
     if overrides:
         base.update(overrides)
     return base
