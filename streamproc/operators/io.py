@@ -51,7 +51,7 @@ class SourceOp(Operator):
             ts = list(raw.timestamps)
         else:
             keys, values, ts = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
-        ts_arr = np.asarray(ts, dtype=np.int64) if ts else np.empty(0, dtype=np.int64)
+        ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
         state = self.ctx.state
         if len(ts_arr):
             st = np.maximum.accumulate(ts_arr)
@@ -67,9 +67,7 @@ class SourceOp(Operator):
             values = vser.deserialize_many(raw.values)
             ts = raw.timestamps if ts_fn is None else [
                 ts_fn(k, v, t) for k, v, t in zip(keys, values, raw.timestamps)]
-            if ts_fn is not None or min(ts, default=0) < 0:
-                _check_timestamps(ts)
-            return keys, values, list(ts)
+            return keys, values, _timestamps_array(ts)
         except Exception:  # noqa: BLE001 - sorted out record by record below
             pass
         keys, values, ts = [], [], []
@@ -118,6 +116,20 @@ def _extract(fn, k, v, t):
         return fn(k, v, t)
     except Exception as e:  # noqa: BLE001
         raise _BadRecord(f"the timestamp function raised {type(e).__name__}: {e}") from e
+
+
+def _timestamps_array(ts) -> np.ndarray:
+    """Validated int64 event times: one numpy check for the usual all-int case."""
+    try:
+        arr = np.asarray(ts)
+    except (OverflowError, ValueError, TypeError):
+        arr = None
+    if arr is not None and arr.ndim == 1 and arr.dtype.kind in "iu" and len(arr):
+        if arr.min() < 0:
+            _check_timestamps(ts)       # names the offending value
+        return arr.astype(np.int64, copy=False)
+    _check_timestamps(ts)
+    return np.asarray([int(t) for t in ts], dtype=np.int64)
 
 
 def _check_timestamps(ts) -> None:
