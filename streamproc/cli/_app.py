@@ -55,7 +55,7 @@ def guarded(fn):
 def compile_file(spec: str):
     """Load the topology at ``spec`` and compile it (errors name the file)."""
     from ..plan import compile_topology
-    from .loader import load_topology, split_spec
+    from ..loader import load_topology, split_spec
 
     topology = load_topology(spec)
     try:

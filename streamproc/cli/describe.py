@@ -18,7 +18,7 @@ def describe(
 ):
     """Show the compiled topology: sub-topologies, topics, processors and stores."""
     from ..plan.describe import render_tree, to_dict
-    from .loader import split_spec
+    from ..loader import split_spec
 
     if format not in ("tree", "json"):
         raise TopologyError(f"--format must be 'tree' or 'json', got {format!r}")
