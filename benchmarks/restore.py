@@ -1,7 +1,8 @@
 """Restore speed into RocksDB, and RSS while state lives on disk.
 
-Local part (no broker): ``restore_local`` builds changelog-shaped records (``_codec`` key and
-value bytes, 1M distinct window keys, window-state tuple values) and times
+Local part (no broker): ``restore_local`` builds changelog-shaped records (the changelog format
+of ``streamproc.runtime._changelog``: canonical ``keys.encode_key`` key bytes, ``_codec`` value
+bytes; 1M distinct window keys, window-state tuple values) and times
 ``RocksDBBackend.bulk_restore`` into a fresh task directory, in restore-loop sized batches
 that also record the changelog offset reached; ``rss_flat`` keeps writing distinct keys
 through ``TaskState``/``Store`` checkpoints and samples the process RSS, RocksDB against the
@@ -9,8 +10,13 @@ memory backend, each in a fresh process.
 
     python benchmarks/restore.py --local-only [--records 1000000] [--rss-keys 3000000]
 
-The Kafka part (fill a changelog topic, delete the state dir, time ``streamproc replay``)
-is not wired yet: see ``restore_kafka``.
+Kafka part (``restore_kafka``): fill a changelog topic with the same records (a plain
+producer), then time the runtime's restore path (``Restorer`` via ``restore_blocking``, as
+``streamproc replay`` and a restarting worker use it: read_committed fetches, raw key/value
+copy into one RocksDB write batch per fetch batch with the offsets reached) into an empty
+state dir. Without ``--bootstrap-servers`` the embedded Tansu development broker is started.
+
+    python benchmarks/restore.py [--bootstrap-servers HOST:PORT] [--records 1000000] --no-rss
 """
 from __future__ import annotations
 
@@ -39,13 +45,21 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def changelog_records(n_records: int, start: int = 0) -> list[tuple[bytes, bytes]]:
     """``n_records`` changelog records over as many distinct keys: key ``(user, window_start)``,
-    value ``(max_ts, count, sum, mean)`` as a tumbling store writes them."""
-    enc = _codec.encode
+    value ``(max_ts, count, sum, mean)`` as a tumbling store writes them, in the changelog format."""
+    from streamproc.state.keys import key_encoder
+
+    enc, kenc = _codec.encode, key_encoder("window")
     out = []
     for i in range(start, start + n_records):
         ws = 1_700_000_000_000 + (i % 60) * 60_000
-        out.append((enc((f"user-{i // 60:07d}", ws)), enc((ws + 59_123, i % 1000, i * 7, i * 0.5))))
+        out.append((kenc((f"user-{i // 60:07d}", ws)), enc((ws + 59_123, i % 1000, i * 7, i * 0.5))))
     return out
+
+
+def _record_key(kb: bytes):
+    from streamproc.state.keys import decode_key
+
+    return decode_key("window", kb)
 
 
 def rss_mib() -> float:
@@ -90,7 +104,7 @@ def restore_local(n_records: int, path: str, *, records=None, batch: int = BATCH
     with RocksDBBackend(path, [WINDOW_SPEC]) as check:                 # not timed: everything is there
         assert check.get_meta("changelog_offsets") == {"counts": len(records) - 1}
         k0, v0 = records[0]
-        assert check.get("counts", _codec.decode(k0)) == _codec.decode(v0)
+        assert check.get("counts", _record_key(k0)) == _codec.decode(v0)
     return seconds, len(records) / seconds
 
 
@@ -105,17 +119,83 @@ def restore_via_write(n_records: int, path: str, *, records=None, batch: int = B
     with RocksDBBackend(path, [WINDOW_SPEC]) as backend:
         for lo in range(0, len(records), batch):
             chunk = records[lo:lo + batch]
-            backend.write({"counts": {dec(k): DELETED if v is None else dec(v) for k, v in chunk}},
+            backend.write({"counts": {_record_key(k): DELETED if v is None else dec(v) for k, v in chunk}},
                           {"changelog_offsets": {"counts": lo + len(chunk) - 1}})
     seconds = time.perf_counter() - t0
     return seconds, len(records) / seconds
 
 
-def restore_kafka(*args, **kwargs):
-    """Kafka part (to be wired by the runtime owner): produce >= 1M records over 1M distinct keys to
-    ``<app>-<store>-changelog``, delete the state dir, time the runtime's restore (``Restorer`` /
-    ``streamproc replay``) into ``RocksDBBackend`` via ``bulk_restore``."""
-    raise NotImplementedError("the Kafka restore benchmark is not wired yet; run with --local-only")
+def fill_changelog(bootstrap: str, topic: str, records, *, console=None) -> None:
+    """Produce ``records`` to partition 0 of ``topic`` with a plain (non-transactional) producer, fast."""
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1 << 20,
+                  "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+                  "queue.buffering.max.kbytes": 1 << 20, "enable.idempotence": False, "acks": 1})
+    with _progress(console) as prog:
+        task = prog.add_task(f"fill {topic}", total=len(records), rate="")
+        t0 = time.perf_counter()
+        for i, (k, v) in enumerate(records):
+            while True:
+                try:
+                    p.produce(topic, v, k, partition=0)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+            if i % 50_000 == 0:
+                p.poll(0)
+                prog.update(task, completed=i, rate=f"{i / max(1e-9, time.perf_counter() - t0):,.0f} rec/s")
+        left = p.flush(120)
+        prog.update(task, completed=len(records))
+    if left:
+        raise RuntimeError(f"{left} changelog records were not delivered")
+
+
+def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, console=None) -> tuple[float, float, int]:
+    """Fill a fresh changelog topic with ``n_records`` distinct-key records, then time the runtime's
+    restore (``restore_blocking``: ``Restorer`` -> ``RocksDBBackend.restore_batch``) into an empty
+    task directory at ``path``. Returns ``(seconds, records/s, records restored)``; the clock covers
+    opening the database, reading the whole changelog and closing the database."""
+    import uuid
+
+    from streamproc.kafka import create_topics, make_admin
+    from streamproc.kafka.config import restore_consumer_config
+    from streamproc.plan.model import StoreSpec
+    from streamproc.runtime.restore import restore_blocking
+    from streamproc.state.rocksdb import RocksDBBackend
+
+    records = changelog_records(n_records) if records is None else records
+    app = f"bench-{uuid.uuid4().hex[:8]}"
+    topic = f"{app}-counts-changelog"
+    create_topics(make_admin(bootstrap), [topic], 1)
+    fill_changelog(bootstrap, topic, records, console=console)
+    spec = StoreSpec("counts", "window", topic, "bench-fingerprint", 0)
+    shutil.rmtree(path, ignore_errors=True)
+    with _progress(console) as prog:
+        task = prog.add_task("restore from Kafka into RocksDB", total=len(records), rate="")
+        t0 = time.perf_counter()
+
+        def progress(part):
+            prog.update(task, completed=part.restored,
+                        rate=f"{part.restored / max(1e-9, time.perf_counter() - t0):,.0f} rec/s")
+
+        backend = RocksDBBackend(path, [spec])
+        try:
+            n = restore_blocking(restore_consumer_config(bootstrap, app), (0, 0), backend,
+                                 [("counts", topic, 0, "window")], progress=progress)
+        finally:
+            backend.close()
+        seconds = time.perf_counter() - t0
+        prog.update(task, completed=n)
+    with RocksDBBackend(path, [spec]) as check:                     # not timed
+        assert check.get_meta("changelog_offsets") == {"counts": len(records) - 1}, check.get_meta("changelog_offsets")
+        k0, v0 = records[-1]
+        assert check.get("counts", _record_key(k0)) == _codec.decode(v0)
+    try:
+        make_admin(bootstrap).delete_topics([topic])
+    except Exception:  # noqa: BLE001 - housekeeping
+        pass
+    return seconds, n / seconds, n
 
 
 # ------------------------------------------------------------------------------------- RSS
@@ -188,11 +268,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rss-keys", type=int, default=3_000_000, help="distinct keys written in the RSS check")
     ap.add_argument("--no-rss", action="store_true")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--bootstrap-servers", default=None,
+                    help="Kafka for the restore-from-changelog part (default: start the Tansu development broker)")
     args = ap.parse_args(argv)
     console = Console()
-    if not args.local_only:
-        console.print("[yellow]the Kafka part of this benchmark is not wired yet: run with --local-only")
-        return 2
+    broker = None
+    kafka_result = None
     base = args.dir or tempfile.mkdtemp(prefix="restore-bench-")
     try:
         with console.status(f"building {args.records:,} changelog records ..."):
@@ -200,6 +281,16 @@ def main(argv=None) -> int:
         runs = [restore_local(args.records, os.path.join(base, "bulk"), records=records, console=console)
                 for _ in range(args.repeat)]
         secs, rps = min(runs)
+        if not args.local_only:
+            bootstrap = args.bootstrap_servers
+            if not bootstrap:
+                from streamproc.kafka.devbroker import DevBroker
+
+                broker = DevBroker().start()
+                bootstrap = broker.bootstrap
+                console.print(f"started the Tansu development broker at {bootstrap}")
+            kafka_result = restore_kafka(bootstrap, args.records, os.path.join(base, "kafka"), records=records,
+                                         console=console)
         with console.status("the generic write() path, for comparison ..."):
             wsecs, wrps = restore_via_write(args.records, os.path.join(base, "write"), records=records)
         table = Table(title=f"restore {args.records:,} changelog records ({args.records:,} distinct window keys) "
@@ -210,6 +301,10 @@ def main(argv=None) -> int:
                       "[green]met" if rps >= 200_000 else "[red]missed")
         table.add_row("write(decoded changes)", f"{wsecs:.2f}", f"{wrps:,.0f}",
                       "[green]met" if wrps >= 200_000 else "[red]missed")
+        if kafka_result is not None:
+            ksecs, krps, kn = kafka_result
+            table.add_row(f"Kafka changelog -> Restorer -> RocksDB ({kn:,} records)", f"{ksecs:.2f}", f"{krps:,.0f}",
+                          "[green]met" if krps >= 200_000 else "[red]missed")
         console.print(table)
         del records
         if not args.no_rss:
@@ -229,6 +324,8 @@ def main(argv=None) -> int:
             t.add_row("keys/s", *[f"{args.rss_keys / res[k][1]:,.0f}" for k in kinds])
             console.print(t)
     finally:
+        if broker is not None:
+            broker.stop()
         if args.dir is None:
             shutil.rmtree(base, ignore_errors=True)
     return 0

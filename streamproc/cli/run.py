@@ -44,6 +44,10 @@ def run(
         help="Create missing source/sink topics (development only)."),
     batch_size: int = typer.Option(1000, "--batch-size", envvar="STREAMPROC_BATCH_SIZE", min=1,
                                    help="Records per consume() call."),
+    state_backend: str = typer.Option(
+        "rocksdb", "--state-backend", envvar="STREAMPROC_STATE_BACKEND",
+        help="rocksdb (local disk under --state-dir; restarts read only the changelog tail) or memory "
+             "(state rebuilt from the changelogs at every start)."),
     max_runtime: Optional[float] = typer.Option(None, "--max-runtime", help="Stop after this many seconds.",
                                                 hidden=True),
 ):
@@ -54,7 +58,7 @@ def run(
     options = RunOptions(
         bootstrap_servers=bootstrap_servers or "", workers=workers, guarantee=guarantee, state_dir=state_dir,
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
-        batch_size=batch_size, max_runtime_s=max_runtime, topology=topology)
+        batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend)
     if bootstrap_servers:
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker

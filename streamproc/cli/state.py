@@ -157,3 +157,105 @@ def reset(
                     f"could not delete consumer group {plan.app_id!r} ({e}); is an instance still running?"
                 ) from None
     err.print(f"reset {plan.app_id}: deleted {'; '.join(what)}")
+
+
+@app.command()
+@guarded
+def replay(
+    topology: str = typer.Argument(..., help="Topology module: path.py or path.py:name"),
+    store: Optional[str] = typer.Option(None, "--store", "-s", help="Only this store (default: every store)."),
+    partition: list[int] = typer.Option([], "--partition", "-p",
+                                        help="Only this task partition; repeatable (default: every partition "
+                                             "of the changelog)."),
+    state_dir: str = typer.Option("./state", "--state-dir", envvar="STREAMPROC_STATE_DIR"),
+    bootstrap_servers: Optional[str] = typer.Option(None, "--bootstrap-servers", "-b",
+                                                    envvar="STREAMPROC_BOOTSTRAP_SERVERS"),
+    config: list[str] = typer.Option([], "--config", "-c", envvar="STREAMPROC_CONFIG",
+                                     help="key=value librdkafka property for the changelog reader; repeatable."),
+):
+    """Rebuild local RocksDB stores from their changelog topics without processing any input.
+
+    The selected stores of each task are emptied and refilled from the whole changelog (read
+    committed), so the local state then equals what the changelog holds. Refused while a
+    worker holds the task directory."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ..kafka.admin import wait_for_broker
+    from ..kafka.config import admin_config, restore_consumer_config
+    from ..runtime._changelog import META_CHANGELOG_OFFSETS, changelog_offsets
+    from ..runtime.restore import Restorer
+    from ..state.rocksdb import RocksDBBackend, task_dir
+    from .run import _parse_config
+
+    if not bootstrap_servers:
+        raise StreamprocError("replay reads the changelog topics: give --bootstrap-servers "
+                              "(or STREAMPROC_BOOTSTRAP_SERVERS)")
+    _, plan = compile_file(topology)
+    if store is not None:
+        specs = [_pick_store(plan, store)]
+    else:
+        specs = list(plan.stores)
+        if not specs:
+            raise StreamprocError(f"topology {plan.app_id!r} has no stores: nothing to replay")
+    by_st = []
+    for st in plan.subtopologies:
+        mine = [s for s in st.stores if s in specs]
+        if mine:
+            by_st.append((st, mine))
+    wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
+    restorer = Restorer(restore_consumer_config(bootstrap_servers, plan.app_id, _parse_config(config)))
+    backends = []
+    try:
+        md = restorer._ensure_consumer().list_topics(timeout=30).topics
+        tasks = []
+        for st, mine in by_st:
+            topic = mine[0].changelog
+            if topic not in md or md[topic].error is not None:
+                raise StreamprocError(f"changelog topic {topic!r} of store {mine[0].name!r} does not exist "
+                                      f"(has the app run against this cluster?)")
+            available = sorted(md[topic].partitions)
+            parts = sorted(set(partition)) if partition else available
+            missing = [p for p in parts if p not in available]
+            if missing:
+                raise StreamprocError(f"changelog {topic!r} has partitions {available[0]}..{available[-1]}, "
+                                      f"not {', '.join(map(str, missing))}")
+            tasks += [(st, mine, p) for p in parts]
+        # empty the selected stores (and forget their changelog offsets): the replay reads each changelog whole
+        for st, mine, p in tasks:
+            path = task_dir(state_dir, plan.app_id, f"{st.id}_{p}")
+            b = RocksDBBackend.for_task(path, st)           # refuses, naming the holder, while a worker runs
+            names = {s.name for s in mine}
+            for name in names:
+                b.drop_store(name)
+            offsets = {k: v for k, v in changelog_offsets(b).items() if k not in names}
+            b.write({}, {META_CHANGELOG_OFFSETS: offsets})
+            b.close()
+            b = RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
+            backends.append(b)
+            restorer.start((st.id, p), b, [(s.name, s.changelog, p, s.kind) for s in mine])
+        all_parts = [part for st, _, p in tasks for part in restorer.parts((st.id, p))]
+        total = sum(max(0, part.end - part.first) for part in all_parts)
+        t0 = time.monotonic()
+        with Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
+                      transient=False) as progress:
+            bar = progress.add_task(plan.app_id, total=total, rate="")
+            while restorer.pending:
+                restorer.step(0.2)
+                done = sum(min(part.position, part.end) - part.first for part in all_parts)
+                secs = time.monotonic() - t0
+                progress.update(bar, completed=done,
+                                rate=f"{restorer.records_restored / secs:,.0f} records/s" if secs > 0 else "")
+            progress.update(bar, completed=total)
+        secs = time.monotonic() - t0
+    finally:
+        restorer.close()
+        for b in backends:
+            b.close()
+    n = restorer.records_restored
+    n_stores = len({s.name for _, mine, _ in tasks for s in mine})
+    rate = n / secs if secs > 0 else 0.0
+    typer.echo(f"replayed {n} records into {n_stores} store(s) of {len(tasks)} task(s) in {secs:.2f} s "
+               f"({rate:,.0f} records/s)")

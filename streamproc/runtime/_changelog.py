@@ -2,16 +2,20 @@
 
 A changelog topic ``<app-id>-<store>-changelog`` holds, per task partition:
 
-* one record per store key and checkpoint: key = ``_codec.encode(store_key)``,
-  value = ``_codec.encode(store_value)``, or no value (a tombstone) for a deleted key;
+* one record per store key and checkpoint: key = ``keys.encode_key(store_kind, store_key)``
+  (the canonical, order-preserving RocksDB key encoding: equal keys give equal bytes, so
+  compaction keeps exactly the latest value of a key, and a RocksDB restore copies key and
+  value bytes as they are), value = ``_codec.encode(store_value)``, or no value (a
+  tombstone) for a deleted key;
 * the task's stream time, under the reserved raw key :data:`STREAM_TIME_KEY`, value =
-  ``_codec.encode(stream_time)``. Pickle output always starts with ``0x80`` (the PROTO
-  opcode), so no encoded store key can collide with a key starting with ``0x00``.
+  ``_codec.encode(stream_time)``. Encoded store keys start with a type tag in
+  ``0x01..0x7F``, so no store key can collide with a key starting with ``0x00``.
   Compaction keeps the latest stream time of each partition.
 """
 from __future__ import annotations
 
 from .. import _codec
+from ..state.keys import decode_key, encode_key
 
 STREAM_TIME_KEY = b"\x00streamproc.stream_time"
 
@@ -21,6 +25,8 @@ META_STREAM_TIME = "stream_time"
 
 encode = _codec.encode
 decode = _codec.decode
+key_bytes = encode_key          # (store kind, store key) -> changelog key bytes
+key_of = decode_key             # (store kind, changelog key bytes) -> store key
 
 
 def changelog_offsets(backend) -> dict:

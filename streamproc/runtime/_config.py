@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from ..errors import StreamprocError
 
 GUARANTEES = ("exactly-once", "at-least-once")
+STATE_BACKENDS = ("rocksdb", "memory")
 _PREFIXES = ("consumer.", "producer.", "admin.", "restore.")
 
 
@@ -34,6 +35,7 @@ class RunOptions:
     shutdown_timeout_s: float = 30.0
     broker_timeout_s: float = 30.0                # give up on an unreachable cluster after this long
     restore_stall_timeout_s: float = 5.0
+    state_backend: str = "rocksdb"                # "rocksdb" (local disk, the default) or "memory"
 
     @property
     def eos(self) -> bool:
@@ -55,6 +57,8 @@ class RunOptions:
             raise StreamprocError(f"commit interval must be >= 0 ms, got {self.commit_interval_ms}")
         if self.batch_size < 1:
             raise StreamprocError(f"batch_size must be positive, got {self.batch_size}")
+        if self.state_backend not in STATE_BACKENDS:
+            raise StreamprocError(f"state backend must be 'rocksdb' or 'memory', got {self.state_backend!r}")
         if not self.bootstrap_servers:
             raise StreamprocError("no Kafka bootstrap servers given (e.g. --bootstrap-servers localhost:9092)")
         return self

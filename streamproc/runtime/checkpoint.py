@@ -8,8 +8,8 @@ task's write cache, and the consumed positions collect in ``worker.positions``. 
 exactly-once (one transactional producer per worker; the transaction was begun before the
 first record of this checkpoint was produced)
     1. for each task: ``state.changes()`` -> one changelog record per changed key to
-       ``<app-id>-<store>-changelog``, partition = the task's partition (``_codec`` key/value,
-       no value = tombstone), plus the task's stream time under a reserved key when it moved;
+       ``<app-id>-<store>-changelog``, partition = the task's partition (key: the canonical
+       ``keys.encode_key`` of the store kind, value: ``_codec``, no value = tombstone), plus the task's stream time under a reserved key when it moved;
     2. ``send_offsets_to_transaction(positions, consumer_group_metadata())``;
     3. ``flush()`` (delivery reports give the changelog offsets), ``commit_transaction()``;
     4. only then, for each task: ``state.apply(changelog_offsets)``: the backend takes the
@@ -36,7 +36,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError, StreamprocError
-from ._changelog import STREAM_TIME_KEY, encode
+from ._changelog import STREAM_TIME_KEY, encode, key_bytes
 
 log = logging.getLogger("streamproc.checkpoint")
 
@@ -178,8 +178,9 @@ def _write_changelogs(w, task) -> None:
     stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
     for spec in stores:
         topic = spec.changelog
+        kind = spec.kind
         for k, v in changes.get(spec.name, ()):
-            produce(topic, None if v is None else encode(v), encode(k), p)
+            produce(topic, None if v is None else encode(v), key_bytes(kind, k), p)
         if stream_time_moved:
             produce(topic, encode(state.stream_time), STREAM_TIME_KEY, p)
 

@@ -33,7 +33,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from ..errors import BrokerError
 from ..state import DELETED
-from ._changelog import (META_CHANGELOG_OFFSETS, META_STREAM_TIME, STREAM_TIME_KEY, changelog_offsets, decode)
+from ._changelog import (META_CHANGELOG_OFFSETS, META_STREAM_TIME, STREAM_TIME_KEY, changelog_offsets, decode,
+                         key_of)
 
 log = logging.getLogger("streamproc.restore")
 
@@ -54,6 +55,8 @@ class _Part:
     done: bool = False
     last_progress: float = field(default_factory=time.monotonic)
     restored: int = 0
+    kind: str = "kv"             # the store's key encoding (memory backends decode changelog keys with it)
+    first: int = 0               # first offset this restore reads
 
 
 class Restorer:
@@ -74,7 +77,9 @@ class Restorer:
         self._progress = progress          # optional callable(part) after each applied batch
         self._tasks: dict[object, list[_Part]] = {}
         self._by_tp: dict[tuple[str, int], _Part] = {}
+        self._all: dict[object, list[_Part]] = {}        # every part started (kept for reporting)
         self._ready: list = []            # task keys restored with nothing to read
+        self.records_restored = 0         # changelog records applied (stream-time records included)
 
     # ------------------------------------------------------------------------------ API
     @property
@@ -85,12 +90,15 @@ class Restorer:
         return key in self._tasks
 
     def start(self, key, backend, changelogs: list[tuple[str, str, int]]) -> None:
-        """Begin restoring task ``key``: ``changelogs`` = ``[(store, changelog topic, partition), ...]``."""
+        """Begin restoring task ``key``: ``changelogs`` = ``[(store, changelog topic, partition[, kind]), ...]``.
+
+        Returns nothing; the parts (with their offset ranges) are in :meth:`parts`."""
         if key in self._tasks:
             return
         offsets = changelog_offsets(backend)
         parts, to_assign = [], []
-        for store, topic, partition in changelogs:
+        for store, topic, partition, *rest in changelogs:
+            kind = rest[0] if rest else (getattr(backend, "kind", lambda s: None)(store) or "kv")
             low, high = self._watermarks(topic, partition)
             stored = offsets.get(store)
             start = low if stored is None else stored + 1
@@ -98,7 +106,7 @@ class Restorer:
                 log.warning("changelog %s[%d]: the records after offset %d are gone (log starts at %d); "
                             "restoring what is left", topic, partition, stored, low)
                 start = low
-            part = _Part(key, store, topic, partition, backend, start, high)
+            part = _Part(key, store, topic, partition, backend, start, high, kind=kind, first=start)
             if start >= high:
                 part.done = True
             else:
@@ -106,6 +114,7 @@ class Restorer:
                 self._by_tp[(topic, partition)] = part
             parts.append(part)
             log.debug("restore %s store %s from %s[%d] offsets %d..%d", key, store, topic, partition, start, high)
+        self._all[key] = parts
         if not to_assign:
             self._ready.append(key)
             return
@@ -116,6 +125,7 @@ class Restorer:
         """Stop restoring these tasks (revoked). What was applied stays applied, offsets included."""
         drop = []
         for key in keys:
+            self._all.pop(key, None)
             for part in self._tasks.pop(key, []):
                 if self._by_tp.pop((part.topic, part.partition), None) is not None:
                     drop.append(TopicPartition(part.topic, part.partition))
@@ -153,14 +163,21 @@ class Restorer:
                 st = decode(m.value())
                 if meta["stream_time"] is None or st > meta["stream_time"]:
                     meta["stream_time"] = st
+            elif hasattr(part.backend, "restore_batch"):       # RocksDB: key and value bytes as they are
+                recs = entries.get(part.store)
+                if recs is None:
+                    recs = entries[part.store] = []
+                recs.append((kb, m.value()))
             else:
                 v = m.value()
-                entries.setdefault(part.store, {})[decode(kb)] = DELETED if v is None else decode(v)
+                k = decode(kb) if kb[:1] == b"\x80" else key_of(part.kind, kb)     # 0x80: an older pickled key
+                entries.setdefault(part.store, {})[k] = DELETED if v is None else decode(v)
             off = m.offset()
             meta["offsets"][part.store] = off
             part.position = off + 1
             part.restored += 1
             part.last_progress = now
+            self.records_restored += 1
         for backend, entries, meta in pending.values():
             _write(backend, entries, meta)
         if self._progress is not None and pending:
@@ -192,6 +209,10 @@ class Restorer:
         if done_tps:
             self._consumer.incremental_unassign(done_tps)
         return finished
+
+    def parts(self, key) -> list:
+        """The ``_Part``s of task ``key`` (store, topic, partition, first offset read, end, restored count)."""
+        return list(self._all.get(key, ()))
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -231,16 +252,21 @@ def _write(backend, entries: dict, meta: dict) -> None:
     new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
     if meta["stream_time"] is not None:
         new_meta[META_STREAM_TIME] = max(int(meta["stream_time"]), backend.get_meta(META_STREAM_TIME, -1))
-    backend.write(entries, new_meta)
+    if hasattr(backend, "restore_batch"):
+        backend.restore_batch(entries, new_meta)      # raw records and the meta: one RocksDB write batch
+    else:
+        backend.write(entries, new_meta)
 
 
-def restore_blocking(consumer_config: dict, key, backend, changelogs: list[tuple[str, str, int]],
-                     **kwargs) -> None:
-    """Restore one task's stores to the end of their changelogs, then return (``replay``)."""
+def restore_blocking(consumer_config: dict, key, backend, changelogs: list[tuple],
+                     **kwargs) -> int:
+    """Restore one task's stores to the end of their changelogs, then return the number of
+    changelog records applied (``replay``). ``kwargs`` go to :class:`Restorer` (e.g. ``progress``)."""
     r = Restorer(consumer_config, **kwargs)
     try:
         r.start(key, backend, changelogs)
         while r.pending:
             r.step(0.2)
+        return r.records_restored
     finally:
         r.close()

@@ -9,6 +9,9 @@ lambdas, and each child imports the module and compiles it again.
 * A worker that crashes :data:`MAX_CRASHES` times within :data:`CRASH_WINDOW_S` makes the whole
   instance stop and :meth:`Supervisor.run` raise :class:`WorkerCrashLoop`, whose message is the
   worker's last error (one paragraph, as the worker reported it).
+* A worker that exits with :data:`EXIT_STATE` (its local state is unusable: a store written by
+  a different operator definition, an unknown format) is not restarted: the instance stops and
+  :meth:`Supervisor.run` raises :class:`StateError` with the worker's message.
 * :meth:`Supervisor.stop` (SIGINT/SIGTERM in ``run_app``) sends SIGTERM to every worker: each
   finishes its open checkpoint (or aborts it), closes its clients and exits 0. Workers still
   alive after ``shutdown_timeout_s`` are killed.
@@ -23,9 +26,9 @@ import signal
 import threading
 import time
 
-from ..errors import StreamprocError
+from ..errors import StateError, StreamprocError
 from ._config import RunOptions
-from .worker import EXIT_FENCED, EXIT_OK, worker_main
+from .worker import EXIT_FENCED, EXIT_OK, EXIT_STATE, worker_main
 
 log = logging.getLogger("streamproc.supervisor")
 
@@ -78,6 +81,7 @@ class Supervisor:
         for slot in self._slots:
             self._start(slot)
         failure: str | None = None
+        failure_cls = WorkerCrashLoop
         stop_deadline = None
         while True:
             self._drain_errors()
@@ -106,6 +110,10 @@ class Supervisor:
                 if self._stop.is_set() or code == EXIT_OK:
                     slot.done = True
                     continue
+                if code == EXIT_STATE:          # unusable local state: restarting cannot help
+                    failure = slot.last_error or f"worker {slot.index} cannot use its local state"
+                    failure_cls = StateError
+                    break
                 failure = self._crashed(slot, code, now)
                 if failure:
                     break
@@ -128,7 +136,7 @@ class Supervisor:
                 if slot.proc.is_alive():
                     slot.proc.kill()
                     slot.proc.join()
-        raise WorkerCrashLoop(failure)
+        raise failure_cls(failure)
 
     # ------------------------------------------------------------------ internals
     def _start(self, slot: _Slot) -> None:

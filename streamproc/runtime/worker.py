@@ -34,7 +34,7 @@ import warnings
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..errors import BrokerError, StreamprocError
+from ..errors import BrokerError, StateError, StreamprocError
 from ..kafka.config import (consumer_config, producer_config, restore_consumer_config,
                             transactional_producer_config)
 from ..operators import RawBatch
@@ -46,8 +46,13 @@ from .task import Task
 
 log = logging.getLogger("streamproc.worker")
 
-#: Worker exit codes (the supervisor restarts on anything but 0).
-EXIT_OK, EXIT_ERROR, EXIT_FENCED = 0, 1, 75
+#: Worker exit codes (the supervisor restarts on anything but 0 and EXIT_STATE).
+#: EXIT_STATE: the local state cannot be used (fingerprint mismatch, format, damaged): restarting
+#: cannot help, the instance stops with the worker's message.
+EXIT_OK, EXIT_ERROR, EXIT_FENCED, EXIT_STATE = 0, 1, 75, 78
+
+#: Seconds a worker waits for a task directory another worker of this instance is releasing.
+TASK_LOCK_TIMEOUT_S = 15.0
 
 _EOF = KafkaError._PARTITION_EOF
 
@@ -57,6 +62,10 @@ PURGE_INTERVAL_S = 30.0
 
 class ProcessingFailed(StreamprocError):
     """A record could not be processed (user function raised, bad record under on_error='fail')."""
+
+
+class TaskDirBusy(StreamprocError):
+    """A task directory is locked by another process (restartable, unlike other ``StateError``s)."""
 
 
 def instance_id(app_id: str, process_id: str, index: int) -> str:
@@ -78,7 +87,7 @@ class Worker:
         self.batch_size = options.batch_size
         self.commit_interval_s = options.commit_interval_s
         self.dlq_topic = f"{self.app_id}-dlq"
-        self._backend_factory = backend_factory or (lambda st, partition: MemoryBackend())
+        self._backend_factory = backend_factory or self._default_backend
 
         self._st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
         self.input_topics = list(self._st_of_topic)
@@ -116,6 +125,27 @@ class Worker:
         self.producer: Producer | None = None
         self.restorer: Restorer | None = None
         self.records_in = 0
+
+    def _default_backend(self, st, partition: int):
+        """``RocksDBBackend`` of task (st, partition) under the state dir (``state_backend="rocksdb"``),
+        else a ``MemoryBackend``. Stateless sub-topologies get a MemoryBackend either way."""
+        if self.options.state_backend == "memory" or not st.stores:
+            return MemoryBackend()
+        from ..state.rocksdb import RocksDBBackend, task_dir
+
+        path = task_dir(self.options.state_dir, self.app_id, f"{st.id}_{partition}")
+        try:
+            return RocksDBBackend.for_task(path, st, lock_timeout=TASK_LOCK_TIMEOUT_S)
+        except StateError as e:
+            if "is in use by process" in str(e):     # the lock: transient (a worker releasing it, replay)
+                raise TaskDirBusy(f"worker {self.id}: {e}") from None
+            raise
+
+    @staticmethod
+    def _keep_when_revoked(backend) -> bool:
+        """Memory backends of revoked tasks are kept (the state would be lost); anything on disk is
+        closed so another worker may lock its task directory (reopening costs a few ms)."""
+        return isinstance(backend, MemoryBackend)
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -215,6 +245,10 @@ class Worker:
         for t in self.tasks.values():
             t.state.backend.close()
         self.tasks.clear()
+        for entry in self._restoring.values():
+            entry[2].close()
+        self._restoring.clear()
+        self._to_restore.clear()
 
     # ------------------------------------------------------------------ callbacks
     def _on_delivery(self, err, msg) -> None:
@@ -307,18 +341,24 @@ class Worker:
                 if not tps:
                     keys.add(key)
                     del self._tps_of[key]
+        revoked = []
         for key in keys:
             task = self.tasks.pop(key, None)
             if task is not None:
-                self._suspended[key] = task.state.backend
+                revoked.append((key, task.state.backend))
             entry = self._restoring.pop(key, None)
             if entry is not None:
-                self._suspended[key] = entry[2]
+                revoked.append((key, entry[2]))
             if key in self._to_restore:
                 self._to_restore.remove(key)
             self.dirty.pop(key, None)
         if self.restorer is not None:
             self.restorer.cancel(keys)
+        for key, backend in revoked:
+            if self._keep_when_revoked(backend):
+                self._suspended[key] = backend
+            else:
+                backend.close()
         for tp in gone:
             self.positions.pop(tp, None)
             self._dropped.discard(tp)
@@ -422,7 +462,7 @@ class Worker:
         while self._to_restore:
             key = self._to_restore.pop(0)
             st, p, backend = self._restoring[key]
-            self.restorer.start(key, backend, [(s.name, s.changelog, p) for s in st.stores])
+            self.restorer.start(key, backend, [(s.name, s.changelog, p, s.kind) for s in st.stores])
         for key in self.restorer.step(0.01 if self.tasks else 0.05):
             entry = self._restoring.pop(key, None)
             if entry is None:
@@ -584,6 +624,9 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     except cp.WorkerFenced as e:
         _report(errors, index, str(e))
         code = EXIT_FENCED
+    except StateError as e:
+        _report(errors, index, str(e))
+        code = EXIT_STATE
     except StreamprocError as e:
         _report(errors, index, str(e))
     except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level

@@ -451,8 +451,9 @@ class RocksDBBackend(Backend):
     def bulk_restore(self, store: str, records, meta: dict | None = None) -> int:
         """Apply changelog records ``[(key_bytes, value_bytes_or_None), ...]`` to ``store`` in one batch.
 
-        Keys are ``_codec`` encodings of store keys (re-encoded to the sorted key format);
-        values are stored as they are (the changelog value bytes are the stored value
+        Keys are the canonical ``keys.encode_key`` bytes of the store's kind (the changelog
+        key format: copied as they are), or ``_codec`` pickles of store keys (re-encoded to
+        that format); values are stored as they are (the changelog value bytes are the stored value
         bytes); None deletes. Later records of a key win. ``meta`` (e.g. the changelog offsets
         reached, the stream time) is written in the same atomic batch. Reserved changelog
         records (the stream-time key) are the caller's: leave them out. Returns the count.
@@ -474,10 +475,15 @@ class RocksDBBackend(Backend):
             kb = None
             try:
                 for kb, vb in records:
+                    first = kb[0]
+                    if first == 0x80:            # a _codec pickle of the key (older changelogs): re-encode
+                        kb = enc(loads(kb))
+                    elif first == 0 or first > 0x7F:
+                        raise ValueError("no streamproc key type tag")
                     if vb is None:
-                        delete(enc(loads(kb)), h)
+                        delete(kb, h)
                     else:
-                        put(enc(loads(kb)), vb, h)
+                        put(kb, vb, h)
                     n += 1
             except Exception as e:  # noqa: BLE001
                 raise StateError(
