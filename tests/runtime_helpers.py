@@ -151,7 +151,7 @@ def write_topology(path, source: str) -> str:
 
 def load_plan(ref: str):
     from streamproc.plan import compile_topology
-    from streamproc.runtime._load import load_topology
+    from streamproc.loader import load_topology
 
     return compile_topology(load_topology(ref))
 
@@ -174,7 +174,7 @@ def driver_output(plan_ref_or_topology, inputs: dict, partitions: dict, outputs:
 
     topo = plan_ref_or_topology
     if isinstance(topo, str):
-        from streamproc.runtime._load import load_topology
+        from streamproc.loader import load_topology
         topo = load_topology(topo)
     with TopologyTestDriver(topo, partitions=partitions) as d:
         for topic, recs in inputs.items():

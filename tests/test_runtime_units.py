@@ -15,7 +15,8 @@ from streamproc.runtime import app as app_mod
 from streamproc.runtime import supervisor as sup_mod
 from streamproc.runtime._changelog import STREAM_TIME_KEY
 from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import StateDirLock, load_topology, process_id
+from streamproc.loader import load_topology
+from streamproc.runtime._load import StateDirLock, process_id
 
 
 def _plan():
@@ -92,7 +93,7 @@ def test_topology_references(tmp_path):
     assert load_topology(f"{path}:b").app_id == "app-b"
     assert load_topology(f"{path}:make").app_id == "app-c"
     assert load_topology(path, app_id="app-a").app_id == "app-a"
-    with pytest.raises(Exception, match="name one"):
+    with pytest.raises(Exception, match="pick one with"):
         load_topology(path)
 
 

@@ -1,16 +1,14 @@
-"""What worker processes need to find their feet: the topology (re-imported, never pickled),
-the persisted process id, and the lock that keeps two instances off one state directory."""
+"""What worker processes need to find their feet: where the topology is (they re-import it with
+``streamproc.loader``, never unpickle it), the persisted process id, and the lock that keeps two
+instances off one state directory."""
 from __future__ import annotations
 
 import errno
-import importlib
-import importlib.util
 import os
-import sys
 import uuid
 
-from ..dsl import Topology
-from ..errors import StateError, TopologyLoadError
+from ..errors import StateError
+from ..loader import split_spec as _split
 
 
 # --------------------------------------------------------------------------- topology references
@@ -31,70 +29,6 @@ def absolute_ref(ref: str) -> str:
         path = os.path.abspath(path)
         return f"{path}:{name}" if name else path
     return ref
-
-
-def _split(ref: str) -> tuple[str, str | None]:
-    if os.path.exists(ref) or ":" not in ref:
-        return ref, None
-    path, _, name = ref.rpartition(":")
-    return path, (name or None)
-
-
-def load_topology(ref: str, app_id: str | None = None) -> Topology:
-    """The Topology named by ``ref``.
-
-    ``ref`` is ``path/to/file.py``, ``path/to/file.py:name`` or ``package.module:name``; ``name``
-    may be a Topology or a zero-argument callable returning one. Without a name the module must
-    hold exactly one Topology (or exactly one with ``app_id``).
-    """
-    path, name = _split(ref)
-    if path.endswith(".py") or os.path.isfile(path):
-        if not os.path.isfile(path):
-            raise TopologyLoadError(f"topology file {path!r} does not exist")
-        module = _import_file(os.path.abspath(path))
-    else:
-        try:
-            module = importlib.import_module(path)
-        except Exception as e:  # noqa: BLE001 - reported as one paragraph
-            raise TopologyLoadError(f"cannot import topology module {path!r}: {type(e).__name__}: {e}") from None
-    if name is not None:
-        obj = getattr(module, name, None)
-        if obj is None:
-            raise TopologyLoadError(f"{path} has no attribute {name!r}")
-        if not isinstance(obj, Topology) and callable(obj):
-            obj = obj()
-        if not isinstance(obj, Topology):
-            raise TopologyLoadError(f"{path}:{name} is not a Topology (got {type(obj).__name__})")
-        return obj
-    found = list({id(v): v for v in vars(module).values() if isinstance(v, Topology)}.values())
-    if app_id is not None and len(found) > 1:
-        found = [t for t in found if t.app_id == app_id]
-    if len(found) != 1:
-        raise TopologyLoadError(
-            f"{path} defines {len(found) or 'no'} Topology objects"
-            f"{' with app id ' + repr(app_id) if app_id else ''}: name one with {path}:<name>")
-    return found[0]
-
-
-def _import_file(path: str):
-    mod_name = "streamproc_topology_" + os.path.splitext(os.path.basename(path))[0].replace("-", "_").replace(".", "_")
-    existing = sys.modules.get(mod_name)
-    if existing is not None and os.path.abspath(getattr(existing, "__file__", "") or "") == path:
-        return existing
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    folder = os.path.dirname(path)
-    sys.path.insert(0, folder)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001
-        sys.modules.pop(mod_name, None)
-        raise TopologyLoadError(f"{path}: importing the topology failed with {type(e).__name__}: {e}") from None
-    finally:
-        if sys.path and sys.path[0] == folder:
-            sys.path.pop(0)
-    return module
 
 
 # --------------------------------------------------------------------------- state directory

@@ -612,7 +612,7 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     code = EXIT_ERROR
     try:
         from ..plan import compile_topology
-        from ._load import load_topology
+        from ..loader import load_topology
 
         plan = compile_topology(load_topology(ref, app_id))
         w = Worker(plan, options, index, process_id)
