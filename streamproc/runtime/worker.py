@@ -491,19 +491,7 @@ class Worker:
         return [m for m in msgs if m.error() is not None]
 
     def _process(self, msgs) -> None:
-        groups: dict[tuple, tuple] = {}
-        for m in msgs:
-            if m.error() is not None:
-                self._consumer_error(m)
-                continue
-            tp = (m.topic(), m.partition())
-            g = groups.get(tp)
-            if g is None:
-                g = groups[tp] = ([], [], [], [])
-            g[0].append(m.key())
-            g[1].append(m.value())
-            g[2].append(m.timestamp()[1])
-            g[3].append(m.offset())
+        groups = self._columns(msgs)
         if not groups:
             return
         if not self.open:
@@ -536,6 +524,35 @@ class Worker:
             self.positions[tp] = offs[-1] + 1
             self.dirty[key] = task
             self.records_in += len(offs)
+
+    def _columns(self, msgs) -> dict:
+        """``{(topic, partition): (keys, values, timestamps, offsets)}`` in offset order.
+
+        Column by column with comprehensions (one C-level loop per field); messages are only
+        regrouped when a batch spans several partitions.
+        """
+        if any(m.error() is not None for m in msgs):
+            for m in msgs:
+                if m.error() is not None:
+                    self._consumer_error(m)
+            msgs = [m for m in msgs if m.error() is None]
+            if not msgs:
+                return {}
+        topics = [m.topic() for m in msgs]
+        parts = [m.partition() for m in msgs]
+        t0, p0 = topics[0], parts[0]
+        if topics.count(t0) == len(topics) and parts.count(p0) == len(parts):
+            by_tp = {(t0, p0): msgs}
+        else:
+            by_tp = {}
+            for tp, m in zip(zip(topics, parts), msgs):
+                g = by_tp.get(tp)
+                if g is None:
+                    by_tp[tp] = [m]
+                else:
+                    g.append(m)
+        return {tp: ([m.key() for m in g], [m.value() for m in g], [m.timestamp()[1] for m in g],
+                     [m.offset() for m in g]) for tp, g in by_tp.items()}
 
     def _produce_fast(self, topic, value, key, ts) -> None:
         try:
