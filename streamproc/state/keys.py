@@ -45,8 +45,10 @@ Keys
     give the byte bounds for "every window of k" and "windows of k starting in [a, b)".
     Other kinds (``"kv"`` tables, ``"sliding"``, ``"session"``) key by the group key alone.
 
-The changelog keys are plain ``_codec`` pickles of the store key: a restore decodes them
-and re-encodes them here (:func:`changelog_key_to_db`).
+Changelog keys are these same encodings (pickle is not canonical: equal keys can pickle to
+different bytes, and compaction would then keep stale values), so a restore into RocksDB
+copies changelog keys and values as they are. :func:`changelog_key_to_db` only converts
+changelogs written by versions that used pickled keys (first byte 0x80).
 """
 from __future__ import annotations
 
