@@ -18,7 +18,7 @@ import pytest
 import runtime_helpers as h
 from streamproc.plan import compile_topology
 from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import load_topology
+from streamproc.loader import load_topology
 from streamproc.runtime.app import prepare_topics
 
 pytestmark = pytest.mark.broker
