@@ -64,7 +64,8 @@ def _broker_kind() -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     marked = [item for item in items if item.get_closest_marker("real_kafka") is not None]
-    if not marked or _broker_kind() != "tansu":
+    # STREAMPROC_TEST_FORCE_REAL_KAFKA=1 runs them on Tansu anyway (to watch how they fail there)
+    if not marked or _broker_kind() != "tansu" or os.environ.get("STREAMPROC_TEST_FORCE_REAL_KAFKA"):
         return
     for item in marked:
         marker = item.get_closest_marker("real_kafka")
@@ -74,6 +75,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             reason += f" ({why})"
         reason += f"; set {_BOOTSTRAP_ENV} or run a Docker engine to include it"
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def kafka(kafka_bootstrap: str, kafka_kind: str) -> tuple[str, str]:
+    """``(bootstrap, kind)`` for the runtime tests."""
+    return kafka_bootstrap, kafka_kind
 
 
 @pytest.fixture(scope="session")

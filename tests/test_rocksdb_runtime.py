@@ -31,18 +31,6 @@ from test_runtime_kafka import JSON, STR, TOPO_COUNT, events, last_per_key, read
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture(scope="module")
-def kafka(request):
-    return h.broker(request)
-
-
-@pytest.fixture(autouse=True)
-def _real_kafka_only(request, kafka):
-    if request.node.get_closest_marker("real_kafka") and kafka[1] == "tansu" \
-            and not os.environ.get("STREAMPROC_TEST_FORCE_REAL_KAFKA"):
-        pytest.skip("needs real Apache Kafka (Tansu delivers aborted transactions to read_committed consumers)")
-
-
 # ------------------------------------------------------------------------------------------ helpers
 
 def snapshot(plan, state_dir) -> dict:

@@ -68,22 +68,9 @@ s.map_values(lambda v: v["x"]).to("{out}", key=serdes.String(), value=serdes.Jso
 '''
 
 
-@pytest.fixture(scope="module")
-def kafka(request):
-    return h.broker(request)
-
-
 @pytest.fixture
 def bootstrap(kafka):
     return kafka[0]
-
-
-@pytest.fixture(autouse=True)
-def _real_kafka_only(request):
-    if request.node.get_closest_marker("real_kafka"):
-        bootstrap, kind = h.broker(request)
-        if kind == "tansu":
-            pytest.skip("needs real Apache Kafka (Tansu delivers aborted transactions to read_committed consumers)")
 
 
 def events(n: int, seed: int, *, start: int = 1_700_000_000_000, keys: int = 20, users: int = 7,
