@@ -51,6 +51,23 @@ class SerdeError(StreamprocError):
                           offset=offset if offset is not None else self.offset)
 
 
+class CodecError(SerdeError):
+    """Bytes on an internal topic or in a store could not be decoded, or a value cannot be encoded."""
+
+    def __init__(self, message: str, *, serde: str | None = None, topic: str | None = None,
+                 partition: int | None = None, offset: int | None = None):
+        super().__init__(message, serde=serde if serde is not None else "streamproc internal codec",
+                         topic=topic, partition=partition, offset=offset)
+
+    def located(self, *, topic: str | None = None, partition: int | None = None,
+                offset: int | None = None) -> "CodecError":
+        """A copy of this error with the record's location filled in."""
+        return type(self)(self.reason, serde=self.serde,
+                          topic=topic if topic is not None else self.topic,
+                          partition=partition if partition is not None else self.partition,
+                          offset=offset if offset is not None else self.offset)
+
+
 class StateError(StreamprocError):
     """Local state cannot be used (locked, wrong fingerprint, corrupt)."""
 
