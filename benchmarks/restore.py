@@ -1,8 +1,8 @@
 """Restore speed into RocksDB, and RSS while state lives on disk.
 
 Local part (no broker): ``restore_local`` builds changelog-shaped records (the changelog format
-of ``streamproc.runtime._changelog``: canonical ``keys.encode_key`` key bytes, ``_codec`` value
-bytes; 1M distinct window keys, window-state tuple values) and times
+of ``streamproc.runtime._changelog``: ``codec.encode_store_key`` key bytes, ``codec.encode_value``
+value bytes; 1M distinct window keys, window-state tuple values) and times
 ``RocksDBBackend.bulk_restore`` into a fresh task directory, in restore-loop sized batches
 that also record the changelog offset reached; ``rss_flat`` keeps writing distinct keys
 through ``TaskState``/``Store`` checkpoints and samples the process RSS, RocksDB against the
@@ -34,7 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streamproc import _codec  # noqa: E402
+from streamproc.state import codec  # noqa: E402
 from streamproc.plan.model import StoreSpec  # noqa: E402
 from streamproc.state import DELETED, MemoryBackend, TaskState  # noqa: E402
 
@@ -46,9 +46,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 def changelog_records(n_records: int, start: int = 0) -> list[tuple[bytes, bytes]]:
     """``n_records`` changelog records over as many distinct keys: key ``(user, window_start)``,
     value ``(max_ts, count, sum, mean)`` as a tumbling store writes them, in the changelog format."""
-    from streamproc.state.keys import key_encoder
-
-    enc, kenc = _codec.encode, key_encoder("window")
+    enc, kenc = codec.encode_value, codec.key_encoder("window")
     out = []
     for i in range(start, start + n_records):
         ws = 1_700_000_000_000 + (i % 60) * 60_000
@@ -57,9 +55,7 @@ def changelog_records(n_records: int, start: int = 0) -> list[tuple[bytes, bytes
 
 
 def _record_key(kb: bytes):
-    from streamproc.state.keys import decode_key
-
-    return decode_key("window", kb)
+    return codec.decode_store_key("window", kb)
 
 
 def rss_mib() -> float:
@@ -104,17 +100,17 @@ def restore_local(n_records: int, path: str, *, records=None, batch: int = BATCH
     with RocksDBBackend(path, [WINDOW_SPEC]) as check:                 # not timed: everything is there
         assert check.get_meta("changelog_offsets") == {"counts": len(records) - 1}
         k0, v0 = records[0]
-        assert check.get("counts", _record_key(k0)) == _codec.decode(v0)
+        assert check.get("counts", _record_key(k0)) == codec.decode_value(v0)
     return seconds, len(records) / seconds
 
 
 def restore_via_write(n_records: int, path: str, *, records=None, batch: int = BATCH) -> tuple[float, float]:
-    """The generic path for comparison: decode key and value, ``backend.write`` (which re-pickles values)."""
+    """The generic path for comparison: decode key and value, ``backend.write`` (which re-encodes values)."""
     from streamproc.state.rocksdb import RocksDBBackend
 
     records = changelog_records(n_records) if records is None else records
     shutil.rmtree(path, ignore_errors=True)
-    dec = _codec.decode
+    dec = codec.decode_value
     t0 = time.perf_counter()
     with RocksDBBackend(path, [WINDOW_SPEC]) as backend:
         for lo in range(0, len(records), batch):
@@ -181,8 +177,8 @@ def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, co
 
         backend = RocksDBBackend(path, [spec])
         try:
-            n = restore_blocking(restore_consumer_config(bootstrap, app), (0, 0), backend,
-                                 [("counts", topic, 0, "window")], progress=progress)
+            n = restore_blocking(restore_consumer_config(bootstrap, app), (0, 0), backend, [spec], 0,
+                                 progress=progress)
         finally:
             backend.close()
         seconds = time.perf_counter() - t0
@@ -190,7 +186,7 @@ def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, co
     with RocksDBBackend(path, [spec]) as check:                     # not timed
         assert check.get_meta("changelog_offsets") == {"counts": len(records) - 1}, check.get_meta("changelog_offsets")
         k0, v0 = records[-1]
-        assert check.get("counts", _record_key(k0)) == _codec.decode(v0)
+        assert check.get("counts", _record_key(k0)) == codec.decode_value(v0)
     try:
         make_admin(bootstrap).delete_topics([topic])
     except Exception:  # noqa: BLE001 - housekeeping

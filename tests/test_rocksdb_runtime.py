@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 import runtime_helpers as h
 from streamproc.cli import app as cli_app
-from streamproc.runtime._changelog import STREAM_TIME_KEY
+from streamproc.runtime._changelog import META_KEY
 from streamproc.runtime._config import RunOptions
 from streamproc.runtime._load import process_id
 from streamproc.runtime.app import prepare_topics
 from streamproc.runtime.task import Task
-from streamproc.state import keys as K
+from streamproc.state import codec as K
 from streamproc.state.rocksdb import RocksDBBackend, task_dir
 from test_runtime_examples import BASE, M, _views, renamed_example
 from test_runtime_kafka import JSON, STR, TOPO_COUNT, events, last_per_key, read, setup_app
@@ -280,8 +280,8 @@ def test_expired_windows_are_deleted_locally_and_tombstoned(tmp_path, kafka):
     with RocksDBBackend(tdir, read_only=True) as b:
         now_keys = set(b.keys(spec.name))
     assert not (now_keys & old_keys), f"expired windows still stored: {sorted(now_keys & old_keys)[:5]}"
-    tombstoned = {K.decode_key("window", r[2]) for r in h.read_topic(bootstrap, spec.changelog, quiet_s=1.0)
-                  if r[3] is None and r[2] != STREAM_TIME_KEY}
+    tombstoned = {K.decode_store_key("window", r[2]) for r in h.read_topic(bootstrap, spec.changelog, quiet_s=1.0)
+                  if r[3] is None and r[2] != META_KEY}
     assert old_keys <= tombstoned
 
 

@@ -52,8 +52,8 @@ def _restored_counts(plan, bootstrap, app_id):
     out = {}
     for p in range(n):
         backend = MemoryBackend()
-        restore_blocking(restore_consumer_config(bootstrap, app_id), (st.id, p), backend,
-                         [(s.name, s.changelog, p) for s in st.stores], stall_timeout_s=3.0)
+        restore_blocking(restore_consumer_config(bootstrap, app_id), (st.id, p), backend, st.stores, p,
+                         stall_timeout_s=3.0)
         out.update(Task(st, p, backend).operator("counts").snapshot())
     return {k: v["count"] for k, v in out.items()}
 
@@ -62,10 +62,10 @@ def _repartition_duplicates(bootstrap, app_id) -> str:
     """Diagnosis: input records seen more than once by the counting tasks (read_committed)."""
     from collections import Counter
 
-    from streamproc import _codec
+    from streamproc.state import codec
 
     recs = h.read_topic(bootstrap, f"{app_id}-by-user-repartition", quiet_s=2.0)
-    values = [_codec.decode(r[3]) for r in recs]
+    values = [codec.decode_value(r[3]) for r in recs]
     seen = Counter(v["id"] for v in values)
     user_of = {v["id"]: v["user"] for v in values}
     dups = dict(Counter({u: 0 for u in user_of.values()}) + Counter(

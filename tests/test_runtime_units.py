@@ -13,7 +13,7 @@ from streamproc.errors import StateError, TopologyError
 from streamproc.plan import compile_topology
 from streamproc.runtime import app as app_mod
 from streamproc.runtime import supervisor as sup_mod
-from streamproc.runtime._changelog import STREAM_TIME_KEY
+from streamproc.runtime._changelog import META_KEY
 from streamproc.runtime._config import RunOptions
 from streamproc.loader import load_topology
 from streamproc.runtime._load import StateDirLock, process_id
@@ -52,12 +52,14 @@ def test_internal_topic_configs():
     assert specs["units-dlq"].partitions == 3
 
 
-def test_stream_time_key_cannot_collide_with_encoded_keys():
-    from streamproc import _codec
+def test_metadata_key_cannot_collide_with_encoded_keys():
+    from streamproc.state import codec
 
-    for k in ["", b"", 0, None, ("a", 1), "\x00streamproc.stream_time"]:
-        assert _codec.encode(k) is None or _codec.encode(k)[:1] == b"\x80"
-    assert STREAM_TIME_KEY[:1] == b"\x00"
+    for k in ["", b"", 0, None, ("a", 1), "\x00streamproc.meta", META_KEY]:
+        assert codec.encode_key(k)[:1] != b"\x00"
+        for kind in codec.KINDS:
+            assert codec.encode_store_key(kind, (k, 0) if kind in codec.WINDOWED_KINDS else k)[:1] != b"\x00"
+    assert META_KEY[:1] == b"\x00" and codec.is_reserved_key(META_KEY)
 
 
 def test_options_split_client_config_and_defaults():

@@ -13,7 +13,8 @@ turns it into a *result* when the group is emitted. Each one can
 ``order_sensitive`` aggregations (first/last/collect/reduce) depend on arrival order, so
 operators keep records in arrival order inside each group only when one is present.
 
-States are plain lists/numbers so they pickle small and survive a changelog round trip.
+States are plain lists/numbers, so the internal codec (``state.codec``) writes them small and
+exactly; aggregations whose state keeps record values (``holds_values``) are checked per batch.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from operator import itemgetter as _itemgetter
 import numpy as np
 
 from ..errors import TopologyError
+from ..fingerprint import fingerprint_function, fingerprint_value
 
 __all__ = ["Aggregation", "count", "sum", "min", "max", "mean", "first", "last", "collect", "reduce"]
 
@@ -34,6 +36,7 @@ class Aggregation:
     kind = ""
     needs_column = True
     order_sensitive = True
+    holds_values = True         # the state keeps values of the records (checked for the codec per batch)
     combine_ufunc = None        # numpy ufunc merging columns of states, where states are numbers
 
     def __init__(self, field=None):
@@ -95,10 +98,8 @@ class AggregationInputError(ValueError):
 
 
 def _code_id(fn) -> str:
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return getattr(fn, "__qualname__", type(fn).__name__)
-    return f"{code.co_name}:{code.co_code.hex()}:{code.co_consts!r}"
+    """A deterministic identity of a user function (its code, constants, closure; see ``streamproc.fingerprint``)."""
+    return fingerprint_function(fn)
 
 
 def _numeric(col: np.ndarray) -> bool:
@@ -114,6 +115,7 @@ def _int_sum_safe(col: np.ndarray) -> bool:
 
 class _Count(Aggregation):
     kind = "count"
+    holds_values = False
     needs_column = False
     order_sensitive = False
     combine_ufunc = np.add
@@ -139,6 +141,7 @@ class _Count(Aggregation):
 
 class _Sum(Aggregation):
     kind = "sum"
+    holds_values = False
     order_sensitive = False
     combine_ufunc = np.add
 
@@ -198,6 +201,7 @@ class _Max(_Extreme):
 
 class _Mean(Aggregation):
     kind = "mean"
+    holds_values = False
     order_sensitive = False
 
     def init(self):
@@ -313,7 +317,7 @@ class _Reduce(Aggregation):
         return state[0] if state else None
 
     def fingerprint(self):
-        init = "" if self.initial is self._NO_INITIAL else repr(self.initial)
+        init = "" if self.initial is self._NO_INITIAL else fingerprint_value(self.initial)
         return f"reduce:{_code_id(self.fn)}:{init}:{super().fingerprint()}"
 
     def describe(self):

@@ -234,7 +234,7 @@ def replay(
             b.close()
             b = RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
             backends.append(b)
-            restorer.start((st.id, p), b, [(s.name, s.changelog, p, s.kind) for s in mine])
+            restorer.start((st.id, p), b, mine, p)
         all_parts = [part for st, _, p in tasks for part in restorer.parts((st.id, p))]
         total = sum(max(0, part.end - part.first) for part in all_parts)
         t0 = time.monotonic()

@@ -6,6 +6,7 @@ import heapq
 import numpy as np
 
 from ..errors import StreamprocError
+from ..state.codec import encode_key
 
 _VECTORISED = {"count", "sum", "min", "max", "mean"}
 
@@ -20,6 +21,7 @@ class KeyCodes(dict):
     limit = 1 << 20
 
     def __missing__(self, k):
+        encode_key(k)              # a key the state cannot store fails here, once per new key
         v = self[k] = len(self)
         return v
 

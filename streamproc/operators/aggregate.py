@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..agg import Aggregation
-from ..errors import StreamprocError
+from ..errors import CodecError, StreamprocError
+from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
 from ._fold import CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
@@ -26,6 +27,7 @@ class _AggregateBase(Operator):
         self.aggs = list(p["aggs"].values())
         self.emit_final = p["emit"] == "final"
         self.order_sensitive = any(a.order_sensitive for a in self.aggs)
+        self._check_states = any(a.holds_values for a in self.aggs)
         self._codes = KeyCodes()
         self._group_keys: list = []
         self.store = ctx.state.store(self.spec.name)
@@ -33,6 +35,9 @@ class _AggregateBase(Operator):
     def process(self, b: Batch) -> Batch:
         try:
             return self._process(b)
+        except CodecError as e:           # a key or state the internal codec cannot store: name the operator
+            where = f" (defined at {self.node.where})" if self.node.where else ""
+            raise CodecError(f"aggregate {self.spec.name!r}{where}: {e.reason}") from None
         except StreamprocError:
             raise
         except GroupFoldError as e:
@@ -89,8 +94,20 @@ class _AggregateBase(Operator):
         self._group_keys = skeys
         new_states = merge_states(self.aggs, maxts, partials, olds)
         is_new = [o is None for o in olds]
+        if self._check_states:
+            self._storable(skeys, new_states)
         self.store.put_many(skeys, new_states)
         return skeys, new_states, is_new
+
+    def _storable(self, keys: list, states: list) -> None:
+        """Fail now, naming the key, if a state holds a value the internal codec cannot write (rather
+        than at the checkpoint, far from the record). Only for aggregations whose state keeps record
+        values: counts and sums are always numbers. (Keys are checked once each, in ``KeyCodes``.)"""
+        for k, st in zip(keys, states):
+            try:
+                check_value(st)
+            except CodecError as e:
+                raise CodecError(f"cannot store the state of key {k!r}: {e.reason}") from None
 
     def _results(self, state) -> dict:
         return {n: a.result(s) for n, a, s in zip(self.names, self.aggs, state[1:])}

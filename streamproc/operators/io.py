@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _codec
-from ..errors import SerdeError
+from ..errors import CodecError, SerdeError
+from ..state import codec
 from .base import Operator
 from .batch import Batch
 
@@ -47,8 +47,7 @@ class SourceOp(Operator):
     def process(self, raw: RawBatch) -> Batch:
         p = self.node.params
         if self.node.kind == "repartition_source":
-            keys, values = _codec.decode_many(raw.keys), _codec.decode_many(raw.values)
-            ts = list(raw.timestamps)
+            keys, values, ts = self._decode_internal(raw)
         else:
             keys, values, ts = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
@@ -60,6 +59,27 @@ class SourceOp(Operator):
         else:
             st = ts_arr
         return Batch(keys, values, ts_arr, st)
+
+    def _decode_internal(self, raw):
+        """A repartition topic's records (the internal codec). Its bytes are untrusted like any
+        input: a record that does not decode follows the ``on_error`` policy of the sources upstream."""
+        try:
+            return codec.decode_keys(raw.keys), codec.decode_values(raw.values), _timestamps_array(raw.timestamps)
+        except (CodecError, _BadRecord):
+            pass
+        keys, values, ts = [], [], []
+        for i in range(len(raw.keys)):
+            try:
+                k = codec.decode_key(raw.keys[i]) if raw.keys[i] is not None else None
+                v = codec.decode_value(raw.values[i])
+                _check_timestamps([raw.timestamps[i]])
+            except (CodecError, _BadRecord) as e:
+                self._bad_record(raw, i, e)
+                continue
+            keys.append(k)
+            values.append(v)
+            ts.append(raw.timestamps[i])
+        return keys, values, ts
 
     def _decode(self, raw, kser, vser, ts_fn):
         try:
@@ -87,7 +107,7 @@ class SourceOp(Operator):
 
     def _bad_record(self, raw: RawBatch, i: int, e: Exception) -> None:
         offset = raw.offsets[i] if raw.offsets is not None else None
-        if isinstance(e, SerdeError):
+        if isinstance(e, SerdeError):       # CodecError included (repartition topics)
             err = e.located(topic=raw.topic, partition=raw.partition, offset=offset)
         else:
             err = SerdeError(str(e), serde="timestamp extractor",
@@ -151,7 +171,12 @@ class SinkOp(Operator):
         p = self.node.params
         topic = p["topic"]
         if self.node.kind == "repartition_sink":
-            kb, vb = _codec.encode_many(b.keys), _codec.encode_many(b.values)
+            try:
+                kb, vb = codec.encode_keys(b.keys), codec.encode_values(b.values)
+            except CodecError as e:
+                where = f" (defined at {self.node.where})" if self.node.where else ""
+                raise CodecError(f"the record cannot be written to repartition topic {topic!r}{where}: "
+                                 f"{e.reason}") from None
         else:
             try:
                 kb = p["key_serde"].serialize_many(b.keys)

@@ -14,6 +14,8 @@ from .batch import Batch
 
 
 class _RecordWindowOp(_AggregateBase):
+    _stores_records = False
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.index = CloseIndex()
@@ -23,6 +25,8 @@ class _RecordWindowOp(_AggregateBase):
 
     def _process(self, b: Batch) -> Batch:
         b = self._drop_none_keys(b)
+        if self._stores_records:
+            self._storable(b.keys, b.values)
         work: dict = {}
         changed: dict = {}
         cols = [a.extract(b.values) if a.needs_column else b.values for a in self.aggs]
@@ -31,6 +35,8 @@ class _RecordWindowOp(_AggregateBase):
             entry = work.get(k)
             if entry is None:
                 entry = work[k] = self._copy(self.store.get(k))
+                if k not in self._codes:
+                    self._codes.codes([k])   # a key the state cannot store fails here, once per new key
             xs = [c[i] for c in cols]
             if not self._add(k, entry, ts_l[i], st_l[i], b.values[i], xs, changed):
                 self.ctx.count("late_records")
@@ -54,6 +60,8 @@ class _RecordWindowOp(_AggregateBase):
             if self._empty(entry):
                 self.store.delete(k)
             else:
+                if self._check_states:
+                    self._storable([k], [entry])
                 self.store.put(k, entry)
         return self._output([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], st)
 
@@ -96,6 +104,7 @@ class SlidingAggregateOp(_RecordWindowOp):
     """
 
     _S = 1   # window list layout: [max_ts, *states]
+    _stores_records = True     # the store keeps the records' values: each is checked for the codec once
 
     def _windows_of(self, k, entry):
         d = self.window.max_difference

@@ -7,12 +7,12 @@ through a repartition topic ``<app-id>-<name>-repartition`` and a new sub-topolo
 """
 from __future__ import annotations
 
-import hashlib
 import re
 
 from ..dsl import Topology
 from ..errors import TopologyError
-from .model import Plan, PlanNode, StoreSpec, SubTopology
+from ..fingerprint import digest
+from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -42,12 +42,14 @@ def compile_topology(topology: Topology) -> Plan:
     stores: list[StoreSpec] = []
     store_names: dict[str, str] = {}
     repartition_names: dict[str, str] = {}
+    generated_names: list[GeneratedName] = []
 
     for n in nodes:
         parents = [pnodes[p.id] for p in n.parents]
         params = dict(n.params)
         name = ""
         if n.kind == "aggregate":
+            generated = not params.get("store")
             name = params.get("store") or f"aggregate-{n.id}"
             if name in store_names:
                 raise TopologyError(
@@ -67,15 +69,22 @@ def compile_topology(topology: Topology) -> Plan:
                             f"({repartition_names[topic]} and {n.where}): give each group_by(..., name=) "
                             f"a different name")
                     repartition_names[topic] = n.where
-                    sink = PlanNode(next_id, "repartition_sink", [pnodes[up.id]], {"topic": topic}, n.where)
-                    src = PlanNode(next_id + 1, "repartition_source", [], {"topic": topic}, n.where)
+                    rp = {"topic": topic, "generated_name": not n.params.get("repartition_name") and generated}
+                    if rp["generated_name"]:
+                        generated_names.append(GeneratedName("repartition topic", topic, up.where or n.where))
+                    sink = PlanNode(next_id, "repartition_sink", [pnodes[up.id]], dict(rp), n.where)
+                    src = PlanNode(next_id + 1, "repartition_source", [], {**rp, "on_error": _policy_upstream(up)},
+                                   n.where)
                     next_id += 2
                     extra += [sink, src]
                     repartition_of[up.id] = src
                 parents = [repartition_of[up.id]]
             window = params.get("window")
             kind = "kv" if window is None else {"tumbling": "window", "hopping": "window"}.get(window.kind, window.kind)
-            store = StoreSpec(name, kind, f"{app}-{name}-changelog", _fingerprint(kind, params), n.id, window)
+            store = StoreSpec(name, kind, f"{app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
+                              description=_description(kind, params), generated_name=generated)
+            if generated:
+                generated_names.append(GeneratedName("store", name, n.where))
             params["store"] = store
             stores.append(store)
         pnodes[n.id] = PlanNode(n.id, n.kind, parents, params, n.where, name)
@@ -90,7 +99,26 @@ def compile_topology(topology: Topology) -> Plan:
         repartition_topics=[n.params["topic"] for n in extra if n.kind == "repartition_source"],
         stores=stores,
         where=topology.where,
+        generated_names=generated_names,
     )
+
+
+def _policy_upstream(node) -> str:
+    """The ``on_error`` policy for undecodable records of a repartition topic fed by ``node``: the
+    strictest policy of the sources upstream (fail > dead-letter > skip)."""
+    seen, todo, policies = set(), [node], set()
+    while todo:
+        n = todo.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        if n.kind == "source":
+            policies.add(n.params.get("on_error", "fail"))
+        todo.extend(n.parents)
+    for p in ("fail", "dead-letter", "skip"):
+        if p in policies:
+            return p
+    return "fail"
 
 
 def _check_sources(nodes) -> None:
@@ -162,12 +190,18 @@ def _topo_order(members: list[PlanNode]) -> list[PlanNode]:
 
 
 def _fingerprint(kind: str, params: dict) -> str:
-    parts = [kind]
+    """The store's identity: its kind, window and aggregations (functions by their code, see
+    ``streamproc.fingerprint``): the same in every process, whatever ``PYTHONHASHSEED``."""
     w = params.get("window")
-    if w is not None:
-        parts.append(w.describe())
-    parts += [f"{k}={a.fingerprint()}" for k, a in params["aggs"].items()]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return digest(kind, w.describe() if w is not None else "",
+                  [(k, a.fingerprint()) for k, a in params["aggs"].items()])
+
+
+def _description(kind: str, params: dict) -> str:
+    """The store's definition in words, shown when a changed definition is refused."""
+    w = params.get("window")
+    aggs = ", ".join(f"{k}={a.describe()}" for k, a in params["aggs"].items())
+    return f"{kind} store; {w.describe() if w is not None else 'table (no window)'}; aggregations {aggs}"
 
 
 def _unique(items):

@@ -25,6 +25,20 @@ class PlanNode:
         return self.name or f"{self.kind}-{self.id}"
 
 
+@dataclass(frozen=True)
+class GeneratedName:
+    """A store or repartition topic named from its position in the graph (no ``name=``)."""
+
+    what: str      # "store" or "repartition topic"
+    name: str
+    where: str     # file:line of the DSL call
+
+    def warning(self) -> str:
+        call = "aggregate/count/reduce(..., name=...)" if self.what == "store" else "group_by(..., name=...)"
+        return (f"{self.where}: the {self.what} {self.name!r} has a generated name: inserting an operator "
+                f"upstream renames it and orphans its state; give it a stable name with {call}")
+
+
 @dataclass
 class StoreSpec:
     name: str
@@ -33,6 +47,8 @@ class StoreSpec:
     fingerprint: str
     node_id: int
     window: object = None  # the WindowSpec, if any
+    description: str = ""  # the operator's definition in words (recorded with the fingerprint)
+    generated_name: bool = False   # no name= was given: the name depends on the position in the graph
 
 
 @dataclass
@@ -63,6 +79,7 @@ class Plan:
     repartition_topics: list[str]
     stores: list[StoreSpec]
     where: str = ""
+    generated_names: list["GeneratedName"] = field(default_factory=list)
 
     @property
     def changelog_topics(self) -> list[str]:

@@ -1,34 +1,78 @@
-"""Changelog record format, shared by the checkpoint (writer) and the restore loop (reader).
+"""Changelog record format, shared by the checkpoint (writer), the restore loop and the start-up
+definition check (readers).
 
 A changelog topic ``<app-id>-<store>-changelog`` holds, per task partition:
 
-* one record per store key and checkpoint: key = ``keys.encode_key(store_kind, store_key)``
-  (the canonical, order-preserving RocksDB key encoding: equal keys give equal bytes, so
-  compaction keeps exactly the latest value of a key, and a RocksDB restore copies key and
-  value bytes as they are), value = ``_codec.encode(store_value)``, or no value (a
-  tombstone) for a deleted key;
-* the task's stream time, under the reserved raw key :data:`STREAM_TIME_KEY`, value =
-  ``_codec.encode(stream_time)``. Encoded store keys start with a type tag in
-  ``0x01..0x7F``, so no store key can collide with a key starting with ``0x00``.
-  Compaction keeps the latest stream time of each partition.
+* one record per store key and checkpoint: key = ``codec.encode_store_key(kind, store_key)``
+  (canonical and order-preserving: equal keys give equal bytes, so compaction keeps exactly
+  the latest value of a key, and a RocksDB restore copies key and value bytes as they are),
+  value = ``codec.encode_value(store_value)``, or no value (a tombstone) for a deleted key;
+* the partition's metadata record under the reserved key :data:`META_KEY` (encoded store keys
+  never start with ``0x00``): ``codec.encode_value({"format", "store", "fingerprint",
+  "definition", "stream_time"})``. Every checkpoint that writes to the partition ends with it,
+  so it is the newest record of the partition (compaction keeps the latest, and a windowed
+  changelog's time retention never deletes it before the data it describes). A restore checks
+  its fingerprint against the running definition - whatever the backend, on whatever host - and
+  takes the task's stream time from it.
+
+Bytes of a changelog are untrusted: a record that does not decode is a :class:`StateError`
+naming the topic, partition and offset; nothing in it can run code.
 """
 from __future__ import annotations
 
-from .. import _codec
-from ..state.keys import decode_key, encode_key
+from ..errors import CodecError, StateError
+from ..state.codec import decode_store_key, decode_value, encode_value
+from ..state.definition import check_definition
 
-STREAM_TIME_KEY = b"\x00streamproc.stream_time"
+META_KEY = b"\x00streamproc.meta"
+META_FORMAT = 1
 
 #: Backend metadata names (TaskState writes ``stream_time``; the runtime writes both).
 META_CHANGELOG_OFFSETS = "changelog_offsets"     # {store name: offset of the last changelog record applied}
 META_STREAM_TIME = "stream_time"
 
-encode = _codec.encode
-decode = _codec.decode
-key_bytes = encode_key          # (store kind, store key) -> changelog key bytes
-key_of = decode_key             # (store kind, changelog key bytes) -> store key
-
 
 def changelog_offsets(backend) -> dict:
     """``{store: last applied changelog offset}`` recorded in ``backend`` (empty for a fresh one)."""
     return dict(backend.get_meta(META_CHANGELOG_OFFSETS, None) or {})
+
+
+def meta_value(spec, stream_time: int) -> bytes:
+    """The metadata record's value for store ``spec`` (a ``StoreSpec``) at ``stream_time``."""
+    return encode_value({"format": META_FORMAT, "store": spec.name, "fingerprint": spec.fingerprint,
+                         "definition": spec.description, "stream_time": int(stream_time)})
+
+
+def _where(topic: str, partition: int, offset: int | None) -> str:
+    return f"changelog {topic}[{partition}]" + (f" at offset {offset}" if offset is not None else "")
+
+
+def read_meta(value: bytes | None, topic: str, partition: int, offset: int | None) -> dict:
+    """The decoded metadata record, or a ``StateError`` naming where it is."""
+    try:
+        meta = decode_value(value) if value is not None else None
+    except CodecError as e:
+        raise StateError(f"{_where(topic, partition, offset)}: the metadata record cannot be read: "
+                         f"{e.reason}") from None
+    if (not isinstance(meta, dict) or meta.get("format") != META_FORMAT
+            or not isinstance(meta.get("fingerprint"), str) or not isinstance(meta.get("stream_time"), int)):
+        raise StateError(f"{_where(topic, partition, offset)}: the metadata record is not one this streamproc "
+                         f"writes (format {meta.get('format') if isinstance(meta, dict) else '?'}); "
+                         f"it was written by another version or by something else")
+    return meta
+
+
+def check_meta(meta: dict, spec, topic: str, partition: int) -> None:
+    """Refuse a changelog partition whose metadata names another definition of the store."""
+    check_definition(spec.name, f"changelog {topic}[{partition}]", meta.get("fingerprint"),
+                     meta.get("definition") if isinstance(meta.get("definition"), str) else None, spec)
+
+
+def decode_record(kind: str, key: bytes, value: bytes | None, topic: str, partition: int, offset: int):
+    """``(store key, store value or None)`` of a data record; a ``StateError`` if it does not decode."""
+    try:
+        return decode_store_key(kind, key), (None if value is None else decode_value(value))
+    except CodecError as e:
+        raise StateError(f"{_where(topic, partition, offset)}: a record cannot be read: {e.reason}. "
+                         f"Changelogs are written only by streamproc; if it came from an older version "
+                         f"or another writer, run `streamproc reset <topology>` to start over") from None

@@ -25,8 +25,9 @@ import threading
 from ..errors import StreamprocError, TopologyError
 from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
                            validate_source_topics, wait_for_broker)
-from ..kafka.config import admin_config
+from ..kafka.config import admin_config, restore_consumer_config
 from ._config import RunOptions
+from .definitions import check_changelog_definitions
 from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
 from .supervisor import Supervisor, WorkerCrashLoop
 
@@ -193,6 +194,9 @@ def prepare_topics(plan, options: RunOptions) -> dict:
         except StreamprocError as e:
             raise type(e)(str(e).replace("source topic", "output topic")) from None
     counts = partition_counts(plan, src_counts)
+    # a changed store definition first: a grown window would otherwise surface as a retention problem
+    check_changelog_definitions(restore_consumer_config(options.bootstrap_servers, plan.app_id,
+                                                        options.client("restore")), plan.stores)
     created = ensure_internal_topics(admin, internal_topic_specs(plan, counts))
     if created:
         log.info("created internal topic(s): %s", ", ".join(created))

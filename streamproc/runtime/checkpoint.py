@@ -8,8 +8,10 @@ task's write cache, and the consumed positions collect in ``worker.positions``. 
 exactly-once (one transactional producer per worker; the transaction was begun before the
 first record of this checkpoint was produced)
     1. for each task: ``state.changes()`` -> one changelog record per changed key to
-       ``<app-id>-<store>-changelog``, partition = the task's partition (key: the canonical
-       ``keys.encode_key`` of the store kind, value: ``_codec``, no value = tombstone), plus the task's stream time under a reserved key when it moved;
+       ``<app-id>-<store>-changelog``, partition = the task's partition (key and value in the
+       internal codec, ``state.codec``; no value = tombstone), then the partition's metadata
+       record (store definition and stream time, ``_changelog.META_KEY``) when anything was
+       written or the stream time moved;
     2. ``send_offsets_to_transaction(positions, consumer_group_metadata())``;
     3. ``flush()`` (delivery reports give the changelog offsets), ``commit_transaction()``;
     4. only then, for each task: ``state.apply(changelog_offsets)``: the backend takes the
@@ -35,8 +37,9 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError, StreamprocError
-from ._changelog import STREAM_TIME_KEY, encode, key_bytes
+from ..errors import BrokerError, CodecError, StreamprocError
+from ..state.codec import encode_value, key_encoder
+from ._changelog import META_KEY, meta_value
 
 log = logging.getLogger("streamproc.checkpoint")
 
@@ -178,11 +181,16 @@ def _write_changelogs(w, task) -> None:
     stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
     for spec in stores:
         topic = spec.changelog
-        kind = spec.kind
-        for k, v in changes.get(spec.name, ()):
-            produce(topic, None if v is None else encode(v), key_bytes(kind, k), p)
-        if stream_time_moved:
-            produce(topic, encode(state.stream_time), STREAM_TIME_KEY, p)
+        enc_key = key_encoder(spec.kind)
+        records = changes.get(spec.name, ())
+        try:
+            encoded = [(enc_key(k), None if v is None else encode_value(v)) for k, v in records]
+        except CodecError as e:
+            raise CodecError(f"store {spec.name!r} of task {task.id}: {e.reason}") from None
+        for kb, vb in encoded:
+            produce(topic, vb, kb, p)
+        if records or stream_time_moved:     # the partition's newest record: definition and stream time
+            produce(topic, meta_value(spec, state.stream_time), META_KEY, p)
 
 
 def _task_changelog_offsets(w, task) -> dict:

@@ -14,8 +14,11 @@ backend to a :class:`Restorer`. For each store the restorer reads
   with a warning: some brokers report a wrong high watermark.
 
 Records are applied to the backend in batches with ``backend.write(changes, meta)``:
-a tombstone deletes its key, the stream-time record (:data:`STREAM_TIME_KEY`) restores the
-task's stream time, and every write also records the changelog offset it reflects, so an
+a tombstone deletes its key, and the partition's metadata record (``_changelog.META_KEY``) is
+checked against the store's definition (a changelog written by another definition is refused,
+whatever the backend) and restores the task's stream time. Every record is decoded before it
+is applied: bytes that do not decode stop the restore with an error naming topic, partition
+and offset (changelogs are untrusted input too). Every write also records the changelog offset it reflects, so an
 interrupted restore resumes where it stopped. When every store of a task is restored the
 worker builds the task (its operators index the restored state), seeks its input partitions
 to the committed offsets and resumes them. The main consumer keeps polling all along.
@@ -31,10 +34,10 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError
+from ..errors import BrokerError, StateError
 from ..state import DELETED
-from ._changelog import (META_CHANGELOG_OFFSETS, META_STREAM_TIME, STREAM_TIME_KEY, changelog_offsets, decode,
-                         key_of)
+from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
+                         decode_record, read_meta)
 
 log = logging.getLogger("streamproc.restore")
 
@@ -46,7 +49,7 @@ class _Part:
     """One changelog partition being restored into one store of one task."""
 
     key: object                  # the task key, e.g. (subtopology id, partition)
-    store: str
+    spec: object                 # the store's StoreSpec (name, kind, fingerprint, definition)
     topic: str
     partition: int
     backend: object
@@ -55,8 +58,11 @@ class _Part:
     done: bool = False
     last_progress: float = field(default_factory=time.monotonic)
     restored: int = 0
-    kind: str = "kv"             # the store's key encoding (memory backends decode changelog keys with it)
     first: int = 0               # first offset this restore reads
+
+    @property
+    def store(self) -> str:
+        return self.spec.name
 
 
 class Restorer:
@@ -79,7 +85,7 @@ class Restorer:
         self._by_tp: dict[tuple[str, int], _Part] = {}
         self._all: dict[object, list[_Part]] = {}        # every part started (kept for reporting)
         self._ready: list = []            # task keys restored with nothing to read
-        self.records_restored = 0         # changelog records applied (stream-time records included)
+        self.records_restored = 0         # changelog records applied (metadata records included)
 
     # ------------------------------------------------------------------------------ API
     @property
@@ -89,31 +95,31 @@ class Restorer:
     def restoring(self, key) -> bool:
         return key in self._tasks
 
-    def start(self, key, backend, changelogs: list[tuple[str, str, int]]) -> None:
-        """Begin restoring task ``key``: ``changelogs`` = ``[(store, changelog topic, partition[, kind]), ...]``.
+    def start(self, key, backend, stores: list, partition: int) -> None:
+        """Begin restoring task ``key``: the changelog partition ``partition`` of each ``StoreSpec`` in ``stores``.
 
         Returns nothing; the parts (with their offset ranges) are in :meth:`parts`."""
         if key in self._tasks:
             return
         offsets = changelog_offsets(backend)
         parts, to_assign = [], []
-        for store, topic, partition, *rest in changelogs:
-            kind = rest[0] if rest else (getattr(backend, "kind", lambda s: None)(store) or "kv")
+        for spec in stores:
+            topic = spec.changelog
             low, high = self._watermarks(topic, partition)
-            stored = offsets.get(store)
+            stored = offsets.get(spec.name)
             start = low if stored is None else stored + 1
             if start < low:
                 log.warning("changelog %s[%d]: the records after offset %d are gone (log starts at %d); "
                             "restoring what is left", topic, partition, stored, low)
                 start = low
-            part = _Part(key, store, topic, partition, backend, start, high, kind=kind, first=start)
+            part = _Part(key, spec, topic, partition, backend, start, high, first=start)
             if start >= high:
                 part.done = True
             else:
                 to_assign.append(TopicPartition(topic, partition, start if stored is not None else OFFSET_BEGINNING))
                 self._by_tp[(topic, partition)] = part
             parts.append(part)
-            log.debug("restore %s store %s from %s[%d] offsets %d..%d", key, store, topic, partition, start, high)
+            log.debug("restore %s store %s from %s[%d] offsets %d..%d", key, spec.name, topic, partition, start, high)
         self._all[key] = parts
         if not to_assign:
             self._ready.append(key)
@@ -158,21 +164,24 @@ class Restorer:
             if acc is None:
                 acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None})
             _, entries, meta = acc
-            kb = m.key()
-            if kb == STREAM_TIME_KEY:
-                st = decode(m.value())
-                if meta["stream_time"] is None or st > meta["stream_time"]:
-                    meta["stream_time"] = st
-            elif hasattr(part.backend, "restore_batch"):       # RocksDB: key and value bytes as they are
-                recs = entries.get(part.store)
-                if recs is None:
-                    recs = entries[part.store] = []
-                recs.append((kb, m.value()))
+            kb, vb, off = m.key(), m.value(), m.offset()
+            if kb is None or kb[:1] == b"\x00":                # reserved: the partition's metadata record
+                if kb != META_KEY:
+                    raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
+                                     f"key {kb[:40] if kb is not None else None!r} is not one streamproc writes")
+                pmeta = read_meta(vb, part.topic, part.partition, off)
+                check_meta(pmeta, part.spec, part.topic, part.partition)
+                if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
+                    meta["stream_time"] = pmeta["stream_time"]
             else:
-                v = m.value()
-                k = decode(kb) if kb[:1] == b"\x80" else key_of(part.kind, kb)     # 0x80: an older pickled key
-                entries.setdefault(part.store, {})[k] = DELETED if v is None else decode(v)
-            off = m.offset()
+                k, v = decode_record(part.spec.kind, kb, vb, part.topic, part.partition, off)   # untrusted bytes
+                if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
+                    recs = entries.get(part.store)
+                    if recs is None:
+                        recs = entries[part.store] = []
+                    recs.append((kb, vb))
+                else:
+                    entries.setdefault(part.store, {})[k] = DELETED if v is None else v
             meta["offsets"][part.store] = off
             part.position = off + 1
             part.restored += 1
@@ -258,13 +267,13 @@ def _write(backend, entries: dict, meta: dict) -> None:
         backend.write(entries, new_meta)
 
 
-def restore_blocking(consumer_config: dict, key, backend, changelogs: list[tuple],
+def restore_blocking(consumer_config: dict, key, backend, stores: list, partition: int,
                      **kwargs) -> int:
-    """Restore one task's stores to the end of their changelogs, then return the number of
-    changelog records applied (``replay``). ``kwargs`` go to :class:`Restorer` (e.g. ``progress``)."""
+    """Restore one task's stores (``StoreSpec``s) from changelog partition ``partition`` to the end, then
+    return the number of changelog records applied. ``kwargs`` go to :class:`Restorer` (e.g. ``progress``)."""
     r = Restorer(consumer_config, **kwargs)
     try:
-        r.start(key, backend, changelogs)
+        r.start(key, backend, stores, partition)
         while r.pending:
             r.step(0.2)
         return r.records_restored

@@ -462,7 +462,7 @@ class Worker:
         while self._to_restore:
             key = self._to_restore.pop(0)
             st, p, backend = self._restoring[key]
-            self.restorer.start(key, backend, [(s.name, s.changelog, p, s.kind) for s in st.stores])
+            self.restorer.start(key, backend, st.stores, p)
         for key in self.restorer.step(0.01 if self.tasks else 0.05):
             entry = self._restoring.pop(key, None)
             if entry is None:

@@ -11,7 +11,7 @@ Kafka runtime): ``changes()`` -> records to write to the changelogs, then, once 
 durable, ``apply(changelog_offsets)``.
 
 Backends: ``MemoryBackend`` (dicts) and ``RocksDBBackend`` (one RocksDB database per task
-directory, ``streamproc.state.rocksdb``; key encodings in ``streamproc.state.keys``;
+directory, ``streamproc.state.rocksdb``; keys and values in the internal codec ``streamproc.state.codec``;
 ``TaskDirLock`` keeps two processes out of one task directory).
 """
 from __future__ import annotations

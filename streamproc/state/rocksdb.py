@@ -4,12 +4,13 @@ Layout of one task directory ``<state-dir>/<app-id>/<task-id>/``::
 
     LOCK          TaskDirLock: flock + "pid host" of the process using the directory
     rocksdb/      one RocksDB database (rocksdict, raw bytes mode)
-        column family <store>     one per store; keys and values as streamproc.state.keys says
-        column family __meta__    b"m:<name>"  -> pickle   task metadata (get_meta/write: stream_time,
+        column family <store>     one per store; keys and values in the internal codec (state.codec)
+        column family __meta__    b"m:<name>"  -> value    task metadata (get_meta/write: stream_time,
                                                            changelog_offsets {store: offset}, ...)
-                                  b"sys:format_version"    -> pickle int (FORMAT_VERSION)
-                                  b"sys:kind:<store>"      -> pickle str (key encoding of the store)
-                                  b"sys:fingerprint:<store>", b"sys:description:<store>" -> pickle str
+                                  b"sys:format_version"    -> value int (FORMAT_VERSION)
+                                  b"sys:kind:<store>"      -> value str (key encoding of the store)
+                                  b"sys:fingerprint:<store>", b"sys:description:<store>" -> value str
+                                  (every "value" above is codec.encode_value bytes)
 
 ``write(changes, meta)`` puts every store's changes and the metadata into ONE RocksDB
 WriteBatch with the WAL on: the data and the changelog offsets it reflects are durable
@@ -36,22 +37,22 @@ per-task databases in one worker process, bounded memory, and fast bulk restore:
 * reads are point lookups (one multi-get per operator batch), many of them for keys not
   there yet (a new window): 10-bit bloom filters in the SST files and a memtable bloom
   filter answer those without touching data blocks; 16 KiB blocks;
-* lz4 compression (cheap on 2 cores; pickled state compresses well), dynamic level sizes,
+* lz4 compression (cheap on 2 cores; small msgpack states compress well), dynamic level sizes,
   2 background jobs, small info LOG files.
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import threading
 
 from rocksdict import (AccessType, BlockBasedOptions, Cache, DBCompressionType, DBRecoveryMode, Options,
                        Rdict, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions)
 
-from ..errors import StateError
+from ..errors import StateError, StreamprocError
 from .backend import DELETED, Backend
-from .keys import KINDS, WINDOWED_KINDS, key_decoder, key_encoder, window_range
+from .definition import RESET_HINT, changed_definition
+from .codec import KEY_FORMAT, KINDS, WINDOWED_KINDS, decode_value, encode_value, key_decoder, key_encoder, window_range
 from .lock import TaskDirLock
 
 log = logging.getLogger("streamproc.state")
@@ -59,17 +60,9 @@ log = logging.getLogger("streamproc.state")
 __all__ = ["RocksDBBackend", "FORMAT_VERSION", "META_CF", "DB_DIR", "describe_store", "task_dir",
            "configure_memory"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # 1: pickled values (refused: run `streamproc reset`); 2: state.codec
 META_CF = "__meta__"
 DB_DIR = "rocksdb"
-RESET_HINT = ("the changelog holds the old definition's state too, so stop every instance and run "
-              "`streamproc reset <topology> --state-dir DIR --bootstrap-servers HOST:PORT`: it deletes the local "
-              "state, the app's changelog and repartition topics and its consumer group, and the app then "
-              "reprocesses its input from the beginning (or keep the old definition, or give the changed "
-              "operator a new store name with name=...)")
-
-_dumps = pickle.dumps
-_loads = pickle.loads
 _SYS_VERSION = b"sys:format_version"
 
 
@@ -154,24 +147,14 @@ def _db_options() -> Options:
 
 
 # ------------------------------------------------------------------------------------- descriptions
-def describe_store(spec, node=None) -> str:
-    """A human-readable definition of the operator behind store ``spec`` (for fingerprint messages).
-
-    ``node``: the store's ``PlanNode`` (``subtopology.nodes`` with ``id == spec.node_id``), which
-    adds the aggregations; without it only the store kind and window are known.
-    """
-    own = getattr(spec, "description", None)          # if the plan ever provides one
+def describe_store(spec) -> str:
+    """A human-readable definition of store ``spec`` (for changed-definition messages): the plan's
+    description, else its kind and window."""
+    own = getattr(spec, "description", None)
     if own:
         return own
     w = getattr(spec, "window", None)
-    parts = [f"{spec.kind} store", w.describe() if w is not None else "table (no window)"]
-    params = getattr(node, "params", None) or {}
-    aggs = params.get("aggs")
-    if aggs:
-        parts.append("aggregations " + ", ".join(f"{k}={a.describe()}" for k, a in aggs.items()))
-    if params.get("emit"):
-        parts.append(f"emit={params['emit']}")
-    return "; ".join(parts)
+    return f"{spec.kind} store; " + (w.describe() if w is not None else "table (no window)")
 
 
 # ------------------------------------------------------------------------------------- backend
@@ -209,10 +192,7 @@ class RocksDBBackend(Backend):
     @classmethod
     def for_task(cls, path, subtopology, **kwargs) -> "RocksDBBackend":
         """Open the backend of a task of ``subtopology``: its stores, fingerprints and readable definitions."""
-        nodes = {n.id: n for n in subtopology.nodes}
-        descs = {s.name: describe_store(s, nodes.get(s.node_id)) for s in subtopology.stores}
-        descs.update(kwargs.pop("descriptions", None) or {})
-        return cls(path, list(subtopology.stores), descriptions=descs, **kwargs)
+        return cls(path, list(subtopology.stores), **kwargs)
 
     # ------------------------------------------------------------------ open
     @staticmethod
@@ -260,7 +240,7 @@ class RocksDBBackend(Backend):
         self._cf: dict[str, Rdict] = {n: self._db.get_column_family(n) for n in names}
         self._h = {n: self._db.get_column_family_handle(n) for n in names}
         meta_cf = self._cf.get(META_CF)
-        raw = {k: _loads(v) for k, v in meta_cf.items()} if meta_cf is not None else {}
+        raw = self._read_meta_family(meta_cf)
         self._meta = {k[2:].decode(): v for k, v in raw.items() if k.startswith(b"m:")}
         self._sys = {k: v for k, v in raw.items() if k.startswith(b"sys:")}
 
@@ -307,7 +287,7 @@ class RocksDBBackend(Backend):
             wb = WriteBatch(raw_mode=True)
             h = self._h[META_CF]
             for k, v in setup.items():
-                wb.put(k, _dumps(v, 5), h)
+                wb.put(k, encode_value(v), h)
             self._db.write(wb)
             self._sys.update(setup)
         self.stale_stores = sorted(n for n in self._kind if n not in kinds)
@@ -317,16 +297,25 @@ class RocksDBBackend(Backend):
         self._enc = {n: key_encoder(k) for n, k in self._kind.items()}
         self._dec = {n: key_decoder(k) for n, k in self._kind.items()}
 
+    def _read_meta_family(self, meta_cf) -> dict:
+        """``{raw key: value}`` of the metadata family; state of an older format is refused."""
+        raw = {}
+        if meta_cf is None:
+            return raw
+        for k, v in meta_cf.items():
+            if v[:1] == b"\x80":              # format 1 stored pickles: never unpickle, refuse
+                raise StateError(
+                    f"the local state in {self.path} was written by an older streamproc (format 1, pickle), "
+                    f"which this version does not read; {RESET_HINT}")
+            try:
+                raw[k] = decode_value(v)
+            except StreamprocError as e:
+                raise StateError(f"the local state in {self.path} has damaged metadata ({k[:40]!r}: {e}); "
+                                 f"{RESET_HINT}") from None
+        return raw
+
     def _mismatch(self, store, old_desc, new_desc, old_fp, new_fp) -> str:
-        fp = f" (fingerprint {old_fp} -> {new_fp})" if old_fp and new_fp else ""
-        same = ("\n  (the definitions read the same: the code of a function the operator uses changed)"
-                if old_desc == new_desc and old_desc != "?" else "")
-        return (f"store {store!r} in {self.path} was written by a different definition of its operator{fp}:\n"
-                f"  stored: {old_desc}\n"
-                f"  now:    {new_desc}{same}\n"
-                f"streamproc does not mix state written by two definitions. To start over, {RESET_HINT}. "
-                f"The changelog was written by the old definition too: to keep the old state and start a "
-                f"new one, give the operator a new store name (aggregate(..., name=...)).")
+        return changed_definition(store, self.path, old_desc, new_desc, old_fp, new_fp)
 
     # ------------------------------------------------------------------ reads
     def get(self, store, key):
@@ -334,7 +323,7 @@ class RocksDBBackend(Backend):
         if cf is None or store == META_CF:
             return None
         v = cf.get(self._enc[store](key))
-        return None if v is None else _loads(v)
+        return None if v is None else decode_value(v)
 
     def get_many(self, store, keys):
         cf = self._cf.get(store)
@@ -344,7 +333,7 @@ class RocksDBBackend(Backend):
             return []
         enc = self._enc[store]
         found = cf.get([enc(k) for k in keys])           # one multi-get
-        return [None if v is None else _loads(v) for v in found]
+        return [None if v is None else decode_value(v) for v in found]
 
     def items(self, store):
         return list(self.iter_items(store))
@@ -360,7 +349,7 @@ class RocksDBBackend(Backend):
             ropt = ReadOptions()
             ropt.set_iterate_upper_bound(upper)
         for k, v in cf.items(from_key=lower, read_opt=ropt):
-            yield dec(k), _loads(v)
+            yield dec(k), decode_value(v)
 
     def keys(self, store) -> list:
         """Every key of ``store`` (values are not decoded: cheaper than ``items`` for rebuilding indexes)."""
@@ -417,7 +406,7 @@ class RocksDBBackend(Backend):
             self._enc[store] = key_encoder("kv")
             self._dec[store] = key_decoder("kv")
             wb = WriteBatch(raw_mode=True)
-            wb.put(_sys_key("kind", store), _dumps("kv", 5), self._h[META_CF])
+            wb.put(_sys_key("kind", store), encode_value("kv"), self._h[META_CF])
             self._db.write(wb, self._wopt)
             self._sys[_sys_key("kind", store)] = "kv"
         return h
@@ -425,7 +414,7 @@ class RocksDBBackend(Backend):
     def write(self, changes, meta):
         self._writable()
         wb = WriteBatch(raw_mode=True)
-        dumps = _dumps
+        dumps = encode_value
         for store, kv in changes.items():
             if not kv:
                 continue
@@ -436,7 +425,7 @@ class RocksDBBackend(Backend):
                 if v is DELETED:
                     delete(enc(k), h)
                 else:
-                    put(enc(k), dumps(v, 5), h)
+                    put(enc(k), dumps(v), h)
         self._put_meta(wb, meta)
         self._db.write(wb, self._wopt)
         if meta:
@@ -446,17 +435,16 @@ class RocksDBBackend(Backend):
         if meta:
             h = self._h[META_CF]
             for name, v in meta.items():
-                wb.put(_meta_key(name), _dumps(v, 5), h)
+                wb.put(_meta_key(name), encode_value(v), h)
 
     def bulk_restore(self, store: str, records, meta: dict | None = None) -> int:
         """Apply changelog records ``[(key_bytes, value_bytes_or_None), ...]`` to ``store`` in one batch.
 
-        Keys are the canonical ``keys.encode_key`` bytes of the store's kind (the changelog
-        key format: copied as they are), or ``_codec`` pickles of store keys (re-encoded to
-        that format); values are stored as they are (the changelog value bytes are the stored value
-        bytes); None deletes. Later records of a key win. ``meta`` (e.g. the changelog offsets
-        reached, the stream time) is written in the same atomic batch. Reserved changelog
-        records (the stream-time key) are the caller's: leave them out. Returns the count.
+        Keys and values are the changelog's bytes, which are the stored bytes (the same codec):
+        they are copied as they are, so the caller must have checked that they decode (the
+        restore loop does). None deletes; later records of a key win. ``meta`` (e.g. the changelog
+        offsets reached, the stream time) is written in the same atomic batch. Reserved changelog
+        records (the metadata record) are the caller's: leave them out. Returns the count.
         """
         return self.restore_batch({store: records}, meta)
 
@@ -466,29 +454,19 @@ class RocksDBBackend(Backend):
         self._writable()
         wb = WriteBatch(raw_mode=True)
         put, delete = wb.put, wb.delete
-        loads = _loads
         total = 0
         for store, records in records_by_store.items():
             h = self._store_handle(store)
-            enc = self._enc[store]
             n = 0
-            kb = None
-            try:
-                for kb, vb in records:
-                    first = kb[0]
-                    if first == 0x80:            # a _codec pickle of the key (older changelogs): re-encode
-                        kb = enc(loads(kb))
-                    elif first == 0 or first > 0x7F:
-                        raise ValueError("no streamproc key type tag")
-                    if vb is None:
-                        delete(kb, h)
-                    else:
-                        put(kb, vb, h)
-                    n += 1
-            except Exception as e:  # noqa: BLE001
-                raise StateError(
-                    f"changelog record {n} of store {store!r} has a key that is not a streamproc store key "
-                    f"({kb[:60] if isinstance(kb, bytes) else kb!r}): {e}") from None
+            for kb, vb in records:
+                if kb[0] != KEY_FORMAT:
+                    raise StateError(f"changelog record {n} of store {store!r} has a key that is not a streamproc "
+                                     f"store key ({kb[:60]!r}): it cannot be restored")
+                if vb is None:
+                    delete(kb, h)
+                else:
+                    put(kb, vb, h)
+                n += 1
             total += n
         self._put_meta(wb, meta)
         self._db.write(wb, self._wopt)
