@@ -78,7 +78,9 @@ def test_describe_json_of_page_views_has_subtopologies_topics_and_store(page_vie
     (rp,) = topics["repartition"]
     (cl,) = topics["changelog"]
     (store,) = d["stores"]
-    assert rp == f"page-views-{store['name']}-repartition"
+    assert rp == "page-views-views-by-user-repartition"          # group_by(..., name="views-by-user")
+    assert store["name"] == "views-per-user-1m" and store["generated_name"] is False
+    assert d["generated_names"] == []
     assert cl == f"page-views-{store['name']}-changelog" == store["changelog"]
     assert store["window"] == "tumbling(size=1m, grace=10s)"
     assert re.fullmatch(r"[0-9a-f]{8,}", store["fingerprint"])
@@ -115,6 +117,40 @@ def test_every_example_describes_in_process(example, monkeypatch):
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["stores"] and d["topics"]["changelog"] == [s["changelog"] for s in d["stores"]]
+
+
+@pytest.mark.parametrize("example", ["page_views.py", "user_sessions.py", "moving_average.py"])
+def test_examples_name_every_store_so_describe_does_not_warn(example):
+    res = run_cli("describe", f"topologies/{example}")
+    assert res.returncode == 0 and "generated name" not in res.stderr + res.stdout, res.stderr
+
+
+UNNAMED = """
+from streamproc import Topology, agg, serdes, windows
+t = Topology("unnamed")
+s = t.stream("in", key=serdes.String(), value=serdes.Json())
+s.group_by(lambda k, v: v["user"]).window(windows.Tumbling("1m")).count().to("out")
+s.group_by_key().count(name="stable").to("out2")
+"""
+
+
+def test_describe_marks_and_warns_about_generated_names(tmp_path):
+    f = tmp_path / "unnamed.py"
+    f.write_text(UNNAMED)
+    res = run_cli("describe", str(f), "--format", "json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    by_name = {s["name"]: s for s in d["stores"]}
+    gen = [n for n, s in by_name.items() if s["generated_name"]]
+    assert len(gen) == 1 and gen[0].startswith("aggregate-") and by_name["stable"]["generated_name"] is False
+    assert {(g["what"], g["name"]) for g in d["generated_names"]} == {
+        ("store", gen[0]), ("repartition topic", f"unnamed-{gen[0]}-repartition")}
+    # one warning per generated name, naming file:line and the fix
+    warnings = [line for line in res.stderr.splitlines() if "generated name" in line]
+    assert len(warnings) == 2, res.stderr
+    assert all("unnamed.py:5" in w and "name=" in w for w in warnings), res.stderr
+    tree = run_cli("describe", str(f), cwd=tmp_path)
+    assert "(generated name: add name=)" in tree.stdout
 
 
 def test_describe_json_in_process_for_a_fixture():

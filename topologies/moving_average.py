@@ -16,5 +16,5 @@ topology = Topology("sensor-averages")
     .group_by_key()
     .window(windows.Hopping("5m", advance="1m", grace="30s"))
     .aggregate(avg=agg.mean("value"), low=agg.min("value"), high=agg.max("value"), n=agg.count(),
-               emit="update")
+               emit="update", name="sensor-averages-5m")
     .to("sensor-averages-5m", value=serdes.Json()))

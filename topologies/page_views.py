@@ -16,7 +16,7 @@ views = topology.stream(
 )
 (views
     .filter(lambda k, v: v["duration_ms"] > 0)
-    .group_by(lambda k, v: v["user_id"])
+    .group_by(lambda k, v: v["user_id"], name="views-by-user")
     .window(windows.Tumbling("1m", grace="10s"))
-    .aggregate(views=agg.count(), seconds=agg.sum("duration_ms"), emit="final")
+    .aggregate(views=agg.count(), seconds=agg.sum("duration_ms"), emit="final", name="views-per-user-1m")
     .to("page-views-per-user-1m", value=serdes.Json()))

@@ -16,5 +16,5 @@ topology = Topology("user-sessions")
     .group_by_key()
     .window(windows.Session("30m", grace="1m"))
     .aggregate(views=agg.count(), duration_ms=agg.sum("duration_ms"), pages=agg.collect("page"),
-               emit="final")
+               emit="final", name="user-sessions")
     .to("user-sessions", value=serdes.Json()))

@@ -62,3 +62,9 @@ def compile_file(spec: str):
         return topology, compile_topology(topology)
     except TopologyError as e:
         raise TopologyError(f"{split_spec(spec)[0]}: invalid topology: {e}") from None
+
+
+def warn_generated_names(plan) -> None:
+    """One warning per store or repartition topic whose name was generated (DESIGN section 3)."""
+    for g in plan.generated_names:
+        err.print(f"[bold yellow]warning:[/] {g.warning()}", soft_wrap=True)

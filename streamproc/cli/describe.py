@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 
 from ..errors import TopologyError
-from ._app import app, compile_file, guarded
+from ._app import app, compile_file, guarded, warn_generated_names
 
 
 @app.command()
@@ -23,6 +23,7 @@ def describe(
     if format not in ("tree", "json"):
         raise TopologyError(f"--format must be 'tree' or 'json', got {format!r}")
     _, plan = compile_file(topology)
+    warn_generated_names(plan)
     if format == "json":
         typer.echo(json.dumps(to_dict(plan), indent=2))
     else:

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ..errors import StreamprocError
-from ._app import app, compile_file, err, guarded
+from ._app import app, compile_file, err, guarded, warn_generated_names
 
 
 def _parse_config(pairs: list[str]) -> dict:
@@ -55,6 +55,7 @@ def run(
     from ..runtime.app import RunOptions, run_app
 
     topo, plan = compile_file(topology)
+    warn_generated_names(plan)
     options = RunOptions(
         bootstrap_servers=bootstrap_servers or "", workers=workers, guarantee=guarantee, state_dir=state_dir,
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,

@@ -7,6 +7,9 @@ from rich.tree import Tree
 from .model import Plan, PlanNode
 
 
+_GENERATED = " (generated name: add name=)"
+
+
 def node_detail(n: PlanNode) -> str:
     p = n.params
     if n.kind == "source":
@@ -16,13 +19,13 @@ def node_detail(n: PlanNode) -> str:
     if n.kind == "sink":
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}"
     if n.kind in ("repartition_sink", "repartition_source"):
-        return p["topic"]
+        return p["topic"] + (_GENERATED if p.get("generated_name") else "")
     if n.kind == "aggregate":
         store = p["store"]
         w = p["window"]
         aggs = " ".join(f"{k}={a.describe()}" for k, a in p["aggs"].items())
         return (f"{w.describe() if w else 'table'}  {aggs}  emit={p['emit']}  "
-                f"store={store.name} changelog={store.changelog}")
+                f"store={store.name}{_GENERATED if store.generated_name else ''} changelog={store.changelog}")
     if n.kind == "branch":
         return f"{len(p['predicates'])} predicates"
     if n.kind == "branch_out":
@@ -67,7 +70,8 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
     if plan.stores:
         stores = root.add(Text("Stores", style="bold"))
         for s in plan.stores:
-            stores.add(f"{s.name}  kind={s.kind}  changelog={s.changelog}  fingerprint={s.fingerprint}")
+            stores.add(f"{s.name}{_GENERATED if s.generated_name else ''}  kind={s.kind}  "
+                       f"changelog={s.changelog}  fingerprint={s.fingerprint}")
     return root
 
 
@@ -96,7 +100,10 @@ def to_dict(plan: Plan) -> dict:
         },
         "stores": [
             {"name": s.name, "kind": s.kind, "changelog": s.changelog, "fingerprint": s.fingerprint,
-             "window": s.window.describe() if s.window else None}
+             "window": s.window.describe() if s.window else None, "description": s.description,
+             "generated_name": s.generated_name}
             for s in plan.stores
         ],
+        "generated_names": [{"what": g.what, "name": g.name, "defined_at": g.where}
+                            for g in plan.generated_names],
     }
