@@ -6,7 +6,11 @@ class StreamprocError(Exception):
     """Base class for every error streamproc raises on purpose."""
 
 
-class TopologyError(StreamprocError):
+class UnrecoverableError(StreamprocError):
+    """A failure that restarting cannot fix (DESIGN.md section 7): the instance stops at once, exit code 2."""
+
+
+class TopologyError(UnrecoverableError):
     """The topology is invalid (caught while building or planning it)."""
 
 
@@ -68,8 +72,12 @@ class CodecError(SerdeError):
                           offset=offset if offset is not None else self.offset)
 
 
-class StateError(StreamprocError):
+class StateError(UnrecoverableError):
     """Local state cannot be used (locked, wrong fingerprint, corrupt)."""
+
+
+class StateBusyError(StreamprocError):
+    """Local state is in use by another process right now (it may be released: not unrecoverable)."""
 
 
 class BrokerError(StreamprocError):

@@ -111,7 +111,7 @@ def test_replay_rebuilds_the_state_the_app_had(tmp_path, kafka, name):
 
     def processed(w):           # the source read, and (with a repartition topic) the repartitioned records too
         seen.append(w.records_in)
-        return w.records_in >= len(records) and len(seen) > 3 and seen[-1] == seen[-4] and not w._restoring \
+        return w.records_in >= len(records) and len(seen) > 3 and seen[-1] == seen[-4] and not w.restoring \
             and (n_rep == 0 or w.records_in > len(records))
     run_until(plan, opts, processed, what=f"{name}: input processed")
     before = snapshot(plan, state)
@@ -129,7 +129,7 @@ def test_replay_refuses_while_a_worker_holds_the_task(tmp_path, kafka):
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_COUNT, 1, outputs=("out_table", "out_ids"))
     h.produce(bootstrap, names["src"], events(50, seed=3, late_every=0), key_serde=STR, value_serde=JSON)
     with h.WorkerThread(plan, opts, process_id=process_id(opts.state_dir, plan.app_id)) as w:
-        h.wait_until(lambda: w.worker.tasks and not w.worker._restoring and w.worker.records_in >= 50, 60,
+        h.wait_until(lambda: w.worker.tasks and not w.worker.restoring and w.worker.records_in >= 50, 60,
                      what="tasks running")
         res = CliRunner().invoke(cli_app, ["replay", ref, "--state-dir", opts.state_dir,
                                            "--bootstrap-servers", bootstrap])
@@ -155,7 +155,7 @@ def test_restart_restores_only_the_changelog_tail(tmp_path, kafka):
     for _, v, _ in recs:
         want[v["user"]] = want.get(v["user"], 0) + 1
     h.produce(bootstrap, names["src"], recs[:600], key_serde=STR, value_serde=JSON)
-    counted = lambda w: not w._restoring and w.records_in >= 2 * 600      # source + repartition
+    counted = lambda w: not w.restoring and w.records_in >= 2 * 600      # source + repartition
     w1 = run_until(plan, opts, counted)
     assert w1.restorer.records_restored == 0
     old = str(tmp_path / "state-copy")
@@ -179,7 +179,7 @@ def test_restart_restores_only_the_changelog_tail(tmp_path, kafka):
 
     def restored(w):
         parts[:] = parts or (w.restorer.parts((st.id, 0)) if w.restorer is not None else [])
-        return w.tasks and not w._restoring and not w.restorer.pending
+        return w.tasks and not w.restoring and not w.restorer.pending
     w3 = run_until(plan, opts, restored)
     assert w3.restorer.records_restored == len(tail)
     [part] = parts
@@ -245,7 +245,7 @@ def test_changed_topology_is_refused_by_streamproc_run(tmp_path, kafka):
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_WINDOW, 1, outputs=("out_win",),
                                        size="1s", grace="0s")
     h.produce(bootstrap, names["src"], events(100, seed=4, late_every=0), key_serde=STR, value_serde=JSON)
-    run_until(plan, opts, lambda w: w.tasks and not w._restoring and w.records_in >= 100)
+    run_until(plan, opts, lambda w: w.tasks and not w.restoring and w.records_in >= 100)
     changed = h.write_topology(tmp_path / "changed.py", TOPO_WINDOW.format(**{**names, "size": "500ms"}))
     env = dict(os.environ, PYTHONPATH=h.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="300")
     p = subprocess.run([sys.executable, "-m", "streamproc", "run", changed, "--bootstrap-servers", bootstrap,
@@ -268,7 +268,7 @@ def test_expired_windows_are_deleted_locally_and_tombstoned(tmp_path, kafka):
     t0 = 1_700_000_000_000
     old = [(f"k{i % 5}", {"id": i, "user": "u", "x": i}, t0 + i * 10) for i in range(50)]       # windows t0..
     h.produce(bootstrap, names["src"], old, key_serde=STR, value_serde=JSON)
-    run_until(plan, opts, lambda w: w.tasks and not w._restoring and w.records_in >= 50)
+    run_until(plan, opts, lambda w: w.tasks and not w.restoring and w.records_in >= 50)
     tdir = task_dir(opts.state_dir, plan.app_id, f"{plan.subtopologies[0].id}_0")
     with RocksDBBackend(tdir, read_only=True) as b:
         old_keys = set(b.keys(spec.name))
@@ -276,7 +276,7 @@ def test_expired_windows_are_deleted_locally_and_tombstoned(tmp_path, kafka):
     # much later records close (and expire) every old window
     late = [(f"k{i % 5}", {"id": 100 + i, "user": "u", "x": i}, t0 + 10 * M + i) for i in range(10)]
     h.produce(bootstrap, names["src"], late, key_serde=STR, value_serde=JSON)
-    run_until(plan, opts, lambda w: w.tasks and not w._restoring and w.records_in >= 10)
+    run_until(plan, opts, lambda w: w.tasks and not w.restoring and w.records_in >= 10)
     with RocksDBBackend(tdir, read_only=True) as b:
         now_keys = set(b.keys(spec.name))
     assert not (now_keys & old_keys), f"expired windows still stored: {sorted(now_keys & old_keys)[:5]}"
@@ -298,7 +298,7 @@ def test_memory_backend_restores_the_whole_changelog(tmp_path, kafka):
     captured = {}
 
     def done(w):
-        if w.tasks and not w._restoring and w.records_in >= 300:
+        if w.tasks and not w.restoring and w.records_in >= 300:
             [task] = w.tasks.values()
             captured["state"] = task.operator("windows").snapshot()
             return True
@@ -308,7 +308,7 @@ def test_memory_backend_restores_the_whole_changelog(tmp_path, kafka):
     changelog = h.read_topic(bootstrap, plan.stores[0].changelog, quiet_s=1.0)
 
     def restored(w):
-        if w.tasks and not w._restoring and not w.restorer.pending:
+        if w.tasks and not w.restoring and not w.restorer.pending:
             [task] = w.tasks.values()
             captured["restored"] = task.operator("windows").snapshot()
             return True

@@ -9,7 +9,7 @@ import pytest
 
 import runtime_helpers as h
 from streamproc import Topology, agg, serdes, windows
-from streamproc.errors import StateError, TopologyError
+from streamproc.errors import StateBusyError, StateError, TopologyError
 from streamproc.plan import compile_topology
 from streamproc.runtime import app as app_mod
 from streamproc.runtime import supervisor as sup_mod
@@ -79,7 +79,7 @@ def test_process_id_is_persisted_and_the_state_dir_is_locked(tmp_path):
     assert (tmp_path / "app" / "process-id").read_text().strip() == a
     assert process_id(str(tmp_path), "other") != a
     with StateDirLock(str(tmp_path), "app"):
-        with pytest.raises(StateError, match="in use by another streamproc instance"):
+        with pytest.raises(StateBusyError, match="in use by another streamproc instance"):
             StateDirLock(str(tmp_path), "app").acquire()
     StateDirLock(str(tmp_path), "app").acquire().release()
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 pytest.importorskip("rocksdict")
 
 from streamproc import Topology, agg, serdes, windows  # noqa: E402
-from streamproc.errors import StateError  # noqa: E402
+from streamproc.errors import StateBusyError, StateError  # noqa: E402
 from streamproc.operators import RawBatch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
 from streamproc.plan.model import StoreSpec  # noqa: E402
@@ -386,7 +386,7 @@ def test_a_second_process_is_refused_and_sigkill_releases_the_lock(tmp_path):
     path = tmp_path / "0_1"
     holder = _start_holder(path)
     try:
-        with pytest.raises(StateError) as e:
+        with pytest.raises(StateBusyError) as e:
             RocksDBBackend(path, ["s"])
         assert str(e.value) == (f"state directory {path} is in use by process {holder.pid} on "
                                 f"{socket.gethostname()}; stop it or use another --state-dir")
@@ -403,9 +403,9 @@ def test_a_second_process_is_refused_and_sigkill_releases_the_lock(tmp_path):
 
 def test_the_lock_in_one_process_and_its_release(tmp_path):
     with RocksDBBackend(tmp_path / "x", ["s"]):
-        with pytest.raises(StateError, match=f"in use by process {os.getpid()} on "):
+        with pytest.raises(StateBusyError, match=f"in use by process {os.getpid()} on "):
             RocksDBBackend(tmp_path / "x", ["s"])
-        with pytest.raises(StateError):
+        with pytest.raises(StateBusyError):
             TaskDirLock(tmp_path / "x").acquire()
     lock = TaskDirLock(tmp_path / "x").acquire()
     assert open(tmp_path / "x" / "LOCK").read().split() == [str(os.getpid()), socket.gethostname()]

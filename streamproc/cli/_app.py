@@ -1,7 +1,8 @@
 """The typer app every command registers on, and what commands share.
 
 Every command turns a ``StreamprocError`` into one paragraph on stderr and an exit code:
-2 for a bad topology (file, import, validation), 1 for everything else. No traceback walls.
+2 for what restarting cannot fix (a bad topology file, a changed store definition, unusable
+state, a record that fails under ``on_error="fail"``), 1 for everything else. No traceback walls.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import functools
 import typer
 from rich.console import Console
 
-from ..errors import StreamprocError, TopologyError, TopologyLoadError
+from ..errors import StreamprocError, TopologyError, TopologyLoadError, UnrecoverableError
 
 app = typer.Typer(
     name="streamproc",
@@ -42,7 +43,7 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (TopologyError, TopologyLoadError) as e:
+        except (UnrecoverableError, TopologyLoadError) as e:      # restarting cannot help: exit 2
             err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
             raise typer.Exit(2) from None
         except StreamprocError as e:

@@ -48,6 +48,13 @@ def run(
         "rocksdb", "--state-backend", envvar="STREAMPROC_STATE_BACKEND",
         help="rocksdb (local disk under --state-dir; restarts read only the changelog tail) or memory "
              "(state rebuilt from the changelogs at every start)."),
+    restore_timeout: float = typer.Option(
+        60.0, "--restore-timeout", envvar="STREAMPROC_RESTORE_TIMEOUT", min=1.0,
+        help="Seconds a changelog may yield nothing before its end during a restore before the restore fails "
+             "(it never counts as restored early)."),
+    no_partitions_warning: float = typer.Option(
+        30.0, "--no-partitions-warning", envvar="STREAMPROC_NO_PARTITIONS_WARNING", min=1.0,
+        help="Warn (with the consumer group's state) when a worker has had no partitions this many seconds."),
     max_runtime: Optional[float] = typer.Option(None, "--max-runtime", help="Stop after this many seconds.",
                                                 hidden=True),
 ):
@@ -59,7 +66,8 @@ def run(
     options = RunOptions(
         bootstrap_servers=bootstrap_servers or "", workers=workers, guarantee=guarantee, state_dir=state_dir,
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
-        batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend)
+        batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend,
+        restore_stall_timeout_s=restore_timeout, no_partitions_warning_s=no_partitions_warning)
     if bootstrap_servers:
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker

@@ -34,7 +34,8 @@ class RunOptions:
     create_topics_partitions: int = 1             # partitions of sources made by create_topics
     shutdown_timeout_s: float = 30.0
     broker_timeout_s: float = 30.0                # give up on an unreachable cluster after this long
-    restore_stall_timeout_s: float = 5.0
+    restore_stall_timeout_s: float = 60.0           # a changelog yielding nothing this long fails the restore
+    no_partitions_warning_s: float = 30.0           # warn when a worker has had no partitions this long
     state_backend: str = "rocksdb"                # "rocksdb" (local disk, the default) or "memory"
 
     @property

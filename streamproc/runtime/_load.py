@@ -7,7 +7,7 @@ import errno
 import os
 import uuid
 
-from ..errors import StateError
+from ..errors import StateBusyError, StateError
 from ..loader import split_spec as _split
 
 
@@ -93,7 +93,7 @@ class StateDirLock:
                         holder = f.read().strip()
                 except OSError:
                     pass
-                raise StateError(
+                raise StateBusyError(
                     f"the state directory {os.path.dirname(self.path)!r} is in use by another streamproc "
                     f"instance{' (pid ' + holder + ')' if holder else ''}. Each instance on one machine needs "
                     f"its own --state-dir.") from None

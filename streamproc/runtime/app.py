@@ -25,11 +25,12 @@ import threading
 from ..errors import StreamprocError, TopologyError
 from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
                            validate_source_topics, wait_for_broker)
-from ..kafka.config import admin_config, restore_consumer_config
+from ..kafka.config import admin_config, consumer_config, restore_consumer_config
 from ._config import RunOptions
 from .definitions import check_changelog_definitions
 from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
 from .supervisor import Supervisor, WorkerCrashLoop
+from .worker import check_assignor
 
 __all__ = ["RunOptions", "run_app", "prepare_topics", "partition_counts", "internal_topic_specs",
            "WorkerCrashLoop", "RETENTION_MARGIN_MS"]
@@ -59,6 +60,7 @@ def run_app(plan, options: RunOptions) -> int:
             f"cannot tell the worker processes where topology {plan.app_id!r} is defined; "
             f"pass RunOptions(topology='path/to/file.py:name')")
     ref = absolute_ref(ref)
+    check_assignor(consumer_config(options.bootstrap_servers, plan.app_id, options.client("consumer")))
     prepare_topics(plan, options)
     lock = StateDirLock(options.state_dir, plan.app_id).acquire()
     try:

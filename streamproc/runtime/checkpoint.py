@@ -26,7 +26,11 @@ at-least-once (idempotent producer): 1. as above; 2. ``flush()`` and check every
 Any failure before the commit is complete rolls the checkpoint back (:func:`rollback`):
 ``abort_transaction()``, ``state.discard()`` for every task that ran, the tasks rebuilt from
 their backends (operators keep in-memory indexes derived from state), and the consumer
-seeked back to the committed offsets, so the input is processed again. A fatal error
+seeked back to the committed offsets, so the input is processed again.
+
+Every blocking call made while a transaction is open is bounded by the time left before
+:attr:`Checkpoint.deadline` (a share of ``transaction.timeout.ms``): a checkpoint that cannot
+finish in time is aborted by us, rather than by the broker, which would fence the producer. A fatal error
 (e.g. the producer was fenced by a newer instance with the same ``transactional.id``) raises
 :class:`WorkerFenced`/:class:`FatalKafkaError`: the worker stops without committing.
 """
@@ -106,34 +110,93 @@ class _Abortable(Exception):
 
 
 # ------------------------------------------------------------------------------------------------
+class Checkpoint:
+    """What the open checkpoint of one worker holds, and nothing else.
+
+    ``open``: records were processed since the last commit; ``in_txn``: a transaction is open
+    (exactly-once); ``dirty``: keys of the tasks that ran; ``positions``: ``{(topic, partition):
+    next offset}`` consumed; ``changelog_offsets``: ``{(topic, partition): highest delivered
+    offset}`` (filled by the delivery callback); ``delivery_errors``; ``due``: when it should be
+    committed; ``deadline``: the latest moment a blocking call may still be made in the open
+    transaction (well inside ``transaction.timeout.ms``, so the broker never aborts it under us).
+    """
+
+    def __init__(self, commit_interval_s: float, txn_budget_s: float):
+        self.commit_interval_s = commit_interval_s
+        self.txn_budget_s = txn_budget_s
+        self.open = False
+        self.in_txn = False
+        self.dirty: set = set()
+        self.positions: dict = {}
+        self.changelog_offsets: dict = {}
+        self.delivery_errors: list = []
+        self.due = 0.0
+        self.deadline = float("inf")
+        self.commits = 0
+
+    def opened(self) -> None:
+        """Records are about to be processed: open the checkpoint if it is not."""
+        if not self.open:
+            self.open = True
+            self.due = time.monotonic() + self.commit_interval_s
+
+    def began_transaction(self) -> None:
+        self.in_txn = True
+        self.deadline = time.monotonic() + self.txn_budget_s
+
+    def ran(self, key, tp, next_offset: int) -> None:
+        self.dirty.add(key)
+        self.positions[tp] = next_offset
+
+    def time_left(self, cap: float) -> float:
+        """Seconds a blocking call may take now: ``cap``, less inside an open transaction."""
+        if not self.in_txn:
+            return cap
+        return max(0.1, min(cap, self.deadline - time.monotonic()))
+
+    def forget_inputs(self, tps) -> None:
+        for tp in tps:
+            self.positions.pop(tp, None)
+
+    def clear(self) -> None:
+        self.dirty.clear()
+        self.positions.clear()
+        self.open = False
+        self.in_txn = False
+        self.deadline = float("inf")
+
+
 def checkpoint(w) -> bool:
     """Commit everything worker ``w`` processed since the last checkpoint (see the module doc).
 
-    Returns True when committed (or nothing was open), False when rolled back.
-    ``w`` provides: ``eos``, ``producer``, ``consumer``, ``dirty`` ({task key: Task} that ran),
-    ``positions`` ({(topic, partition): next offset}), ``open`` (a checkpoint is open),
-    ``changelog_offsets`` ({(topic, partition): highest delivered offset}, filled by the
-    delivery callback), ``delivery_errors``, ``produce(...)``, ``timeout_s``, and the rollback
-    hooks ``rebuild_tasks(keys)`` / ``reset_to_committed()``.
+    Returns True when committed (or nothing was open), False when rolled back. ``w`` provides
+    ``ckpt`` (:class:`Checkpoint`), ``eos``, ``producer``, ``consumer``, ``task_manager``
+    (running tasks by key), ``produce(...)``, ``timeout_s`` and the rollback hook
+    ``reset_to_committed()``.
     """
-    if not w.open:
+    c = w.ckpt
+    if not c.open:
         return True
-    tasks = list(w.dirty.values())
-    offsets = [TopicPartition(t, p, o) for (t, p), o in w.positions.items()]
+    tasks = [t for t in (w.task_manager.running(k) for k in sorted(c.dirty)) if t is not None]
+    offsets = [TopicPartition(t, p, o) for (t, p), o in c.positions.items()]
     try:
         # 1. write caches -> changelog records (in the transaction under EOS)
-        w.changelog_offsets.clear()
+        c.changelog_offsets.clear()
         for task in tasks:
             _write_changelogs(w, task)
         if w.eos:
+            if time.monotonic() > c.deadline:
+                raise _Abortable(f"the transaction was open for more than {c.txn_budget_s:g} s")
             # 2. the input positions join the transaction
             if offsets:
+                t = c.time_left(w.timeout_s)
                 _call("send_offsets_to_transaction",
                       lambda: w.producer.send_offsets_to_transaction(
-                          offsets, w.consumer.consumer_group_metadata(), w.timeout_s), w.timeout_s)
+                          offsets, w.consumer.consumer_group_metadata(), t), t)
             # 3. everything delivered (changelog offsets known), then commit
             _flush(w)
-            _call("commit_transaction", lambda: w.producer.commit_transaction(w.timeout_s), w.timeout_s)
+            t = c.time_left(w.timeout_s)
+            _call("commit_transaction", lambda: w.producer.commit_transaction(t), t)
         else:
             _flush(w)
     except _Abortable as e:
@@ -144,7 +207,8 @@ def checkpoint(w) -> bool:
     except Exception as e:  # noqa: BLE001 - anything else before the commit: roll back, then stop
         rollback(w, f"{type(e).__name__}: {e}")
         raise
-    w.in_txn = False
+    c.in_txn = False
+    c.deadline = float("inf")
     committed = True
     if not w.eos and offsets:
         # at-least-once: 3. commit the input offsets synchronously
@@ -160,12 +224,12 @@ def checkpoint(w) -> bool:
                         err.str() if err else e)
     # 4. the changelog is durable: apply the write caches with the offsets they reflect
     for task in tasks:
-        task.state.apply(_task_changelog_offsets(w, task))
-    w.dirty.clear()
+        task.state.apply(_task_changelog_offsets(c, task))
+    c.dirty.clear()
     if committed:
-        w.positions.clear()
-    w.open = bool(w.positions)
-    w.checkpoints += 1
+        c.positions.clear()
+    c.open = bool(c.positions)
+    c.commits += 1
     return True
 
 
@@ -193,21 +257,23 @@ def _write_changelogs(w, task) -> None:
             produce(topic, meta_value(spec, state.stream_time), META_KEY, p)
 
 
-def _task_changelog_offsets(w, task) -> dict:
+def _task_changelog_offsets(c: Checkpoint, task) -> dict:
     out = {}
     for spec in task.subtopology.stores:
-        off = w.changelog_offsets.get((spec.changelog, task.partition))
+        off = c.changelog_offsets.get((spec.changelog, task.partition))
         if off is not None:
             out[spec.name] = off
     return out
 
 
 def _flush(w) -> None:
-    left = w.producer.flush(w.timeout_s)
+    c = w.ckpt
+    t = c.time_left(w.timeout_s)
+    left = w.producer.flush(t)
     if left:
-        raise _Abortable(f"{left} record(s) were not delivered within {w.timeout_s:g} s")
-    if w.delivery_errors:
-        errs, w.delivery_errors[:] = list(w.delivery_errors), []
+        raise _Abortable(f"{left} record(s) were not delivered within {t:g} s")
+    if c.delivery_errors:
+        errs, c.delivery_errors[:] = list(c.delivery_errors), []
         err, topic = errs[0]
         if err.fatal() or is_fenced(err):
             raise fatal_error(err, f"producing to {topic}")
@@ -217,7 +283,7 @@ def _flush(w) -> None:
 def rollback(w, reason: str) -> None:
     """Abort the open checkpoint: nothing of it is committed, its input is processed again."""
     log.warning("checkpoint aborted (%s); processing again from the last committed offsets", reason)
-    if w.eos and w.in_txn:
+    if w.eos and w.ckpt.in_txn:
         abort_transaction(w)
     _forget(w)
     w.reset_to_committed()
@@ -225,7 +291,7 @@ def rollback(w, reason: str) -> None:
 
 def abort_open(w) -> None:
     """Drop the open checkpoint without committing or seeking (partitions lost or worker stopping)."""
-    if w.eos and w.in_txn:
+    if w.eos and w.ckpt.in_txn:
         try:
             abort_transaction(w, timeout_s=5.0)
         except (FatalKafkaError, BrokerError) as e:
@@ -234,22 +300,22 @@ def abort_open(w) -> None:
 
 
 def abort_transaction(w, timeout_s: float | None = None) -> None:
-    w.in_txn = False
+    w.ckpt.in_txn = False
     t = w.timeout_s if timeout_s is None else timeout_s
     try:
         _call("abort_transaction", lambda: w.producer.abort_transaction(t), t)
     except _Abortable as e:
         raise BrokerError(f"could not abort the open transaction: {e}") from None
-    w.delivery_errors[:] = []
+    w.ckpt.delivery_errors[:] = []
 
 
 def _forget(w) -> None:
-    keys = list(w.dirty)
-    for task in w.dirty.values():
-        task.state.discard()
-    w.dirty.clear()
-    w.positions.clear()
-    w.open = False
-    w.in_txn = False
-    if keys:
-        w.rebuild_tasks(keys)
+    """Discard what the running tasks did since the last commit and rebuild them from their backends."""
+    c = w.ckpt
+    keys = sorted(c.dirty)
+    for key in keys:
+        task = w.task_manager.running(key)
+        if task is not None:
+            task.state.discard()
+    c.clear()
+    w.task_manager.rebuild(keys)

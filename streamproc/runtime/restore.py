@@ -9,9 +9,14 @@ backend to a :class:`Restorer`. For each store the restorer reads
   (backend metadata ``changelog_offsets[store] + 1``; a fresh backend - always the case for
   the memory backend - starts at the beginning),
 * to the end: the end offset measured when the restore starts (``get_watermark_offsets`` on a
-  read_committed consumer gives the last stable offset), or the partition-EOF event, whichever
-  comes first. A partition that yields nothing for ``stall_timeout_s`` counts as restored,
-  with a warning: some brokers report a wrong high watermark.
+  read_committed consumer gives the last stable offset). The restore of a partition ends when
+  its position reaches that end (a partition-EOF event moves the position to the offset it
+  reports), never earlier. A finished partition leaves the consumer's assignment exactly once,
+  and a cancelled (revoked) restore unassigns what it still had, so the same task can be
+  restored again in the same worker.
+  A partition that yields nothing is fetched again from its position every ``retry_after_s``;
+  after ``stall_timeout_s`` without progress the restore fails with an error naming the
+  partition and offsets. A partial restore never counts as restored.
 
 Records are applied to the backend in batches with ``backend.write(changes, meta)``:
 a tombstone deletes its key, and the partition's metadata record (``_changelog.META_KEY``) is
@@ -59,6 +64,7 @@ class _Part:
     last_progress: float = field(default_factory=time.monotonic)
     restored: int = 0
     first: int = 0               # first offset this restore reads
+    retries: int = 0             # fetches started again after no progress
 
     @property
     def store(self) -> str:
@@ -68,8 +74,8 @@ class _Part:
 class Restorer:
     """Restores tasks' stores from changelogs; one per worker, one consumer for all restores."""
 
-    def __init__(self, consumer_config: dict, *, batch_size: int = 10_000, stall_timeout_s: float = 5.0,
-                 metadata_timeout_s: float = 30.0, progress=None):
+    def __init__(self, consumer_config: dict, *, batch_size: int = 10_000, stall_timeout_s: float = 60.0,
+                 retry_after_s: float = 5.0, metadata_timeout_s: float = 5.0, progress=None):
         conf = dict(consumer_config)
         conf["enable.partition.eof"] = True
         conf.setdefault("isolation.level", "read_committed")
@@ -78,13 +84,15 @@ class Restorer:
         self._conf = conf
         self._consumer: Consumer | None = None
         self.batch_size = batch_size
-        self.stall_timeout_s = stall_timeout_s
+        self.stall_timeout_s = stall_timeout_s          # no progress for this long: an error
+        self.retry_after_s = retry_after_s              # no progress for this long: fetch again from the position
         self.metadata_timeout_s = metadata_timeout_s
         self._progress = progress          # optional callable(part) after each applied batch
         self._tasks: dict[object, list[_Part]] = {}
         self._by_tp: dict[tuple[str, int], _Part] = {}
         self._all: dict[object, list[_Part]] = {}        # every part started (kept for reporting)
         self._ready: list = []            # task keys restored with nothing to read
+        self._last_step = time.monotonic()
         self.records_restored = 0         # changelog records applied (metadata records included)
 
     # ------------------------------------------------------------------------------ API
@@ -116,6 +124,9 @@ class Restorer:
             if start >= high:
                 part.done = True
             else:
+                if (topic, partition) in self._by_tp:      # one task per changelog partition: a caller bug
+                    raise RuntimeError(f"changelog {topic}[{partition}] is already being restored "
+                                       f"(task {self._by_tp[(topic, partition)].key})")
                 to_assign.append(TopicPartition(topic, partition, start if stored is not None else OFFSET_BEGINNING))
                 self._by_tp[(topic, partition)] = part
             parts.append(part)
@@ -145,8 +156,12 @@ class Restorer:
         finished, self._ready = self._ready, []
         if not self._tasks:
             return finished
+        before = time.monotonic()
+        if before - self._last_step > 1.0:        # the caller was busy elsewhere: that is not a stall
+            for part in self._by_tp.values():
+                part.last_progress += before - self._last_step
         msgs = self._consumer.consume(self.batch_size, timeout)
-        now = time.monotonic()
+        now = self._last_step = time.monotonic()
         pending: dict[int, tuple[object, dict, dict]] = {}      # id(backend) -> (backend, entries, meta)
         for m in msgs:
             part = self._by_tp.get((m.topic(), m.partition()))
@@ -154,9 +169,8 @@ class Restorer:
                 continue
             err = m.error()
             if err is not None:
-                if err.code() == _PARTITION_EOF:
+                if err.code() == _PARTITION_EOF:      # the end as the broker sees it now; done only at/after ours
                     part.position = max(part.position, m.offset())
-                    part.done = True
                     continue
                 raise BrokerError(f"restoring store {part.store!r} from {part.topic}[{part.partition}] failed: "
                                   f"{err.str()}")
@@ -186,6 +200,7 @@ class Restorer:
             part.position = off + 1
             part.restored += 1
             part.last_progress = now
+            part.retries = 0
             self.records_restored += 1
         for backend, entries, meta in pending.values():
             _write(backend, entries, meta)
@@ -193,31 +208,51 @@ class Restorer:
             for parts in self._tasks.values():
                 for part in parts:
                     self._progress(part)
-        done_tps = []
+        for key in list(self._tasks):
+            for part in self._tasks[key]:
+                if not part.done and part.position >= part.end:
+                    self._finish(part)
+        self._check_progress(now, full=len(msgs) >= self.batch_size)
         for key in list(self._tasks):
             parts = self._tasks[key]
-            for part in parts:
-                if part.done:
-                    continue
-                if part.position >= part.end:
-                    part.done = True
-                elif now - part.last_progress > self.stall_timeout_s:
-                    log.warning(
-                        "restoring store %r of task %s: changelog %s[%d] yielded nothing for %.0f s at offset %d "
-                        "although its end offset was reported as %d; treating it as fully restored",
-                        part.store, key, part.topic, part.partition, self.stall_timeout_s, part.position, part.end)
-                    part.done = True
-                if part.done:
-                    self._by_tp.pop((part.topic, part.partition), None)
-                    done_tps.append(TopicPartition(part.topic, part.partition))
             if all(p.done for p in parts):
                 del self._tasks[key]
                 finished.append(key)
                 log.info("restored task %s: %s", key,
                          ", ".join(f"{p.store}={p.restored} records" for p in parts))
-        if done_tps:
-            self._consumer.incremental_unassign(done_tps)
         return finished
+
+    def _finish(self, part: _Part) -> None:
+        """A part reached its end: it leaves the consumer's assignment, exactly once."""
+        part.done = True
+        if self._by_tp.pop((part.topic, part.partition), None) is part:
+            self._consumer.incremental_unassign([TopicPartition(part.topic, part.partition)])
+
+    def _check_progress(self, now: float, full: bool = False) -> None:
+        """A changelog that stops yielding records before its end is fetched again from its position
+        every ``retry_after_s``; after ``stall_timeout_s`` without progress it is an error. It never
+        counts as restored (its task would start on partial state and diverge for good)."""
+        if full:                 # the consumer is busy with other partitions: nobody is stalled
+            for part in self._by_tp.values():
+                part.last_progress = now
+            return
+        for part in list(self._by_tp.values()):
+            idle = now - part.last_progress
+            if idle > self.stall_timeout_s:
+                raise BrokerError(
+                    f"restoring store {part.store!r} of task {part.key}: changelog {part.topic}[{part.partition}] "
+                    f"yielded nothing for {idle:.0f} s at offset {part.position}, before its end offset "
+                    f"{part.end} (measured when the restore started, read_committed). The task is not started on "
+                    f"partial state. Check the brokers and the changelog topic (a slow fetch, a leader change, "
+                    f"an unavailable partition); the limit is `streamproc run --restore-timeout SECONDS`.")
+            if idle > self.retry_after_s * (part.retries + 1):
+                part.retries += 1
+                log.info("changelog %s[%d] yielded nothing for %.0f s at offset %d (end %d): fetching again",
+                         part.topic, part.partition, idle, part.position, part.end)
+                try:
+                    self._consumer.seek(TopicPartition(part.topic, part.partition, part.position))
+                except KafkaException as e:
+                    log.debug("seek %s[%d] for a retry: %s", part.topic, part.partition, e)
 
     def parts(self, key) -> list:
         """The ``_Part``s of task ``key`` (store, topic, partition, first offset read, end, restored count)."""

@@ -9,9 +9,10 @@ lambdas, and each child imports the module and compiles it again.
 * A worker that crashes :data:`MAX_CRASHES` times within :data:`CRASH_WINDOW_S` makes the whole
   instance stop and :meth:`Supervisor.run` raise :class:`WorkerCrashLoop`, whose message is the
   worker's last error (one paragraph, as the worker reported it).
-* A worker that exits with :data:`EXIT_STATE` (its local state is unusable: a store written by
-  a different operator definition, an unknown format) is not restarted: the instance stops and
-  :meth:`Supervisor.run` raises :class:`StateError` with the worker's message.
+* A worker that exits with :data:`EXIT_UNRECOVERABLE` (a failure restarting cannot fix: unusable
+  local state, a store written by another definition, a record that fails under
+  ``on_error="fail"``, a refused setting) is not restarted: the instance stops at once and
+  :meth:`Supervisor.run` raises :class:`UnrecoverableError` with the worker's message.
 * :meth:`Supervisor.stop` (SIGINT/SIGTERM in ``run_app``) sends SIGTERM to every worker: each
   finishes its open checkpoint (or aborts it), closes its clients and exits 0. Workers still
   alive after ``shutdown_timeout_s`` are killed.
@@ -26,9 +27,9 @@ import signal
 import threading
 import time
 
-from ..errors import StateError, StreamprocError
+from ..errors import StreamprocError, UnrecoverableError
 from ._config import RunOptions
-from .worker import EXIT_FENCED, EXIT_OK, EXIT_STATE, worker_main
+from .worker import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
 
 log = logging.getLogger("streamproc.supervisor")
 
@@ -110,9 +111,9 @@ class Supervisor:
                 if self._stop.is_set() or code == EXIT_OK:
                     slot.done = True
                     continue
-                if code == EXIT_STATE:          # unusable local state: restarting cannot help
-                    failure = slot.last_error or f"worker {slot.index} cannot use its local state"
-                    failure_cls = StateError
+                if code == EXIT_UNRECOVERABLE:          # restarting cannot help
+                    failure = slot.last_error or f"worker {slot.index} stopped on a failure restarting cannot fix"
+                    failure_cls = UnrecoverableError
                     break
                 failure = self._crashed(slot, code, now)
                 if failure:

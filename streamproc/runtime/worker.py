@@ -34,34 +34,41 @@ import warnings
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..errors import BrokerError, StateError, StreamprocError
-from ..kafka.config import (consumer_config, producer_config, restore_consumer_config,
-                            transactional_producer_config)
+from ..errors import BrokerError, StateBusyError, StreamprocError, UnrecoverableError
+from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
+                            restore_consumer_config, transactional_producer_config)
 from ..operators import RawBatch
 from ..state import MemoryBackend
 from . import checkpoint as cp
 from ._config import RunOptions
+from .checkpoint import Checkpoint
 from .restore import Restorer
-from .task import Task
+from .tasks import Phase, TaskManager
 
 log = logging.getLogger("streamproc.worker")
 
-#: Worker exit codes (the supervisor restarts on anything but 0 and EXIT_STATE).
-#: EXIT_STATE: the local state cannot be used (fingerprint mismatch, format, damaged): restarting
-#: cannot help, the instance stops with the worker's message.
-EXIT_OK, EXIT_ERROR, EXIT_FENCED, EXIT_STATE = 0, 1, 75, 78
+#: Worker exit codes (the supervisor restarts on anything but 0 and EXIT_UNRECOVERABLE).
+#: EXIT_UNRECOVERABLE: a failure restarting cannot fix (``UnrecoverableError``: unusable state, a
+#: changed store definition, a record that fails under ``on_error="fail"``, a configuration the
+#: runtime refuses): the instance stops at once with the worker's message.
+EXIT_OK, EXIT_ERROR, EXIT_FENCED, EXIT_UNRECOVERABLE = 0, 1, 75, 78
 
 #: Seconds a worker waits for a task directory another worker of this instance is releasing.
 TASK_LOCK_TIMEOUT_S = 15.0
 
 _EOF = KafkaError._PARTITION_EOF
 
-#: How often processed records are deleted from repartition topics.
+#: How often processed records are deleted from repartition topics (and the longest retry backoff).
 PURGE_INTERVAL_S = 30.0
+PURGE_MAX_BACKOFF_S = 600.0
 
 
-class ProcessingFailed(StreamprocError):
+class ProcessingFailed(UnrecoverableError):
     """A record could not be processed (user function raised, bad record under on_error='fail')."""
+
+
+class ConfigError(UnrecoverableError):
+    """A client setting the runtime cannot run with."""
 
 
 class TaskDirBusy(StreamprocError):
@@ -73,7 +80,13 @@ def instance_id(app_id: str, process_id: str, index: int) -> str:
 
 
 class Worker:
-    """Runs the tasks of one consumer-group member. ``run()`` blocks until ``stop()``."""
+    """Runs the tasks of one consumer-group member. ``run()`` blocks until ``stop()``.
+
+    The worker is the loop and the Kafka callbacks only: the tasks and their phases live in
+    :class:`~.tasks.TaskManager`, the open checkpoint in :class:`~.checkpoint.Checkpoint` (its
+    order in :func:`~.checkpoint.checkpoint`), the restore loop in :class:`~.restore.Restorer`,
+    repartition purging in :class:`_Purger`.
+    """
 
     def __init__(self, plan, options: RunOptions, index: int = 0, process_id: str = "local",
                  backend_factory=None):
@@ -83,40 +96,22 @@ class Worker:
         self.app_id = plan.app_id
         self.eos = options.eos
         self.id = instance_id(self.app_id, process_id, index)
-        self.timeout_s = 30.0
+        self.timeout_s = 30.0             # bound of a blocking call outside a transaction
         self.batch_size = options.batch_size
-        self.commit_interval_s = options.commit_interval_s
         self.dlq_topic = f"{self.app_id}-dlq"
-        self._backend_factory = backend_factory or self._default_backend
 
-        self._st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
-        self.input_topics = list(self._st_of_topic)
+        st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
+        self.input_topics = list(st_of_topic)
         self._changelog_topics = {s.changelog for s in plan.stores}
         self._repartition_topics = set(plan.repartition_topics)
-        self._purgeable: dict[tuple, int] = {}           # repartition (topic, partition) -> committed offset
-        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
-        self._admin = None
-
-        # task bookkeeping
-        self.tasks: dict[tuple, Task] = {}               # active tasks
-        self._restoring: dict[tuple, tuple] = {}         # key -> (subtopology, partition, backend)
-        self._to_restore: list[tuple] = []               # keys whose restore is not started yet
-        self._suspended: dict[tuple, object] = {}        # key -> backend of a revoked task
-        self._tps_of: dict[tuple, set] = {}              # key -> {(topic, partition)} assigned
+        self.task_manager = TaskManager(st_of_topic, backend_factory or self._default_backend,
+                                        self._keep_when_revoked)
+        self.ckpt = Checkpoint(options.commit_interval_s, txn_budget_s=DEFAULT_TRANSACTION_TIMEOUT_MS / 2000)
+        self._to_restore: list = []                      # ManagedTasks whose restore is not started yet
         self._dropped: set = set()                       # (topic, partition) whose fetched records were dropped
-
-        # the open checkpoint (see checkpoint.py)
-        self.open = False
-        self.in_txn = False
-        self.dirty: dict[tuple, Task] = {}
-        self.positions: dict[tuple, int] = {}
-        self.changelog_offsets: dict[tuple, int] = {}
-        self.delivery_errors: list = []
-        self.checkpoints = 0
-        self._checkpoint_due = 0.0
+        self._purger: _Purger | None = None
 
         self._epoch = 0
-        self._cooperative = False
         self._fatal: BaseException | None = None
         self._failed = False
         self._stop = threading.Event()
@@ -125,6 +120,8 @@ class Worker:
         self.producer: Producer | None = None
         self.restorer: Restorer | None = None
         self.records_in = 0
+        self._idle_since: float | None = time.monotonic()
+        self._idle_warned_at = 0.0
 
     def _default_backend(self, st, partition: int):
         """``RocksDBBackend`` of task (st, partition) under the state dir (``state_backend="rocksdb"``),
@@ -136,16 +133,33 @@ class Worker:
         path = task_dir(self.options.state_dir, self.app_id, f"{st.id}_{partition}")
         try:
             return RocksDBBackend.for_task(path, st, lock_timeout=TASK_LOCK_TIMEOUT_S)
-        except StateError as e:
-            if "is in use by process" in str(e):     # the lock: transient (a worker releasing it, replay)
-                raise TaskDirBusy(f"worker {self.id}: {e}") from None
-            raise
+        except StateBusyError as e:                  # transient: a worker releasing it, a replay
+            raise TaskDirBusy(f"worker {self.id}: {e}") from None
 
     @staticmethod
     def _keep_when_revoked(backend) -> bool:
         """Memory backends of revoked tasks are kept (the state would be lost); anything on disk is
         closed so another worker may lock its task directory (reopening costs a few ms)."""
         return isinstance(backend, MemoryBackend)
+
+    # ------------------------------------------------------------------ views (tests, status)
+    @property
+    def tasks(self) -> dict:
+        """``{key: Task}`` of the running tasks."""
+        return self.task_manager.running_tasks()
+
+    @property
+    def restoring(self) -> list:
+        """Keys of the tasks being restored (or waiting to start their restore)."""
+        return sorted(mt.key for mt in self.task_manager.in_phase(Phase.RESTORING))
+
+    @property
+    def open(self) -> bool:
+        return self.ckpt.open
+
+    @property
+    def checkpoints(self) -> int:
+        return self.ckpt.commits
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -199,6 +213,8 @@ class Worker:
         pconf["on_delivery"] = self._on_delivery
         pconf["error_cb"] = self._on_error
         pconf.setdefault("queue.buffering.max.messages", 500_000)
+        if self.eos:     # blocking calls inside a transaction stay well within its timeout
+            self.ckpt.txn_budget_s = int(pconf.get("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS)) / 2000
         self.producer = Producer(pconf)
         if self.eos:
             try:
@@ -207,11 +223,13 @@ class Worker:
                 raise BrokerError(f"worker {self.id} could not start its transactional producer: {e}") from None
         cconf = consumer_config(bootstrap, self.app_id, o.client("consumer"), group_instance_id=self.id)
         cconf["error_cb"] = self._on_error
+        check_assignor(cconf)
         self._reset_policy = str(cconf.get("auto.offset.reset", "earliest"))
-        self._cooperative = "cooperative" in str(cconf.get("partition.assignment.strategy", ""))
         self.consumer = Consumer(cconf)
         self.restorer = Restorer(restore_consumer_config(bootstrap, self.app_id, o.client("restore")),
                                  stall_timeout_s=o.restore_stall_timeout_s)
+        if self._repartition_topics:
+            self._purger = _Purger(self)
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         log.info("worker %s started: %s, inputs %s", self.id, self.options.guarantee, ", ".join(self.input_topics))
@@ -239,28 +257,21 @@ class Worker:
                         self.producer.close()
             except Exception:  # noqa: BLE001
                 pass
-        for b in list(self._suspended.values()):
-            b.close()
-        self._suspended.clear()
-        for t in self.tasks.values():
-            t.state.backend.close()
-        self.tasks.clear()
-        for entry in self._restoring.values():
-            entry[2].close()
-        self._restoring.clear()
+        self.task_manager.close_all()
         self._to_restore.clear()
 
     # ------------------------------------------------------------------ callbacks
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
-            self.delivery_errors.append((err, msg.topic()))
+            self.ckpt.delivery_errors.append((err, msg.topic()))
             return
         t = msg.topic()
         if t in self._changelog_topics:
             k = (t, msg.partition())
             o = msg.offset()
-            if o > self.changelog_offsets.get(k, -1):
-                self.changelog_offsets[k] = o
+            offsets = self.ckpt.changelog_offsets
+            if o > offsets.get(k, -1):
+                offsets[k] = o
 
     def _on_error(self, err) -> None:
         if err.fatal():
@@ -270,39 +281,17 @@ class Worker:
         else:
             log.info("worker %s: Kafka client: %s", self.id, err.str())
 
-    def _key(self, topic: str, partition: int) -> tuple:
-        return (self._st_of_topic[topic].id, partition)
-
     def _on_assign(self, consumer, partitions) -> None:
         self._epoch += 1
         try:
-            if self._cooperative:         # only if the user overrode the (eager) range assignor
-                consumer.incremental_assign(partitions)
-            else:
-                consumer.assign(partitions)
-            to_pause = []
-            for tp in partitions:
-                key = self._key(tp.topic, tp.partition)
-                self._tps_of.setdefault(key, set()).add((tp.topic, tp.partition))
-                if key in self.tasks or key in self._restoring:
-                    if key in self._restoring:
-                        to_pause.append(TopicPartition(tp.topic, tp.partition))
-                    continue
-                st = self._st_of_topic[tp.topic]
-                backend = self._suspended.pop(key, None) or self._backend_factory(st, tp.partition)
-                if st.stateful:
-                    self._restoring[key] = (st, tp.partition, backend)
-                    self._to_restore.append(key)
-                    to_pause.append(TopicPartition(tp.topic, tp.partition))
-                else:
-                    self.tasks[key] = Task(st, tp.partition, backend)
+            consumer.assign(partitions)         # eager protocol: this is the whole assignment
+            to_restore, to_pause = self.task_manager.assign([(tp.topic, tp.partition) for tp in partitions])
+            self._to_restore += to_restore
             if to_pause:
-                consumer.pause(to_pause)
-            for b in self._suspended.values():
-                b.close()
-            self._suspended.clear()
-            log.info("worker %s assigned %d partition(s): %d task(s) ready, %d restoring", self.id,
-                     len(partitions), len(self.tasks), len(self._restoring))
+                consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            counts = self.task_manager.counts()
+            log.info("worker %s assigned %d partition(s): %d task(s) running, %d restoring", self.id,
+                     len(partitions), counts["running"], counts["restoring"])
         except BaseException as e:  # noqa: BLE001 - re-raised from the main loop
             self._fatal = e
 
@@ -333,62 +322,31 @@ class Worker:
             self._fatal = self._fatal or e
 
     def _drop(self, partitions) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        keys = set()
-        for key, tps in list(self._tps_of.items()):
-            if tps & gone:
-                tps -= gone
-                if not tps:
-                    keys.add(key)
-                    del self._tps_of[key]
-        revoked = []
-        for key in keys:
-            task = self.tasks.pop(key, None)
-            if task is not None:
-                revoked.append((key, task.state.backend))
-            entry = self._restoring.pop(key, None)
-            if entry is not None:
-                revoked.append((key, entry[2]))
-            if key in self._to_restore:
-                self._to_restore.remove(key)
-            self.dirty.pop(key, None)
+        gone = [(tp.topic, tp.partition) for tp in partitions]
+        left = self.task_manager.revoke(gone)
         if self.restorer is not None:
-            self.restorer.cancel(keys)
-        for key, backend in revoked:
-            if self._keep_when_revoked(backend):
-                self._suspended[key] = backend
-            else:
-                backend.close()
-        for tp in gone:
-            self.positions.pop(tp, None)
-            self._dropped.discard(tp)
-        if not self.positions and not self.dirty:
-            self.open = self.in_txn
+            self.restorer.cancel(left)
+        self._to_restore = [mt for mt in self._to_restore if mt.key not in left]
+        self.ckpt.forget_inputs(gone)
+        self.ckpt.dirty.difference_update(left)
+        self._dropped.difference_update(gone)
+        if not self.ckpt.positions and not self.ckpt.dirty:
+            self.ckpt.open = self.ckpt.in_txn
 
     # ------------------------------------------------------------------ checkpoint hooks
-    def rebuild_tasks(self, keys) -> None:
-        """Recreate tasks from their backends (after ``state.discard()``): operators re-index state."""
-        for key in keys:
-            old = self.tasks.get(key)
-            if old is None:
-                continue
-            new = Task(old.subtopology, old.partition, old.state.backend)
-            new.ctx.metrics = old.ctx.metrics
-            self.tasks[key] = new
-
     def reset_to_committed(self, tps=None) -> None:
-        """Seek the given (default: all active) input partitions back to their committed offsets."""
+        """Seek the given (default: all running tasks') input partitions back to their committed offsets."""
         if tps is None:
-            tps = [tp for key in self.tasks for tp in self._tps_of.get(key, ())]
+            tps = self.task_manager.active_inputs()
         tps = [TopicPartition(t, p) for t, p in tps]
         if not tps:
             return
         try:
-            committed = self.consumer.committed(tps, timeout=self.timeout_s)
+            committed = self.consumer.committed(tps, timeout=self.ckpt.time_left(10.0))
         except KafkaException as e:
             err = cp.kafka_error(e)
-            raise cp.FatalKafkaError(f"cannot read the committed offsets to resume from: "
-                                     f"{err.str() if err else e}") from None
+            raise BrokerError(f"worker {self.id} cannot read the committed offsets to resume from: "
+                              f"{err.str() if err else e}") from None
         earliest = self._reset_policy in ("earliest", "smallest", "beginning")
         for tp in committed:
             off = tp.offset if tp.offset >= 0 else (OFFSET_BEGINNING if earliest else OFFSET_END)
@@ -408,12 +366,8 @@ class Worker:
         restoring = bool(self._to_restore) or self.restorer.pending
         if restoring:
             self._restore_step()
-        if self.open:
-            timeout = min(0.1, max(0.0, self._checkpoint_due - time.monotonic()))
-        else:
-            timeout = 0.1
-        if restoring:
-            timeout = 0.0
+        c = self.ckpt
+        timeout = 0.0 if restoring else (min(0.1, max(0.0, c.due - time.monotonic())) if c.open else 0.1)
         epoch = self._epoch
         msgs = self.consumer.consume(self.batch_size, timeout)
         if self._fatal is not None:
@@ -424,58 +378,51 @@ class Worker:
             self._process(msgs)
         else:
             self.producer.poll(0)
-        if self.open and time.monotonic() >= self._checkpoint_due:
-            done = {tp: o for tp, o in self.positions.items() if tp[0] in self._repartition_topics}
-            if cp.checkpoint(self) and done:
-                self._purgeable.update(done)
-            if self._purgeable and time.monotonic() >= self._next_purge:
-                self._purge_repartition_topics()
-
-    def _purge_repartition_topics(self) -> None:
-        """Delete repartition records below the committed offsets (as Kafka Streams does): the
-        topics keep ``retention.ms=-1`` so unprocessed records never expire, and this keeps them small."""
-        self._next_purge = time.monotonic() + PURGE_INTERVAL_S
-        todo, self._purgeable = self._purgeable, {}
-        try:
-            if self._admin is None:
-                from ..kafka.admin import make_admin
-                self._admin = make_admin(self.options.bootstrap_servers, self.app_id, self.options.client("admin"))
-            futures = self._admin.delete_records([TopicPartition(t, p, o) for (t, p), o in todo.items()],
-                                                 request_timeout=10)
-        except Exception as e:  # noqa: BLE001 - purging is housekeeping
-            self._purge_failed(e)
-            return
-        for f in futures.values():
-            f.add_done_callback(lambda fut: fut.exception() and self._purge_failed(fut.exception()))
-
-    def _purge_failed(self, e) -> None:
-        if self._next_purge != float("inf"):
-            err = cp.kafka_error(e)
-            denied = err is not None and "AUTHORIZATION" in err.name()
-            log.log(logging.WARNING if denied else logging.INFO,
-                    "worker %s: cannot purge processed repartition records (%s); repartition topics keep them "
-                    "(retention.ms=-1)%s", self.id, err.str() if err is not None else e,
-                    ": grant the app DeleteRecords (ALTER on the topics)" if denied else "")
-        self._next_purge = float("inf")
+        if c.open and time.monotonic() >= c.due:
+            done = {tp: o for tp, o in c.positions.items() if tp[0] in self._repartition_topics}
+            if cp.checkpoint(self) and done and self._purger is not None:
+                self._purger.committed(done)
+        if self._purger is not None:
+            self._purger.tick()
+        self._watch_idle()
 
     def _restore_step(self) -> None:
-        while self._to_restore:
-            key = self._to_restore.pop(0)
-            st, p, backend = self._restoring[key]
-            self.restorer.start(key, backend, st.stores, p)
-        for key in self.restorer.step(0.01 if self.tasks else 0.05):
-            entry = self._restoring.pop(key, None)
-            if entry is None:
+        if self._to_restore:
+            # starting a restore reads end offsets (blocking calls): never inside an open transaction
+            if self.ckpt.in_txn:
+                cp.checkpoint(self)
+            while self._to_restore:
+                mt = self._to_restore.pop(0)
+                if self.task_manager.get(mt.key) is mt:        # not revoked meanwhile
+                    self.restorer.start(mt.key, mt.backend, mt.subtopology.stores, mt.partition)
+        for key in self.restorer.step(0.01 if self.task_manager.running_tasks() else 0.05):
+            mt = self.task_manager.restored(key)
+            if mt is None:
                 continue
-            st, p, backend = entry
-            self.tasks[key] = Task(st, p, backend)
-            tps = sorted(self._tps_of.get(key, ()))
+            tps = sorted(mt.inputs)
             dropped = [tp for tp in tps if tp in self._dropped]
             if dropped:
                 self.reset_to_committed(dropped)
             self.consumer.resume([TopicPartition(t, q) for t, q in tps])
             log.info("worker %s: task %s restored (stream time %s), processing", self.id, key,
-                     self.tasks[key].state.stream_time)
+                     mt.task.state.stream_time)
+
+    def _watch_idle(self) -> None:
+        """An instance with no partitions for long says so (DESIGN section 7), with the group state it sees."""
+        now = time.monotonic()
+        if self.task_manager.counts()["running"] or self.task_manager.counts()["restoring"]:
+            self._idle_since = None
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+            return
+        limit = self.options.no_partitions_warning_s
+        idle = now - self._idle_since
+        if idle < limit or now - self._idle_warned_at < limit:
+            return
+        self._idle_warned_at = now
+        log.warning("worker %s has had no partitions for %.0f s; consumer group %r: %s", self.id, idle,
+                    self.app_id, describe_group(self.options, self.app_id))
 
     def _drop_stale(self, msgs) -> list:
         """A rebalance ran inside this consume(): records fetched before it may be stale. Drop them
@@ -484,7 +431,8 @@ class Worker:
         for m in msgs:
             if m.error() is None:
                 tps.add((m.topic(), m.partition()))
-        active = [tp for tp in tps if self._key(*tp) in self.tasks]
+        mgr = self.task_manager
+        active = [tp for tp in tps if mgr.running(mgr.key_of(*tp)) is not None]
         self._dropped.update(tps)
         if active:
             self.reset_to_committed(active)
@@ -494,17 +442,17 @@ class Worker:
         groups = self._columns(msgs)
         if not groups:
             return
-        if not self.open:
-            self.open = True
-            self._checkpoint_due = time.monotonic() + self.commit_interval_s
-        if self.eos and not self.in_txn:
+        c = self.ckpt
+        c.opened()
+        if self.eos and not c.in_txn:
             cp._call("begin_transaction", self.producer.begin_transaction, self.timeout_s)
-            self.in_txn = True
+            c.began_transaction()
         produce = self._produce_fast
+        mgr = self.task_manager
         for tp, (keys, values, tss, offs) in groups.items():
             topic, partition = tp
-            key = self._key(topic, partition)
-            task = self.tasks.get(key)
+            key = mgr.key_of(topic, partition)
+            task = mgr.running(key)
             if task is None:
                 self._dropped.add(tp)        # restoring, or revoked: re-read from the committed offset
                 continue
@@ -521,8 +469,7 @@ class Worker:
                     produce(out_topic, vb[i], kb[i], ts[i])
             if task.ctx.dead_letters:
                 self._dead_letters(task)
-            self.positions[tp] = offs[-1] + 1
-            self.dirty[key] = task
+            c.ran(key, tp, offs[-1] + 1)
             self.records_in += len(offs)
 
     def _columns(self, msgs) -> dict:
@@ -600,11 +547,109 @@ class Worker:
 
     # ------------------------------------------------------------------ introspection
     def metrics(self) -> dict:
-        total: dict = {}
-        for t in self.tasks.values():
-            for k, v in t.metrics.items():
-                total[k] = total.get(k, 0) + v
-        return total
+        return self.task_manager.metrics()
+
+
+class _Purger:
+    """Deletes repartition records below the committed offsets (as Kafka Streams does): the topics
+    keep ``retention.ms=-1`` so unprocessed records never expire, and this keeps them small.
+
+    Requests run on the admin client's thread; their results are read here, on the worker's
+    loop, which alone touches this state. A failed request is retried with exponential backoff
+    (purging is housekeeping: it never stops the worker)."""
+
+    def __init__(self, worker: "Worker"):
+        self._w = worker
+        self._admin = None
+        self._todo: dict = {}               # (topic, partition) -> committed offset to purge below
+        self._inflight: dict = {}           # (topic, partition) -> (future, offset)
+        self._next = time.monotonic() + PURGE_INTERVAL_S
+        self._backoff = PURGE_INTERVAL_S
+        self._warned = False
+
+    def committed(self, positions: dict) -> None:
+        self._todo.update(positions)
+
+    def tick(self) -> None:
+        failures, succeeded = [], False
+        for tp, (fut, off) in list(self._inflight.items()):
+            if not fut.done():
+                continue
+            del self._inflight[tp]
+            exc = fut.exception()
+            if exc is None:
+                succeeded = True
+            else:
+                failures.append(exc)
+                if off > self._todo.get(tp, -1):
+                    self._todo[tp] = off          # try again later
+        if failures:
+            self._failed(failures[0])
+        elif succeeded:
+            self._backoff = PURGE_INTERVAL_S
+        now = time.monotonic()
+        if not self._todo or self._inflight or now < self._next:
+            return
+        self._next = now + self._backoff
+        todo, self._todo = self._todo, {}
+        try:
+            if self._admin is None:
+                from ..kafka.admin import make_admin
+                o = self._w.options
+                self._admin = make_admin(o.bootstrap_servers, self._w.app_id, o.client("admin"))
+            futures = self._admin.delete_records([TopicPartition(t, p, o) for (t, p), o in todo.items()],
+                                                 request_timeout=10)
+        except Exception as e:  # noqa: BLE001 - housekeeping
+            for tp, off in todo.items():
+                self._todo[tp] = max(off, self._todo.get(tp, -1))
+            self._failed(e)
+            return
+        for tp_obj, fut in futures.items():
+            tp = (tp_obj.topic, tp_obj.partition)
+            self._inflight[tp] = (fut, todo.get(tp, -1))
+
+    def _failed(self, e) -> None:
+        self._backoff = min(PURGE_MAX_BACKOFF_S, self._backoff * 2)
+        self._next = time.monotonic() + self._backoff
+        err = cp.kafka_error(e)
+        denied = err is not None and "AUTHORIZATION" in err.name()
+        log.log(logging.WARNING if denied or not self._warned else logging.INFO,
+                "worker %s: cannot purge processed repartition records (%s); retrying in %.0f s%s", self._w.id,
+                err.str() if err is not None else e, self._backoff,
+                ": grant the app DeleteRecords (ALTER on the topics)" if denied else "")
+        self._warned = True
+
+
+def check_assignor(consumer_conf: dict) -> None:
+    """Refuse an assignment strategy that would break co-partitioning or exactly-once.
+
+    Tasks need partition N of every co-partitioned input on one member, which the eager
+    ``range`` assignor guarantees; the cooperative protocol keeps partitions flowing while a
+    rebalance moves others, which this runtime's revocation checkpoint does not cover."""
+    strategy = str(consumer_conf.get("partition.assignment.strategy", ASSIGNMENT_STRATEGY))
+    names = [x.strip() for x in strategy.split(",") if x.strip()]
+    if names != [ASSIGNMENT_STRATEGY]:
+        raise ConfigError(
+            f"partition.assignment.strategy={strategy!r} is not supported: streamproc needs the eager "
+            f"{ASSIGNMENT_STRATEGY!r} assignor, which puts partition N of co-partitioned inputs on one worker and "
+            f"revokes everything before a rebalance moves it (the cooperative protocol would leave an "
+            f"exactly-once hole). Remove the setting from --config.")
+
+
+def describe_group(options, group: str) -> str:
+    """The consumer group's state and members as the cluster sees it (best effort, bounded)."""
+    try:
+        from ..kafka.admin import make_admin
+
+        admin = make_admin(options.bootstrap_servers, group, options.client("admin"))
+        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=6)
+        members = sorted(m.group_instance_id or m.member_id for m in desc.members)
+        return (f"state {getattr(desc.state, 'name', desc.state)}, {len(members)} member(s)"
+                + (f" ({', '.join(members[:8])}{', ...' if len(members) > 8 else ''})" if members else "")
+                + ": every partition may be owned by other members; a restarted instance waits for its "
+                  "static members' session timeout")
+    except Exception as e:  # noqa: BLE001 - a diagnostic only
+        return f"the group could not be described ({e})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -641,9 +686,9 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     except cp.WorkerFenced as e:
         _report(errors, index, str(e))
         code = EXIT_FENCED
-    except StateError as e:
+    except UnrecoverableError as e:
         _report(errors, index, str(e))
-        code = EXIT_STATE
+        code = EXIT_UNRECOVERABLE
     except StreamprocError as e:
         _report(errors, index, str(e))
     except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 
-from ..errors import StateError
+from ..errors import StateBusyError, StateError
 
 LOCK_NAME = "LOCK"
 
@@ -57,7 +57,7 @@ class TaskDirLock:
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     pid, host = self._holder()
-                    raise StateError(
+                    raise StateBusyError(
                         f"state directory {self.dir} is in use by process {pid} on {host}; "
                         f"stop it or use another --state-dir") from None
                 time.sleep(poll)
