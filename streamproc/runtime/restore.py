@@ -41,6 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from ..errors import BrokerError, StateError
 from ..state import DELETED
+from ..state.codec import decode_values, key_decoder
 from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
                          decode_record, read_meta)
 
@@ -163,6 +164,7 @@ class Restorer:
         msgs = self._consumer.consume(self.batch_size, timeout)
         now = self._last_step = time.monotonic()
         pending: dict[int, tuple[object, dict, dict]] = {}      # id(backend) -> (backend, entries, meta)
+        data: dict[int, tuple] = {}                                # id(part) -> (part, keys, values, offsets)
         for m in msgs:
             part = self._by_tp.get((m.topic(), m.partition()))
             if part is None:
@@ -177,31 +179,38 @@ class Restorer:
             acc = pending.get(id(part.backend))
             if acc is None:
                 acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None})
-            _, entries, meta = acc
-            kb, vb, off = m.key(), m.value(), m.offset()
+            meta = acc[2]
+            kb, off = m.key(), m.offset()
             if kb is None or kb[:1] == b"\x00":                # reserved: the partition's metadata record
                 if kb != META_KEY:
                     raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
                                      f"key {kb[:40] if kb is not None else None!r} is not one streamproc writes")
-                pmeta = read_meta(vb, part.topic, part.partition, off)
+                pmeta = read_meta(m.value(), part.topic, part.partition, off)
                 check_meta(pmeta, part.spec, part.topic, part.partition)
                 if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
                     meta["stream_time"] = pmeta["stream_time"]
             else:
-                k, v = decode_record(part.spec.kind, kb, vb, part.topic, part.partition, off)   # untrusted bytes
-                if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
-                    recs = entries.get(part.store)
-                    if recs is None:
-                        recs = entries[part.store] = []
-                    recs.append((kb, vb))
-                else:
-                    entries.setdefault(part.store, {})[k] = DELETED if v is None else v
+                d = data.get(id(part))
+                if d is None:
+                    d = data[id(part)] = (part, [], [], [])
+                d[1].append(kb)
+                d[2].append(m.value())
+                d[3].append(off)
             meta["offsets"][part.store] = off
             part.position = off + 1
             part.restored += 1
             part.last_progress = now
             part.retries = 0
             self.records_restored += 1
+        for part, keys, values, offsets in data.values():
+            decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
+            entries = pending[id(part.backend)][1]
+            if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
+                entries.setdefault(part.store, []).extend(zip(keys, values))
+            else:
+                e = entries.setdefault(part.store, {})
+                for k, v in zip(decoded_keys, decoded_values):
+                    e[k] = DELETED if v is None else v
         for backend, entries, meta in pending.values():
             _write(backend, entries, meta)
         if self._progress is not None and pending:
@@ -289,6 +298,18 @@ class Restorer:
         except KafkaException as e:
             raise BrokerError(f"cannot read the end offset of changelog {topic}[{partition}] to restore "
                               f"state: {e.args[0].str() if e.args else e}") from None
+
+
+def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tuple[list, list]:
+    """Decode a part's records of one batch (one pass per column); a record that does not decode
+    is a ``StateError`` naming its topic, partition and offset."""
+    try:
+        dec = key_decoder(part.spec.kind)
+        return [dec(k) for k in keys], decode_values(values)
+    except Exception:  # noqa: BLE001 - find the record and say where it is
+        for kb, vb, off in zip(keys, values, offsets):
+            decode_record(part.spec.kind, kb, vb, part.topic, part.partition, off)
+        raise
 
 
 def _write(backend, entries: dict, meta: dict) -> None:
