@@ -14,14 +14,36 @@ msgs/s is measured between the group's first and last committed offset progress 
 joins, imports and topic creation are left out); CPU µs/msg is the CPU time of the variant's
 whole process tree over the same span, from /proc.
 
+Safe on a shared Apache Kafka cluster:
+
+* event times are recent (the last event is a little before the run starts; the first window
+  boundary stays a multiple of 10 s, so the windows and their contents are the same as with any
+  other base), and every topic the benchmark creates has ``retention.ms=-1``: a broker's time
+  retention never deletes input or output mid-run. (The changelog topics ``streamproc run``
+  creates keep window size + grace + 1 day of event time, which recent event times satisfy.)
+* the input is written by an idempotent producer and checked for delivery errors, so the topic
+  holds exactly ``--messages`` records.
+* everything it creates is removed at the end, also on failure, Ctrl-C or SIGTERM: the variant
+  processes are stopped first, then the consumer groups are deleted (the loops' groups and each
+  app's group; a group is deletable only once empty, and ``streamproc run`` workers are static
+  members that do not leave on close, so deletion is retried until their session timeout has
+  passed), then the topics (input, outputs, and each app's ``<app-id>-*-changelog``,
+  ``-repartition`` and ``-dlq`` topics), then the ``/tmp/e2e-state-*`` state dirs. An operation
+  the broker does not support or refuses is reported and skipped. The transactional ids of (d)
+  (``<app-id>-<process id>-<worker>``) cannot be deleted; the broker expires them after
+  ``transactional.id.expiration.ms`` (default 7 days).
+
     python benchmarks/e2e.py [--bootstrap-servers host:9092] [--messages 1000000]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -30,7 +52,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
@@ -40,19 +62,64 @@ PARTITIONS = 4
 KEYS = 1000
 WINDOW_MS = 10_000
 COMMIT_S = 0.2          # the loops and (c) commit every 200 ms; (d) uses its default 100 ms
+SESSION_TIMEOUT_MS = 6000
+#: every topic the benchmark creates: no time retention (real Kafka deletes by record timestamp)
+TOPIC_CONFIG = {"retention.ms": "-1"}
+#: the internal topics `streamproc run` creates for an application id
+INTERNAL_SUFFIXES = ("-changelog", "-repartition", "-dlq")
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _err(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+def _unsupported(err: KafkaError | None) -> bool:
+    return err is not None and err.code() in (
+        KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION, KafkaError.INVALID_REQUEST,
+        KafkaError._NOT_IMPLEMENTED, KafkaError.TOPIC_DELETION_DISABLED)
+
+
+def create_topic(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30) -> None:
+    """Create ``name`` with :data:`TOPIC_CONFIG` and wait until its partitions are in the metadata."""
+    admin.create_topics([NewTopic(name, partitions, config=dict(TOPIC_CONFIG))],
+                        operation_timeout=timeout_s, request_timeout=timeout_s)[name].result(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        md = admin.list_topics(timeout=10).topics.get(name)
+        if md is not None and md.error is None and len(md.partitions) == partitions:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"topic {name} was created but its {partitions} partitions did not show up "
+                             f"in the metadata within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def event_time_base(n: int, rate: int) -> int:
+    """Event time of event 0: ``n`` events at ``rate``/s end before now; a multiple of the window size."""
+    now = int(time.time() * 1000)
+    return (now - n * 1000 // rate - WINDOW_MS) // WINDOW_MS * WINDOW_MS
+
+
 # --------------------------------------------------------------------------- preparing the input
-def prepare(bootstrap: str, topic: str, n: int, rate: int, console: Console) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    admin.create_topics([NewTopic(topic, PARTITIONS)])[topic].result(30)
+def prepare(admin: AdminClient, bootstrap: str, topic: str, n: int, rate: int, console: Console) -> None:
+    create_topic(admin, topic, PARTITIONS)
+    # idempotent: a retried batch is not written twice, so the topic holds exactly n records
     p = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", "linger.ms": 20,
-                  "log_level": 3, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000})
+                  "log_level": 3, "batch.num.messages": 10000, "queue.buffering.max.messages": 500000,
+                  "enable.idempotence": True})
+    failed: list = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            failed.append(err)
+
     rng = np.random.default_rng(1)
     users = rng.integers(0, KEYS, n)
     amounts = rng.integers(1, 1000, n)
-    base = 1_700_000_000_000
+    base = event_time_base(n, rate)
     ts = base + np.arange(n) * 1000 // rate - rng.integers(0, 2000, n)     # up to 2 s out of order
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task(f"producing {n:,} events to {topic}", total=n)
@@ -60,7 +127,7 @@ def prepare(bootstrap: str, topic: str, n: int, rate: int, console: Console) -> 
             u = f"user-{users[i]}"
             while True:
                 try:
-                    p.produce(topic, key=u.encode(), timestamp=int(ts[i]),
+                    p.produce(topic, key=u.encode(), timestamp=int(ts[i]), on_delivery=on_delivery,
                               value=orjson.dumps({"user": u, "amount": int(amounts[i]), "ts": int(ts[i])}))
                     break
                 except BufferError:
@@ -68,14 +135,17 @@ def prepare(bootstrap: str, topic: str, n: int, rate: int, console: Console) -> 
             if i % 20000 == 0:
                 p.poll(0)
                 prog.update(task, completed=i)
-        p.flush(120)
+        left = p.flush(120)
         prog.update(task, completed=n)
+    if left or failed:
+        raise SystemExit(f"preparing {topic}: {left} record(s) still queued after 120 s, {len(failed)} "
+                         f"failed{f' (first: {failed[0]})' if failed else ''}")
 
 
 # --------------------------------------------------------------------------- the two hand-written loops
 def _consumer(bootstrap, group):
     return Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-                     "enable.auto.commit": False, "session.timeout.ms": 6000,
+                     "enable.auto.commit": False, "session.timeout.ms": SESSION_TIMEOUT_MS,
                      "fetch.queue.backoff.ms": 10, "partition.assignment.strategy": "range"})
 
 
@@ -181,50 +251,189 @@ def _cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
-def _committed(bootstrap: str, topic: str, group: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        offs = c.committed([TopicPartition(topic, i) for i in range(PARTITIONS)], timeout=10)
+class _Monitor:
+    """Reads a group's committed offsets on the input topic (one consumer, never joins the group).
+
+    read_uncommitted: with read_committed librdkafka asks for stable offsets only (KIP-447), and a
+    broker answers UNSTABLE_OFFSET_COMMIT while (d) has offsets pending in an open transaction;
+    read_uncommitted returns the last committed (stable) offsets right away.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.parts = [TopicPartition(topic, i) for i in range(PARTITIONS)]
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                           "isolation.level": "read_uncommitted", "log_level": 3})
+        self.last_error: str | None = None
+
+    def committed(self) -> int | None:
+        try:
+            offs = self.c.committed(self.parts, timeout=10)
+        except KafkaException as e:
+            self.last_error = str(e)
+            return None                     # a slow coordinator: try again on the next tick
         return sum(max(tp.offset, 0) for tp in offs)
-    finally:
-        c.close()
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """SIGTERM (``streamproc run`` finishes or aborts its checkpoint, closes its clients, exits), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()                     # streamproc workers die with it (parent-death signal)
+            proc.wait(10)
 
 
 def measure(name: str, cmd: list[str], env: dict, bootstrap: str, topic: str, group: str, total: int,
-            console: Console, timeout_s: float) -> dict:
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            console: Console, timeout_s: float, cleanup: "Cleanup") -> dict:
+    # stderr to a file, not a pipe: a process that logs more than a pipe holds would block on it
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    cleanup.procs.append(proc)
+    monitor = _Monitor(bootstrap, topic, group)
     t_first = cpu_first = None
     done_first = 0
     deadline = time.monotonic() + timeout_s
-    with Progress(console=console, transient=True) as prog:
-        task = prog.add_task(f"{name}", total=total)
-        while True:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit(f"{name}: did not finish within {timeout_s:.0f} s")
-            exited = proc.poll() is not None
-            done = _committed(bootstrap, topic, group)
-            if exited and done < total:
-                err = proc.stderr.read().decode(errors="replace")[-2000:]
-                raise SystemExit(f"{name}: exited with {proc.returncode} after {done:,} messages:\n{err}")
-            now, cpu = time.monotonic(), _cpu_seconds(proc.pid)
-            if done > 0 and t_first is None:
-                t_first, cpu_first, done_first = now, cpu, done
-            prog.update(task, completed=done)
-            if done >= total:
-                t_last, cpu_last = now, cpu
-                break
-            time.sleep(0.25)
-    proc.terminate()
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        with Progress(console=console, transient=True) as prog:
+            task = prog.add_task(f"{name}", total=total)
+            while True:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{name}: did not finish within {timeout_s:.0f} s"
+                                     + (f" (last offset fetch error: {monitor.last_error})" if monitor.last_error else ""))
+                exited = proc.poll() is not None
+                done = monitor.committed()
+                if done is None:
+                    if exited:
+                        done = 0
+                    else:
+                        time.sleep(0.25)
+                        continue
+                if exited and done < total:
+                    log.seek(0)
+                    err = log.read().decode(errors="replace")[-2000:]
+                    raise SystemExit(f"{name}: exited with {proc.returncode} after {done:,} messages:\n{err}")
+                now, cpu = time.monotonic(), _cpu_seconds(proc.pid)
+                if done > 0 and t_first is None:
+                    t_first, cpu_first, done_first = now, cpu, done
+                prog.update(task, completed=done)
+                if done >= total:
+                    t_last, cpu_last = now, cpu
+                    break
+                time.sleep(0.25)
+    finally:
+        monitor.close()
+        stop_process(proc)
+        log.close()
     n = total - done_first
     secs = max(t_last - t_first, 1e-9)
     return {"name": name, "msgs": n, "seconds": secs, "rate": n / secs,
             "cpu_us": (cpu_last - cpu_first) * 1e6 / max(n, 1)}
+
+
+# --------------------------------------------------------------------------- cleaning up
+class Cleanup:
+    """Everything one run created, removed in :meth:`run` (called from ``finally``)."""
+
+    def __init__(self, admin: AdminClient, console: Console):
+        self.admin = admin
+        self.console = console
+        self.procs: list[subprocess.Popen] = []
+        self.topics: list[str] = []         # exact names
+        self.groups: list[str] = []
+        self.app_ids: list[str] = []        # streamproc apps: group, <app>-restore, <app>-*-changelog/...
+        self.dirs: list[str] = []
+
+    def _warn(self, what: str) -> None:
+        self.console.print(f"[yellow]cleanup: {what}[/]")
+
+    def run(self, group_wait_s: float = 3 * SESSION_TIMEOUT_MS / 1000 + 10) -> None:
+        for proc in self.procs:             # groups are deletable only once their members are gone
+            try:
+                stop_process(proc)
+            except Exception as e:  # noqa: BLE001 - go on cleaning
+                self._warn(f"could not stop pid {proc.pid}: {e}")
+        groups = list(dict.fromkeys(self.groups + [g for a in self.app_ids for g in (a, f"{a}-restore")]))
+        try:
+            self.delete_groups(groups, group_wait_s)
+        except Exception as e:  # noqa: BLE001
+            self._warn(f"deleting consumer groups failed: {e}")
+        try:
+            self.delete_topics()
+        except Exception as e:  # noqa: BLE001
+            self._warn(f"deleting topics failed: {e}")
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def delete_groups(self, groups: list[str], wait_s: float) -> None:
+        """Delete ``groups``; a group that still has members (a static member that has not timed
+        out yet) is retried until ``wait_s`` has passed. Missing groups are fine."""
+        deadline = time.monotonic() + wait_s
+        pending, told = list(groups), False
+        while pending:
+            futures = self.admin.delete_consumer_groups(pending, request_timeout=15)
+            retry = []
+            for g, f in futures.items():
+                try:
+                    f.result()
+                except Exception as e:  # noqa: BLE001
+                    err = _err(e)
+                    code = err.code() if err is not None else None
+                    if code == KafkaError.GROUP_ID_NOT_FOUND:
+                        continue
+                    if code == KafkaError.NON_EMPTY_GROUP and time.monotonic() < deadline:
+                        retry.append(g)
+                    elif _unsupported(err):
+                        self._warn(f"the broker does not support deleting consumer groups ({err.str()}); "
+                                   f"left: {', '.join(pending)}")
+                        return
+                    else:
+                        self._warn(f"could not delete consumer group {g}: {err.str() if err else e}")
+            pending = retry
+            if pending:
+                if not told:
+                    self.console.print(f"waiting for consumer group(s) {', '.join(pending)} to become empty "
+                                       f"(static members leave after their {SESSION_TIMEOUT_MS} ms session timeout)")
+                    told = True
+                time.sleep(1)
+
+    def delete_topics(self) -> None:
+        names = list(self.topics)
+        if self.app_ids:
+            existing = self.admin.list_topics(timeout=15).topics
+            names += [t for t in existing for a in self.app_ids
+                      if t.startswith(f"{a}-") and t.endswith(INTERNAL_SUFFIXES)]
+        names = list(dict.fromkeys(names))
+        if not names:
+            return
+        for t, f in self.admin.delete_topics(names, operation_timeout=30, request_timeout=30).items():
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001
+                err = _err(e)
+                if err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue                # never created (an interrupted run)
+                if _unsupported(err):
+                    self._warn(f"the broker does not delete topics ({err.str()}); left: {', '.join(names)}")
+                    return
+                self._warn(f"could not delete topic {t}: {err.str() if err else e}")
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _orphan_guard() -> None:
+    """A loop process outlives its measurement only while the benchmark runs: exit when it goes away."""
+    parent = os.getppid()
+    for _ in range(3600):
+        if os.getppid() != parent:
+            return
+        time.sleep(1)
 
 
 def main(argv=None) -> int:
@@ -241,48 +450,61 @@ def main(argv=None) -> int:
     if args.role:
         bootstrap, topic, out, group, total = args.args
         {"raw": role_raw, "windowed": role_windowed}[args.role](bootstrap, topic, out, group, int(total))
-        time.sleep(3600)        # stay measurable until the monitor has read our CPU time and stops us
+        _orphan_guard()         # stay measurable until the monitor has read our CPU time and stops us
         return 0
 
     console = Console()
-    broker = None
+    variants = {
+        "a": ("(a) raw consume-parse-produce loop", "raw"),
+        "b": ("(b) hand-written dict-state windowed loop", "windowed"),
+        "c": ("(c) streamproc run, at-least-once", "at-least-once"),
+        "d": ("(d) streamproc run, exactly-once", "exactly-once"),
+    }
+    keys = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in variants]
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(variants)}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)       # SIGTERM cleans up like Ctrl-C
+    broker = cleanup = admin = None
     bootstrap = args.bootstrap_servers
-    if not bootstrap:
-        from streamproc.kafka.devbroker import DevBroker
-        broker = DevBroker().start()
-        bootstrap = broker.bootstrap
-        console.print(f"[yellow]embedded development broker (Tansu) at {bootstrap}[/]")
     try:
+        if not bootstrap:
+            from streamproc.kafka.devbroker import DevBroker
+            broker = DevBroker().start()
+            bootstrap = broker.bootstrap
+            console.print(f"[yellow]embedded development broker (Tansu) at {bootstrap}[/]")
+        cleanup = Cleanup(AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}), console)
+        admin = cleanup.admin
         run_id = uuid.uuid4().hex[:8]
         topic = f"e2e-input-{run_id}"
-        prepare(bootstrap, topic, args.messages, args.rate, console)
-        admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+        cleanup.topics.append(topic)
+        prepare(admin, bootstrap, topic, args.messages, args.rate, console)
         results = []
-        variants = {
-            "a": ("(a) raw consume-parse-produce loop", "raw"),
-            "b": ("(b) hand-written dict-state windowed loop", "windowed"),
-            "c": ("(c) streamproc run, at-least-once", "at-least-once"),
-            "d": ("(d) streamproc run, exactly-once", "exactly-once"),
-        }
-        for key in args.only.split(","):
+        for key in keys:
             name, what = variants[key]
             out = f"e2e-out-{key}-{run_id}"
-            admin.create_topics([NewTopic(out, PARTITIONS)])[out].result(30)
+            cleanup.topics.append(out)
+            create_topic(admin, out, PARTITIONS)
             if what in ("raw", "windowed"):
                 group = f"e2e-{what}-{run_id}"
+                cleanup.groups.append(group)
                 cmd = [sys.executable, __file__, "--role", what, "--args", bootstrap, topic, out, group,
                        str(args.messages)]
                 env = {}
             else:
                 group = f"e2e-streamproc-{key}-{run_id}"
+                state_dir = f"/tmp/e2e-state-{run_id}-{key}"
+                cleanup.app_ids.append(group)
+                cleanup.dirs.append(state_dir)
                 cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "benchmarks", "e2e_topology.py"),
                        "--bootstrap-servers", bootstrap, "--guarantee", what, "--workers", str(args.workers),
-                       "--state-dir", f"/tmp/e2e-state-{run_id}-{key}", "--batch-size", "2000",
-                       "--config", "consumer.session.timeout.ms=6000"]
+                       "--state-dir", state_dir, "--batch-size", "2000",
+                       "--config", f"consumer.session.timeout.ms={SESSION_TIMEOUT_MS}"]
                 if what == "at-least-once":
                     cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
                 env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}
-            results.append(measure(name, cmd, env, bootstrap, topic, group, args.messages, console, args.timeout))
+            results.append(measure(name, cmd, env, bootstrap, topic, group, args.messages, console, args.timeout,
+                                   cleanup))
         by = {r["name"][:3]: r for r in results}
         ref = by.get("(b)")
         table = Table(title=f"{args.messages:,} JSON events, {PARTITIONS} partitions, {KEYS} keys, "
@@ -291,12 +513,20 @@ def main(argv=None) -> int:
             table.add_column(col, justify="left" if col == "variant" else "right")
         for r in results:
             table.add_row(r["name"], f"{r['rate']:,.0f}", f"{r['cpu_us']:.2f}",
-                          f"{r['rate'] / ref['rate']:.2f}x" if ref else "-")
+                          f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] > 0 else "-")
         console.print(table)
         return 0
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: cleaning up[/]")
+        return 130
     finally:
-        if broker is not None:
-            broker.stop()
+        try:
+            if cleanup is not None:
+                cleanup.run()
+        finally:
+            cleanup = admin = None          # no admin client left to log the stopped broker's absence
+            if broker is not None:
+                broker.stop()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ producer), then time the runtime's restore path (``Restorer`` via ``restore_bloc
 ``streamproc replay`` and a restarting worker use it: read_committed fetches, raw key/value
 copy into one RocksDB write batch per fetch batch with the offsets reached) into an empty
 state dir. Without ``--bootstrap-servers`` the embedded Tansu development broker is started.
+Safe on a shared Apache Kafka cluster: the changelog topic is created with ``retention.ms=-1``
+and filled by an idempotent producer (exactly the records built, no retried duplicates); it and
+the restore consumer's group id ``<app>-restore`` are deleted at the end, also on failure,
+Ctrl-C or SIGTERM (an operation the broker does not support or refuses is reported and skipped).
 
     python benchmarks/restore.py [--bootstrap-servers HOST:PORT] [--records 1000000] --no-rss
 """
@@ -24,6 +28,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -125,16 +130,23 @@ def fill_changelog(bootstrap: str, topic: str, records, *, console=None) -> None
     """Produce ``records`` to partition 0 of ``topic`` with a plain (non-transactional) producer, fast."""
     from confluent_kafka import Producer
 
+    # idempotent (acks=all): a retried batch is not written twice, so the changelog ends at offset n - 1
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, "batch.size": 1 << 20,
                   "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
-                  "queue.buffering.max.kbytes": 1 << 20, "enable.idempotence": False, "acks": 1})
+                  "queue.buffering.max.kbytes": 1 << 20, "enable.idempotence": True, "log_level": 3})
+    failed: list = []
+
+    def on_delivery(err, _msg):
+        if err is not None:
+            failed.append(err)
+
     with _progress(console) as prog:
         task = prog.add_task(f"fill {topic}", total=len(records), rate="")
         t0 = time.perf_counter()
         for i, (k, v) in enumerate(records):
             while True:
                 try:
-                    p.produce(topic, v, k, partition=0)
+                    p.produce(topic, v, k, partition=0, on_delivery=on_delivery)
                     break
                 except BufferError:
                     p.poll(0.05)
@@ -143,8 +155,9 @@ def fill_changelog(bootstrap: str, topic: str, records, *, console=None) -> None
                 prog.update(task, completed=i, rate=f"{i / max(1e-9, time.perf_counter() - t0):,.0f} rec/s")
         left = p.flush(120)
         prog.update(task, completed=len(records))
-    if left:
-        raise RuntimeError(f"{left} changelog records were not delivered")
+    if left or failed:
+        raise RuntimeError(f"{left + len(failed)} changelog records were not delivered"
+                           + (f" (first error: {failed[0]})" if failed else ""))
 
 
 def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, console=None) -> tuple[float, float, int]:
@@ -155,16 +168,49 @@ def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, co
     import uuid
 
     from streamproc.kafka import create_topics, make_admin
+
+    records = changelog_records(n_records) if records is None else records
+    app = f"bench-{uuid.uuid4().hex[:8]}"
+    topic = f"{app}-counts-changelog"
+    admin = make_admin(bootstrap, overrides={"log_level": 3})
+    try:
+        # no time retention: a broker's retention must not delete records while they are restored
+        create_topics(admin, [topic], 1, config={"retention.ms": "-1"})
+        fill_changelog(bootstrap, topic, records, console=console)
+        return _time_restore(bootstrap, app, topic, records, path, console)
+    finally:
+        _delete(admin, [topic], [f"{app}-restore"], console)
+
+
+def _delete(admin, topics: list[str], groups: list[str], console=None) -> None:
+    """Delete ``topics`` and consumer ``groups``; missing ones are fine, anything else is reported."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    say = (console or Console(stderr=True)).print
+    ignore = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.GROUP_ID_NOT_FOUND)
+    for what, call in (("topic", lambda: admin.delete_topics(topics, operation_timeout=30, request_timeout=30)),
+                       ("consumer group", lambda: admin.delete_consumer_groups(groups, request_timeout=15))):
+        try:
+            futures = call()
+        except Exception as e:  # noqa: BLE001 - housekeeping: report and go on
+            say(f"[yellow]cleanup: could not delete {what}s: {e}[/]")
+            continue
+        for name, fut in futures.items():
+            try:
+                fut.result()
+            except Exception as e:  # noqa: BLE001
+                err = e.args[0] if isinstance(e, KafkaException) and e.args else None
+                if isinstance(err, KafkaError) and err.code() in ignore:
+                    continue
+                say(f"[yellow]cleanup: could not delete {what} {name}: {err.str() if isinstance(err, KafkaError) else e}[/]")
+
+
+def _time_restore(bootstrap: str, app: str, topic: str, records, path: str, console) -> tuple[float, float, int]:
     from streamproc.kafka.config import restore_consumer_config
     from streamproc.plan.model import StoreSpec
     from streamproc.runtime.restore import restore_blocking
     from streamproc.state.rocksdb import RocksDBBackend
 
-    records = changelog_records(n_records) if records is None else records
-    app = f"bench-{uuid.uuid4().hex[:8]}"
-    topic = f"{app}-counts-changelog"
-    create_topics(make_admin(bootstrap), [topic], 1)
-    fill_changelog(bootstrap, topic, records, console=console)
     spec = StoreSpec("counts", "window", topic, "bench-fingerprint", 0)
     shutil.rmtree(path, ignore_errors=True)
     with _progress(console) as prog:
@@ -187,10 +233,6 @@ def restore_kafka(bootstrap: str, n_records: int, path: str, *, records=None, co
         assert check.get_meta("changelog_offsets") == {"counts": len(records) - 1}, check.get_meta("changelog_offsets")
         k0, v0 = records[-1]
         assert check.get("counts", _record_key(k0)) == codec.decode_value(v0)
-    try:
-        make_admin(bootstrap).delete_topics([topic])
-    except Exception:  # noqa: BLE001 - housekeeping
-        pass
     return seconds, n / seconds, n
 
 
@@ -256,6 +298,10 @@ def rss_flat(total_keys: int = 3_000_000, path: str | None = None, *, per_checkp
     return out
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--local-only", action="store_true", help="no broker: bulk_restore timing and the RSS check")
@@ -271,6 +317,7 @@ def main(argv=None) -> int:
     broker = None
     kafka_result = None
     base = args.dir or tempfile.mkdtemp(prefix="restore-bench-")
+    signal.signal(signal.SIGTERM, _raise_interrupt)       # SIGTERM cleans up like Ctrl-C
     try:
         with console.status(f"building {args.records:,} changelog records ..."):
             records = changelog_records(args.records)
@@ -319,6 +366,9 @@ def main(argv=None) -> int:
                 t.add_row(f"{n:,}", *[f"{rows[n].get(k, float('nan')):.0f}" for k in kinds])
             t.add_row("keys/s", *[f"{args.rss_keys / res[k][1]:,.0f}" for k in kinds])
             console.print(t)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted: cleaning up[/]")
+        return 130
     finally:
         if broker is not None:
             broker.stop()
