@@ -1128,3 +1128,24 @@ def test_checkpoint_within_its_deadline_commits(tmp_path):
     assert {codec.decode_store_key(SPEC.kind, k): codec.decode_value(v) for k, v in changelog[:-1]} == {
         ("k1", 0): (3000, 2), ("k2", 0): (2000, 1)}
     tm.close_all()
+
+
+@pytest.mark.parametrize("kind", ["memory", "rocksdb"])
+def test_a_key_in_a_form_streamproc_never_writes_is_refused(kind, tmp_path):
+    """A changelog key that decodes but is not the canonical encoding of what it decodes to (here
+    an int in the big-int layout) would be a second copy of an equal key once copied into RocksDB."""
+    log = ChangelogLog()
+    log.checkpoint(0, {("k1", 0): (1000, 1)}, 1000)
+    canonical = codec.encode_store_key(SPEC.kind, (7, 0))
+    odd = b"\x01\x11\x01\x07" + canonical[-8:]           # 7 as a 1-byte "big" int: decodes to (7, 0) too
+    assert codec.decode_store_key(SPEC.kind, odd) == (7, 0) and odd != canonical
+    bad = log.append(TP0, odd, codec.encode_value((2000, 1)))
+    log.append(TP0, META_KEY, meta_value(SPEC, 2000))
+    backend = _backend(kind, tmp_path, "db")
+    r, _ = _restorer(log)
+    r.start(SKEY(0), backend, [SPEC], 0)
+    with pytest.raises(StateError, match=f"offset {bad}: the key is not in the canonical form"):
+        for _ in range(50):
+            r.step(0.01)
+    if kind == "rocksdb":
+        backend.close()

@@ -41,7 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from ..errors import BrokerError, StateError
 from ..state import DELETED
-from ..state.codec import decode_values, key_decoder
+from ..state.codec import decode_values, key_decoder, key_encoder
 from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
                          decode_record, read_meta)
 
@@ -301,15 +301,26 @@ class Restorer:
 
 
 def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tuple[list, list]:
-    """Decode a part's records of one batch (one pass per column); a record that does not decode
-    is a ``StateError`` naming its topic, partition and offset."""
+    """Decode a part's records of one batch (one pass per column); a record that does not decode,
+    or whose key is not in the one canonical form streamproc writes (its bytes are stored as they
+    are: another form of an equal key would be a second copy of it), is a ``StateError`` naming
+    its topic, partition and offset."""
+    kind = part.spec.kind
     try:
-        dec = key_decoder(part.spec.kind)
-        return [dec(k) for k in keys], decode_values(values)
+        dec = key_decoder(kind)
+        decoded = [dec(k) for k in keys]
+        values_out = decode_values(values)
     except Exception:  # noqa: BLE001 - find the record and say where it is
         for kb, vb, off in zip(keys, values, offsets):
-            decode_record(part.spec.kind, kb, vb, part.topic, part.partition, off)
+            decode_record(kind, kb, vb, part.topic, part.partition, off)
         raise
+    if list(map(key_encoder(kind), decoded)) != keys:
+        enc = key_encoder(kind)
+        off = next(o for k, kb, o in zip(decoded, keys, offsets) if enc(k) != kb)
+        raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: the key is not in the canonical "
+                         f"form streamproc writes (it decodes, but to a key whose encoding differs): the changelog "
+                         f"was written by something else")
+    return decoded, values_out
 
 
 def _write(backend, entries: dict, meta: dict) -> None:

@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 
-from ..errors import StreamprocError, UnrecoverableError
+from ..errors import StateError, StreamprocError, UnrecoverableError
 from ._config import RunOptions
 from .worker import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
 
@@ -50,6 +50,7 @@ class _Slot:
         self.crashes: collections.deque = collections.deque()
         self.restart_at: float | None = None
         self.last_error: str | None = None
+        self.last_kind = "error"     # "state" for a StateError (raised again as one), "unrecoverable", "error"
         self.done = False
         self.starts = 0
         self.errors = None       # the read end of this worker's error pipe
@@ -113,7 +114,7 @@ class Supervisor:
                     continue
                 if code == EXIT_UNRECOVERABLE:          # restarting cannot help
                     failure = slot.last_error or f"worker {slot.index} stopped on a failure restarting cannot fix"
-                    failure_cls = UnrecoverableError
+                    failure_cls = StateError if slot.last_kind == "state" else UnrecoverableError
                     break
                 failure = self._crashed(slot, code, now)
                 if failure:
@@ -179,7 +180,7 @@ class Supervisor:
                 continue
             try:
                 while r.poll():
-                    _, message = r.recv()
+                    _, message, slot.last_kind = r.recv()
                     slot.last_error = message
             except (EOFError, OSError):
                 r.close()

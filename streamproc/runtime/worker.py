@@ -34,7 +34,7 @@ import warnings
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..errors import BrokerError, StateBusyError, StreamprocError, UnrecoverableError
+from ..errors import BrokerError, StateBusyError, StateError, StreamprocError, UnrecoverableError
 from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
                             restore_consumer_config, transactional_producer_config)
 from ..operators import RawBatch
@@ -687,7 +687,7 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
         _report(errors, index, str(e))
         code = EXIT_FENCED
     except UnrecoverableError as e:
-        _report(errors, index, str(e))
+        _report(errors, index, str(e), "state" if isinstance(e, StateError) else "unrecoverable")
         code = EXIT_UNRECOVERABLE
     except StreamprocError as e:
         _report(errors, index, str(e))
@@ -699,9 +699,9 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     os._exit(code)
 
 
-def _report(channel, index: int, message: str) -> None:
+def _report(channel, index: int, message: str, kind: str = "error") -> None:
     try:
-        channel.send((index, message))
+        channel.send((index, message, kind))
     except Exception:  # noqa: BLE001 - the supervisor may be gone
         pass
 
