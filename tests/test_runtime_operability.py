@@ -172,3 +172,11 @@ def test_purging_retries_with_backoff_after_failures_and_keeps_the_offsets(monke
     assert admin.calls[-1] == {("rp", 0): 20}      # after a success only new offsets are purged
     purger.tick()
     assert purger._backoff == W.PURGE_INTERVAL_S   # and the backoff is reset
+
+
+def test_static_membership_is_on_by_default_and_an_empty_instance_id_turns_it_off():
+    from streamproc.kafka.config import consumer_config
+
+    assert consumer_config("b:1", "app", {}, group_instance_id="app-p-0")["group.instance.id"] == "app-p-0"
+    assert "group.instance.id" not in consumer_config("b:1", "app", {"group.instance.id": ""},
+                                                      group_instance_id="app-p-0")

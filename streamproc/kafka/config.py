@@ -77,7 +77,10 @@ def consumer_config(bootstrap: str, app_id: str,
                     group_instance_id: str | None = None) -> dict[str, Any]:
     """Config for the consumer of an application's group (``group.id = app_id``).
 
-    ``group_instance_id`` enables static membership (``group.instance.id``).
+    ``group_instance_id`` enables static membership (``group.instance.id``); an override that
+    sets ``group.instance.id`` to the empty string turns it off (dynamic membership: a restarted
+    worker then rejoins as a new member, which costs a rebalance, for brokers that lack or
+    mishandle static membership).
     """
     session_ms = DEFAULT_SESSION_TIMEOUT_MS
     conf: dict[str, Any] = {
@@ -98,6 +101,8 @@ def consumer_config(bootstrap: str, app_id: str,
     if group_instance_id:
         conf["group.instance.id"] = group_instance_id
     conf = _merge(conf, overrides)
+    if not conf.get("group.instance.id"):        # `--config consumer.group.instance.id=`: dynamic membership
+        conf.pop("group.instance.id", None)
     # Keep the heartbeat below a third of a user-chosen session timeout.
     if overrides and "session.timeout.ms" in overrides and "heartbeat.interval.ms" not in overrides:
         conf["heartbeat.interval.ms"] = max(1, int(conf["session.timeout.ms"]) // 4)
