@@ -45,13 +45,23 @@ def test_an_unencodable_state_fails_when_processed_naming_the_store_and_key(wind
     assert "aggregate 'lasts'" in msg and "Opaque" in msg and "'k1'" in msg, msg
 
 
-def test_sliding_windows_check_the_records_they_keep_even_for_a_count():
+def test_sliding_windows_check_the_record_values_they_keep():
+    """Sliding windows keep, per record, the values their aggregations read (to fold windows created
+    later): one the codec cannot write fails when the record is processed, even for an aggregation
+    (max) whose state would not keep it. A count keeps no value of the record, so it has nothing to
+    refuse."""
     t = Topology("codec-sliding")
-    _src(t).map_values(lambda v: Opaque(v)).group_by_key().window(windows.Sliding(10)) \
-        .count(name="n", emit="update").to("out")
+    _src(t).map_values(lambda v: {"o": Opaque(v)}).group_by_key().window(windows.Sliding(10)) \
+        .aggregate(hi=agg.max(lambda v: v["o"]), name="n", emit="update").to("out")
     with TopologyTestDriver(t) as d:
         with pytest.raises(CodecError, match="aggregate 'n'.*Opaque"):
             d.pipe("in", "k1", {"x": 1}, timestamp=1)
+    t = Topology("codec-sliding-count")
+    _src(t).map_values(lambda v: Opaque(v)).group_by_key().window(windows.Sliding(10)) \
+        .count(name="n", emit="update").to("out")
+    with TopologyTestDriver(t) as d:
+        d.pipe("in", "k1", {"x": 1}, timestamp=1)
+        assert [r.value for r in d.read_output("out")] == [{"window_start": -9, "window_end": 1, "count": 1}]
 
 
 def test_an_unencodable_group_key_fails_naming_the_store():

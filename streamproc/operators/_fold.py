@@ -1,4 +1,5 @@
-"""Shared machinery of the aggregate operators: key codes, vectorised folds, the close index."""
+"""Shared machinery of the aggregate operators: key codes, vectorised folds, the close index and the
+sweep of the backend's time index."""
 from __future__ import annotations
 
 import heapq
@@ -192,6 +193,30 @@ class CloseIndex:
             heapq.heappush(self._heap, close_time)
         b[wkey] = None
 
+    def add_many(self, close_times: np.ndarray, wkeys: list) -> None:
+        """``add`` for many windows at once (``close_times`` an int array, one per key): one bucket
+        update per distinct close time."""
+        n = len(wkeys)
+        if n == 0:
+            return
+        if n == 1 or close_times[0] == close_times[-1] and (close_times == close_times[0]).all():
+            self._bucket(int(close_times[0])).update(dict.fromkeys(wkeys))
+            return
+        order = np.argsort(close_times, kind="stable")
+        ct = close_times[order]
+        cuts = np.flatnonzero(ct[1:] != ct[:-1]) + 1
+        ks = [wkeys[i] for i in order.tolist()]
+        bounds = [0] + cuts.tolist() + [n]
+        for a, b, t in zip(bounds, bounds[1:], ct[bounds[:-1]].tolist()):
+            self._bucket(t).update(dict.fromkeys(ks[a:b]))
+
+    def _bucket(self, close_time: int) -> dict:
+        b = self._buckets.get(close_time)
+        if b is None:
+            b = self._buckets[close_time] = {}
+            heapq.heappush(self._heap, close_time)
+        return b
+
     def remove(self, close_time: int, wkey) -> None:
         b = self._buckets.get(close_time)
         if b is not None:
@@ -207,3 +232,37 @@ class CloseIndex:
 
     def __len__(self):
         return sum(len(b) for b in self._buckets.values())
+
+
+class BackendSweep:
+    """The part of a store's backend time index (``Backend.index_range``) an operator still has to visit.
+
+    Built with the operator, it costs one lookup (``index_max``): nothing is read from the store.
+    What the backend held then is visited as stream time passes it, by bounded range scans
+    (``due(bound)``: the keys with time in ``(last bound, bound]``); everything the operator writes
+    afterwards it indexes itself (``CloseIndex``), so once the sweep has passed the largest time
+    stored at construction, the backend is never scanned again. ``indexed`` is False when the
+    backend keeps no time index: the operator must then index the store by reading it.
+    """
+
+    __slots__ = ("store", "indexed", "swept", "upto")
+
+    def __init__(self, store, kind: str):
+        self.store = store
+        self.indexed = store.declare_index(kind)
+        self.swept = None
+        self.upto = store.index_max() if self.indexed else None
+
+    def due(self, bound: int) -> list:
+        """Stored keys with time ``<= bound`` not returned before (nor deleted by the write cache)."""
+        upto = self.upto
+        if upto is None:
+            return []
+        hi = bound if bound < upto else upto
+        if self.swept is not None and hi <= self.swept:
+            return []
+        keys = self.store.index_range(self.swept, hi)
+        self.swept = hi
+        if hi >= upto:
+            self.upto = None
+        return keys

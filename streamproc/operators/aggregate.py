@@ -7,6 +7,9 @@ was processed at (``Batch.stream_times``), so batching changes no result.
 """
 from __future__ import annotations
 
+from itertools import compress
+from operator import itemgetter
+
 import numpy as np
 
 from ..agg import Aggregation
@@ -14,7 +17,7 @@ from ..errors import CodecError, StreamprocError
 from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
-from ._fold import CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
+from ._fold import BackendSweep, CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
 
 
 class _AggregateBase(Operator):
@@ -89,7 +92,11 @@ class _AggregateBase(Operator):
         partials = fold_groups(self.aggs, b.values, rec_sorted, starts)
         maxts = np.maximum.reduceat(b.timestamps[rec_sorted], starts) if len(starts) else np.empty(0, np.int64)
         gkeys = [b.keys[i] for i in rec_sorted[starts].tolist()]
-        skeys = gkeys if wstart is None else list(zip(gkeys, wstart[order][starts].tolist()))
+        if wstart is None:
+            skeys = gkeys
+        else:
+            self._group_starts = wstart[order][starts]
+            skeys = list(zip(gkeys, self._group_starts.tolist()))
         olds = self.store.get_many(skeys)
         self._group_keys = skeys
         new_states = merge_states(self.aggs, maxts, partials, olds)
@@ -137,17 +144,33 @@ class TableAggregateOp(_AggregateBase):
 
 
 class TimeWindowAggregateOp(_AggregateBase):
-    """Tumbling and hopping windows. Window state: ``(max_ts, *agg_states)`` under ``(key, start)``."""
+    """Tumbling and hopping windows. Window state: ``(max_ts, *agg_states)`` under ``(key, start)``.
+
+    Closing: a window is closed once ``start <= stream_time - size - grace``. The windows this
+    operator creates go into its ``CloseIndex`` (in memory, by close time); the windows the store
+    already held when the operator was built are found through the backend's time index, which
+    orders them by start (``BackendSweep``): building the operator reads nothing from the store,
+    and each batch closes what its stream time passed with a bounded range scan of that index,
+    reading each closed window once (``get_many``) and deleting it.
+    """
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
+        self._start_index()
+
+    def _start_index(self) -> None:
         self.index = CloseIndex()
-        w = self.window
-        for (k, start), _ in self.store.items():      # windows still open from an earlier run
-            self.index.add(w.close_time(start + w.size), (k, start))
+        self._generation = self.store.generation
+        self._sweep = BackendSweep(self.store, "window")
+        if not self._sweep.indexed:             # a backend without a time index: read the store once
+            w = self.window
+            for (k, start), _ in self.store.items():
+                self.index.add(w.close_time(start + w.size), (k, start))
 
     def _process(self, b: Batch) -> Batch:
         w = self.window
+        if self.store.generation != self._generation:    # the write cache was discarded: re-index
+            self._start_index()
         b = self._drop_none_keys(b)
         keys, values, ts = [], [], []
         if len(b):
@@ -158,13 +181,22 @@ class TimeWindowAggregateOp(_AggregateBase):
                 rec, wstart = rec[open_], wstart[open_]
             if len(rec):
                 skeys, states, is_new = self._fold_into_store(b, rec, wstart)
-                add, size = self.index.add, w.size
-                for sk, new in zip(skeys, is_new):
-                    if new:
-                        add(w.close_time(sk[1] + size), sk)
+                if any(is_new):
+                    new = np.fromiter(is_new, dtype=bool, count=len(is_new))
+                    self.index.add_many(w.close_time(self._group_starts[new] + w.size),
+                                        list(compress(skeys, is_new)))
                 if not self.emit_final:
                     self._results_into(skeys, states, keys, values, ts)
-        closed = self.index.pop_closed(self.ctx.state.stream_time)
+        st = self.ctx.state.stream_time
+        closed = self.index.pop_closed(st)
+        stored = self._sweep.due(st - w.size - w.grace)
+        if stored:
+            if closed:                          # also in the CloseIndex if written after the operator was built
+                seen = set(closed)
+                closed += [k for k in stored if k not in seen]
+                closed.sort(key=itemgetter(1))  # each key's windows in start order
+            else:
+                closed = stored
         if closed:
             if self.emit_final:
                 self._results_into(closed, self.store.get_many(closed), keys, values, ts)

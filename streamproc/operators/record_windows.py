@@ -1,85 +1,138 @@
 """Sliding and session windows: windows defined by the records themselves.
 
 Both are folded record by record (a record can create, grow or merge windows, which a
-vectorised fold cannot express), against a per-batch working copy of each touched key's
-state that is written back to the store once per batch.
+vectorised fold cannot express) against a per-batch working form of each touched key's state,
+written back to the store once per batch. The store holds one value per group key: the key's
+windows (and, for sliding windows, the records future windows still need), led by the key's
+*due time*: the smallest stream time at which the key needs a visit (a window closes, records
+expire). ``[due, ...]``.
+
+Closing, without reading the store: the keys this operator writes go into its ``CloseIndex`` by
+due time (in memory); the keys the store already held when the operator was built are found
+through the backend's time index, which keeps every stored key by the due time at the head of
+its value (``state.backend``; RocksDB reads it from the raw value bytes, so a restore indexes
+what it writes without decoding it). Building the operator costs one index lookup
+(``BackendSweep``); each batch visits the keys its stream time reached: closes their due
+windows (emitting them in ``emit="final"``), drops expired records, and deletes a key with
+nothing left.
 """
 from __future__ import annotations
 
-import bisect
+from collections import OrderedDict
 
-from ._fold import CloseIndex
+from ..agg import Aggregation
+from ..errors import CodecError, StateError
+from ._fold import BackendSweep, CloseIndex
+from ._sliding import SlidingEntry, SlidingLayout, check_rows
 from .aggregate import _AggregateBase
 from .batch import Batch
 
+_LIVE_MAX = 4096          # sliding: working forms kept between batches (the hottest keys)
+
 
 class _RecordWindowOp(_AggregateBase):
-    _stores_records = False
+    """What sliding and session windows share: per-key working forms for a batch, and visiting keys
+    by due time. Subclasses give ``_load``, ``_add``, ``_changed_results``, ``_close``, ``_is_empty``,
+    ``_save``, ``_entry_due`` and ``_stored_due`` for their per-key state."""
+
+    _kind = ""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.index = CloseIndex()
-        for k, entry in self.store.items():
-            for wkey, close in self._windows_of(k, entry):
-                self.index.add(close, wkey)
+        self._simple = all(type(a).result is Aggregation.result for a in self.aggs)
+        self._start_index()
+
+    def _start_index(self) -> None:
+        self.index = CloseIndex()              # keys written by this operator, by due time
+        self._due_of: dict = {}                # key -> its due time in ``index``
+        self._generation = self.store.generation
+        self._sweep = BackendSweep(self.store, self._kind)
+        if not self._sweep.indexed:            # a backend without a time index: read the store once
+            for k, value in self.store.items():
+                self._set_due(k, self._stored_due(k, value))
+
+    def _set_due(self, k, due) -> None:
+        old = self._due_of.get(k)
+        if old == due:
+            return
+        if old is not None:
+            self.index.remove(old, k)
+        if due is None:
+            self._due_of.pop(k, None)
+        else:
+            self._due_of[k] = due
+            self.index.add(due, k)
 
     def _process(self, b: Batch) -> Batch:
+        if self.store.generation != self._generation:     # the write cache was discarded
+            self._forget()
+            self._start_index()
         b = self._drop_none_keys(b)
-        if self._stores_records:
-            self._storable(b.keys, b.values)
         work: dict = {}
-        changed: dict = {}
-        cols = [a.extract(b.values) if a.needs_column else b.values for a in self.aggs]
+        cols = self._columns(b)
         ts_l, st_l = b.timestamps.tolist(), b.stream_times.tolist()
+        codes = self._codes
+        late = 0
         for i, k in enumerate(b.keys):
             entry = work.get(k)
             if entry is None:
-                entry = work[k] = self._copy(self.store.get(k))
-                if k not in self._codes:
-                    self._codes.codes([k])   # a key the state cannot store fails here, once per new key
-            xs = [c[i] for c in cols]
-            if not self._add(k, entry, ts_l[i], st_l[i], b.values[i], xs, changed):
-                self.ctx.count("late_records")
-        items = []
+                if k not in codes:
+                    codes.codes([k])         # a key the state cannot store fails here, once per new key
+                entry = work[k] = self._load(k, [c[i] for c in cols])
+            if not self._add(k, entry, ts_l[i], st_l[i], [c[i] for c in cols]):
+                late += 1
+        if late:
+            self.ctx.count("late_records", late)
+        items: list = []
         if not self.emit_final:
-            for (k, wid) in changed:
-                w = self._find(work[k], wid)
-                if w is not None:
-                    items.append(self._result(k, w))
+            for k, entry in work.items():
+                self._changed_results(k, entry, items)
         st = self.ctx.state.stream_time
-        for wkey in self.index.pop_closed(st):
-            k, wid = wkey
-            entry = work.get(k)
-            if entry is None:
-                entry = work[k] = self._copy(self.store.get(k))
-            w = self._remove(entry, wid)
-            if w is not None and self.emit_final:
-                items.append(self._result(k, w))
+        due_of = self._due_of
+        visit = self.index.pop_closed(st) + self._sweep.due(st)
+        for k in visit:
+            due = due_of.get(k)
+            if due is not None and due <= st:       # popped from the CloseIndex; set again below if kept
+                del due_of[k]
+        if visit:
+            self._load_visits(visit, work)
         for k, entry in work.items():
-            self._prune(entry, st)
-            if self._empty(entry):
+            self._close(k, entry, st, items)
+            if self._is_empty(entry):
                 self.store.delete(k)
+                self._set_due(k, None)
+                self._dropped(k)
             else:
-                if self._check_states:
-                    self._storable([k], [entry])
-                self.store.put(k, entry)
+                self._save(k, entry)
+                self._set_due(k, self._entry_due(entry))
         return self._output([i[0] for i in items], [i[1] for i in items], [i[2] for i in items], st)
 
-    def _snapshot_items(self):
-        for k, entry in self.store.items():
-            for wkey, _ in self._windows_of(k, entry):
-                _, v, _ = self._result(k, self._find(entry, wkey[1]))
-                yield wkey, v
+    def _load_visits(self, keys: list, work: dict) -> None:
+        """The working forms of the keys to visit, into ``work`` (the stored ones with one multi-get)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in work]
+        cold = [k for k in todo if not self._cached(k)]
+        found = dict(zip(cold, self.store.get_many(cold))) if cold else {}
+        for k in todo:
+            if k in found:
+                value = found[k]
+                if value is not None:
+                    work[k] = self._load(k, None, value)
+            else:
+                entry = self._load(k, None)
+                if entry is not None:
+                    work[k] = entry
 
-    def _fold_new(self, pairs, extra_xs=None) -> list:
-        """States for a new window from stored (value) records plus, optionally, the current record."""
-        states = []
-        for j, a in enumerate(self.aggs):
-            vals = a.extract([v for v in pairs]) if a.needs_column else list(pairs)
-            if extra_xs is not None:
-                vals = vals + [extra_xs[j]]
-            states.append(a.add(a.init(), vals))
-        return states
+    def _cached(self, k) -> bool:
+        return False
+
+    def _columns(self, b: Batch) -> list:
+        return [a.extract(b.values) if a.needs_column else b.values for a in self.aggs]
+
+    def _forget(self) -> None:
+        pass
+
+    def _dropped(self, k) -> None:
+        pass
 
     def _grow(self, w, t, xs) -> None:
         """Add one record to window state ``w`` = ``[.., max_ts, *states]`` (states at ``self._S``)."""
@@ -89,99 +142,134 @@ class _RecordWindowOp(_AggregateBase):
         for j, a in enumerate(self.aggs):
             w[s0 + j] = a.add(w[s0 + j], [xs[j]])
 
+    def _result_value(self, start, end, states) -> dict:
+        value = {"window_start": start, "window_end": end}
+        if self._simple:
+            value.update(zip(self.names, states))
+        else:
+            value.update({n: a.result(x) for n, a, x in zip(self.names, self.aggs, states)})
+        return value
+
 
 class SlidingAggregateOp(_RecordWindowOp):
     """Kafka Streams sliding windows (``max_difference`` d), both ends inclusive.
 
-    Per key the store holds ``[records, windows]``: the accepted records ``[ts, value]``
-    still inside some window that could be open, sorted by time, and the windows by start:
-    ``{start: [max_ts, *states]}`` (end = start + d). A record at t
+    Per key, a ``SlidingEntry`` (``_sliding.py``): one aggregate per window, by start (end = start +
+    d), and the records a window that can still open may contain. A record at t
+
     * grows every open window containing t,
     * creates its left window ``[t-d, t]`` and, when records follow it within d, its right
-      window ``[t+1, t+1+d]``, and the right window of every earlier record within d + 1
-      that lacks one (their contents folded from the stored records),
+      window ``[t+1, t+1+d]``, and the right window of the record just before it when that one
+      lacks it (the only earlier record that can: any other has a record after it within d), each
+      folded from the stored records in its range (in arrival order) and t,
     * is late when even ``[t, t+d]``, the last window it could join, is closed.
+
+    The working forms of the hottest keys stay in memory between batches (``_LIVE_MAX``); the
+    store receives them as ``Deferred`` values, encoded only at the checkpoint.
     """
 
-    _S = 1   # window list layout: [max_ts, *states]
-    _stores_records = True     # the store keeps the records' values: each is checked for the codec once
+    _kind = "sliding"
 
-    def _windows_of(self, k, entry):
+    def __init__(self, node, ctx):
+        p = node.params
+        w = p["window"]
+        self.layout = SlidingLayout(list(p["aggs"].values()), w.max_difference, w.grace, p["emit"] == "final")
+        self._live: OrderedDict = OrderedDict()
+        super().__init__(node, ctx)
+
+    def _columns(self, b: Batch) -> list:
+        return [a.extract(b.values) for a in self.layout.fields]
+
+    def _forget(self) -> None:
+        self._live = OrderedDict()
+
+    def _dropped(self, k) -> None:
+        self._live.pop(k, None)
+
+    def _cached(self, k) -> bool:
+        return k in self._live
+
+    def _entry(self, value) -> SlidingEntry:
+        return SlidingEntry.load(self.layout, value, _extract)
+
+    def _stored_due(self, k, value):
+        return self._entry(value).due()
+
+    def _load(self, k, xs, value=None):
+        live = self._live
+        e = live.get(k)
+        if e is not None:
+            live.move_to_end(k)          # most recently used last
+            return e
+        if value is None:
+            value = self.store.get(k)
+        if value is not None:
+            e = self._entry(value)
+        elif xs is None:
+            return None
+        else:
+            e = SlidingEntry.new(self.layout)
+        live[k] = e
+        if len(live) > _LIVE_MAX:
+            live.popitem(last=False)
+        return e
+
+    def _add(self, k, entry, t, st, xs) -> bool:
+        for x in xs:                     # record values are stored: fail now if the codec cannot write one
+            if type(x) not in _PLAIN:
+                self._storable([k], [x])
+        return entry.add(t, st, xs)
+
+    def _checked(self, k, rows) -> list:
+        if rows and self.layout.check_reduce:
+            try:
+                check_rows(rows)
+            except CodecError as e:
+                raise CodecError(f"cannot store the state of key {k!r}: {e.reason}") from None
+        return rows
+
+    def _changed_results(self, k, entry, items) -> None:
         d = self.window.max_difference
-        return [((k, s), self.window.close_time(s + d)) for s in entry[1]]
+        for start, mx, states in self._checked(k, entry.changed()):
+            items.append((k, self._result_value(start, start + d, states), mx))
+
+    def _close(self, k, entry, st, items) -> None:
+        if self.emit_final and self.layout.check_reduce:
+            self._checked(k, entry.changed())
+        rows = entry.close(st, self.emit_final)
+        if rows:
+            d = self.window.max_difference
+            for start, mx, states in rows:
+                items.append((k, self._result_value(start, start + d, states), mx))
+        entry.prune(st)
 
     @staticmethod
-    def _copy(entry):
-        if entry is None:
-            return [[], {}]
-        return [list(entry[0]), {s: list(w) for s, w in entry[1].items()}]
+    def _is_empty(entry) -> bool:
+        return entry.is_empty()
+
+    def _save(self, k, entry) -> None:
+        self.store.put_deferred(k, entry)
 
     @staticmethod
-    def _remove(entry, start):
-        w = entry[1].pop(start, None)
-        return None if w is None else (start, w)
+    def _entry_due(entry) -> int:
+        return entry.due()
 
-    def _find(self, entry, start):
-        w = entry[1].get(start)
-        return None if w is None else (start, w)
+    def _snapshot_items(self):
+        d = self.window.max_difference
+        for k, value in self.store.items():
+            for start, mx, states in self._entry(value).rows():
+                yield (k, start), self._result_value(start, start + d, states)
 
-    def _add(self, k, entry, t, st, value, xs, changed) -> bool:
-        spec = self.window
-        d = spec.max_difference
-        close = spec.close_time
-        if st >= close(t + d):
-            return False
-        recs, wins = entry
-        for s, w in wins.items():                      # existing windows containing t
-            if s <= t <= s + d and st < close(s + d):
-                self._grow(w, t, xs)
-                changed[(k, s)] = None
-        rts = [r[0] for r in recs]
 
-        def create(s, include_current):
-            lo, hi = bisect.bisect_left(rts, s), bisect.bisect_right(rts, s + d)
-            inside = recs[lo:hi]
-            if not inside and not include_current:
-                return
-            mx = max([r[0] for r in inside] + ([t] if include_current else []))
-            wins[s] = [mx] + self._fold_new([r[1] for r in inside], xs if include_current else None)
-            self.index.add(close(s + d), (k, s))
-            changed[(k, s)] = None
+_PLAIN = frozenset({int, float, str, bool, bytes, type(None)})
 
-        if t - d not in wins and st < close(t):                      # left window
-            create(t - d, True)
-        if t + 1 not in wins and st < close(t + 1 + d):              # right window
-            create(t + 1, False)
-        lo = bisect.bisect_left(rts, t - d - 1)
-        for r_ts in sorted(set(rts[lo:bisect.bisect_left(rts, t)])):  # earlier records' right windows
-            s = r_ts + 1
-            if s not in wins and st < close(s + d):
-                create(s, True)
-        bisect.insort_right(recs, [t, value], key=lambda r: r[0])
-        return True
 
-    def _prune(self, entry, st):
-        # a record at r is still needed while a window containing it, or its own right window
-        # [r+1, r+1+d] (created when a later record arrives), can be open
-        horizon = st - self.window.grace - self.window.max_difference - 1
-        recs = entry[0]
-        cut = bisect.bisect_left([r[0] for r in recs], horizon)
-        if cut:
-            del recs[:cut]
-
-    @staticmethod
-    def _empty(entry):
-        return not entry[0] and not entry[1]
-
-    def _result(self, k, found):
-        start, w = found
-        value = {"window_start": start, "window_end": start + self.window.max_difference}
-        value.update(self._results(w))
-        return k, value, w[0]
+def _extract(a, values):
+    return a.extract(values)
 
 
 class SessionAggregateOp(_RecordWindowOp):
-    """Session windows. Per key the store holds the open sessions ``[start, end, max_ts, *states]``.
+    """Session windows. Per key the store holds ``[due, *sessions]``, each ``[start, end, max_ts, *states]``.
 
     A record at t merges every session of its key with ``end >= t - gap`` and ``start <= t + gap``
     that is still open when the record is processed, into one ``[min start, max end]``; if that
@@ -193,29 +281,30 @@ class SessionAggregateOp(_RecordWindowOp):
     """
 
     _S = 3   # session list layout: [start, end, max_ts, *states]
+    _kind = "session"
 
-    def _windows_of(self, k, sessions):
-        return [((k, s[0]), self.window.close_time(s[1])) for s in sessions]
-
-    @staticmethod
-    def _copy(sessions):
-        return [] if sessions is None else [list(s) for s in sessions]
+    def _stored_due(self, k, value):
+        sessions = self._sessions_of(value)
+        return self._entry_due(sessions) if sessions else None
 
     @staticmethod
-    def _find(sessions, start):
-        for s in sessions:
-            if s[0] == start:
-                return s
-        return None
+    def _sessions_of(value) -> list:
+        if not value:
+            return []
+        if type(value[0]) is int:                 # [due, *sessions]
+            return [list(s) for s in value[1:]]
+        if isinstance(value[0], list):            # the layout before due times: [*sessions]
+            return [list(s) for s in value]
+        raise StateError(f"a session store value has an unknown layout ({str(value)[:80]})")
 
-    @staticmethod
-    def _remove(sessions, start):
-        for i, s in enumerate(sessions):
-            if s[0] == start:
-                return sessions.pop(i)
-        return None
+    def _load(self, k, xs, value=None):
+        if value is None:
+            value = self.store.get(k)
+            if value is None and xs is None:
+                return None
+        return self._sessions_of(value)
 
-    def _add(self, k, sessions, t, st, value, xs, changed) -> bool:
+    def _add(self, k, sessions, t, st, xs) -> bool:
         w = self.window
         gap, close = w.gap, w.close_time
         # closed sessions may still sit in the batch's working copy until the batch ends
@@ -225,6 +314,7 @@ class SessionAggregateOp(_RecordWindowOp):
         if st >= close(end):
             return False
         hit.sort(key=lambda s: s[0])
+        changed = self._changed.setdefault(k, {})
         if hit:
             states = hit[0][3:]
             max_ts = hit[0][2]
@@ -232,8 +322,7 @@ class SessionAggregateOp(_RecordWindowOp):
                 states = [a.combine(x, y) for a, x, y in zip(self.aggs, states, s[3:])]
                 max_ts = max(max_ts, s[2])
             for s in hit:
-                self.index.remove(close(s[1]), (k, s[0]))
-                changed.pop((k, s[0]), None)
+                changed.pop(s[0], None)
                 sessions.remove(s)
             new = [start, end, max_ts] + list(states)
         else:
@@ -241,18 +330,42 @@ class SessionAggregateOp(_RecordWindowOp):
         self._grow(new, t, xs)
         sessions.append(new)
         sessions.sort(key=lambda s: s[0])
-        self.index.add(close(end), (k, start))
-        changed[(k, start)] = None
+        changed[start] = None
         return True
 
-    def _prune(self, sessions, st):
-        pass
+    def _process(self, b: Batch) -> Batch:
+        self._changed: dict = {}
+        return super()._process(b)
+
+    def _changed_results(self, k, sessions, items) -> None:
+        for start in self._changed.get(k, ()):
+            for s in sessions:
+                if s[0] == start:
+                    items.append((k, self._result_value(s[0], s[1], s[3:]), s[2]))
+                    break
+
+    def _close(self, k, sessions, st, items) -> None:
+        close = self.window.close_time
+        done = [s for s in sessions if close(s[1]) <= st]
+        if done:
+            for s in sorted(done, key=lambda s: close(s[1])):
+                sessions.remove(s)
+                if self.emit_final:
+                    items.append((k, self._result_value(s[0], s[1], s[3:]), s[2]))
 
     @staticmethod
-    def _empty(sessions):
+    def _is_empty(sessions) -> bool:
         return not sessions
 
-    def _result(self, k, s):
-        value = {"window_start": s[0], "window_end": s[1]}
-        value.update(self._results(s[2:]))
-        return k, value, s[2]
+    def _entry_due(self, sessions) -> int:
+        return min(self.window.close_time(s[1]) for s in sessions)
+
+    def _save(self, k, sessions) -> None:
+        if self._check_states:
+            self._storable([k], [sessions])
+        self.store.put(k, [self._entry_due(sessions)] + sessions)
+
+    def _snapshot_items(self):
+        for k, value in self.store.items():
+            for s in self._sessions_of(value):
+                yield (k, s[0]), self._result_value(s[0], s[1], s[3:])

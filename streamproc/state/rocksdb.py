@@ -5,12 +5,27 @@ Layout of one task directory ``<state-dir>/<app-id>/<task-id>/``::
     LOCK          TaskDirLock: flock + "pid host" of the process using the directory
     rocksdb/      one RocksDB database (rocksdict, raw bytes mode)
         column family <store>     one per store; keys and values in the internal codec (state.codec)
+        column family __index__:<store>    the time index of a windowed store (kinds window, session,
+                                  sliding; see state.backend), written in the same WriteBatch as the
+                                  store by write() and restore_batch(), never in a changelog:
+                  kind window:    start(8) + key[:-8] -> b""   the store key is key[:-8] + start(8):
+                                  its last 8 bytes are the window start, so the index entry is
+                                  the key rotated, derived from the raw key without decoding
+                  session/sliding b"t" + due(8) + key -> b""   due = the value's first element (its
+                                                               due time), read from the raw msgpack
+                                                               bytes (of the replaced value too, to
+                                                               delete the entry it had)
+                                  (times: 8 bytes big-endian, sign bit flipped: byte order = time order)
         column family __meta__    b"m:<name>"  -> value    task metadata (get_meta/write: stream_time,
                                                            changelog_offsets {store: offset}, ...)
                                   b"sys:format_version"    -> value int (FORMAT_VERSION)
                                   b"sys:kind:<store>"      -> value str (key encoding of the store)
                                   b"sys:fingerprint:<store>", b"sys:description:<store>" -> value str
                                   (every "value" above is codec.encode_value bytes)
+
+``index_range(store, after, upto)`` is one bounded range scan of the time index: the windows
+(or group keys) due in ``(after, upto]``, so an operator finds what closes without reading the
+store, and a task is built without reading its stores at all.
 
 ``write(changes, meta)`` puts every store's changes and the metadata into ONE RocksDB
 WriteBatch with the WAL on: the data and the changelog offsets it reflects are durable
@@ -44,15 +59,17 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 
 from rocksdict import (AccessType, BlockBasedOptions, Cache, DBCompressionType, DBRecoveryMode, Options,
                        Rdict, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions)
 
 from ..errors import StateError, StreamprocError
-from .backend import DELETED, Backend
+from .backend import DELETED, DUE_KINDS, INDEXED_KINDS, MIN_TIME, Backend
 from .definition import RESET_HINT, changed_definition
-from .codec import KEY_FORMAT, KINDS, WINDOWED_KINDS, decode_value, encode_value, key_decoder, key_encoder, window_range
+from .codec import (KEY_FORMAT, KINDS, VALUE_FORMAT, WINDOWED_KINDS, decode_key, decode_value, encode_value,
+                    key_decoder, key_encoder, window_range)
 from .lock import TaskDirLock
 
 log = logging.getLogger("streamproc.state")
@@ -60,8 +77,10 @@ log = logging.getLogger("streamproc.state")
 __all__ = ["RocksDBBackend", "FORMAT_VERSION", "META_CF", "DB_DIR", "describe_store", "task_dir",
            "configure_memory"]
 
-FORMAT_VERSION = 2          # 1: pickled values (refused: run `streamproc reset`); 2: state.codec
+FORMAT_VERSION = 3          # 1: pickled values (refused: run `streamproc reset`); 2: state.codec;
+                            # 3: + time indexes of windowed stores (2 is refused: it has none)
 META_CF = "__meta__"
+INDEX_CF_PREFIX = "__index__:"      # ":" is never in a store name (the plan allows [A-Za-z0-9._-])
 DB_DIR = "rocksdb"
 _SYS_VERSION = b"sys:format_version"
 
@@ -72,6 +91,75 @@ def _sys_key(what: str, store: str) -> bytes:
 
 def _meta_key(name: str) -> bytes:
     return b"m:" + name.encode()
+
+
+def _index_cf(store: str) -> str:
+    return INDEX_CF_PREFIX + store
+
+
+_U64 = struct.Struct(">Q")
+_FLIP = 1 << 63
+_MAX_TIME = (1 << 63) - 1
+_BE = {0xcd: 2, 0xce: 4, 0xcf: 8}          # msgpack uint16/32/64
+_BE_SIGNED = {0xd0: 1, 0xd1: 2, 0xd2: 4, 0xd3: 8}
+
+
+def _time8(t: int) -> bytes:
+    """8 bytes whose byte order is the order of the int64 ``t``."""
+    return _U64.pack(t + _FLIP)
+
+
+def _raw_due(vb: bytes) -> int:
+    """The first element of an encoded list value when it is an int64 (a session/sliding due time),
+    read from the msgpack bytes without decoding the rest; ``MIN_TIME`` otherwise."""
+    try:
+        if vb[0] != VALUE_FORMAT:
+            return MIN_TIME
+        h = vb[1]
+        if 0x91 <= h <= 0x9f:                               # fixarray, not empty
+            p = 2
+        elif h == 0xdc and vb[2:4] != b"\x00\x00":         # array16
+            p = 4
+        elif h == 0xdd and vb[2:6] != b"\x00\x00\x00\x00":  # array32
+            p = 6
+        else:
+            return MIN_TIME
+        b = vb[p]
+        if b <= 0x7f:
+            return b
+        if b >= 0xe0:
+            return b - 0x100
+        if b == 0xcc:
+            return vb[p + 1]
+        n = _BE.get(b)
+        if n is not None:
+            if len(vb) < p + 1 + n:
+                return MIN_TIME
+            t = int.from_bytes(vb[p + 1:p + 1 + n], "big")
+            return t if t <= _MAX_TIME else MIN_TIME
+        n = _BE_SIGNED.get(b)
+        if n is not None and len(vb) >= p + 1 + n:
+            return int.from_bytes(vb[p + 1:p + 1 + n], "big", signed=True)
+    except IndexError:
+        pass
+    return MIN_TIME
+
+
+def _due8(vb: bytes) -> bytes:
+    """``_time8(_raw_due(vb))``, with a fast path for what operators write: a short list led by an
+    epoch-millisecond due time (msgpack uint64 below 2^63: flipping the sign bit is setting bit 63)."""
+    if len(vb) > 10 and vb[2] == 0xcf and vb[3] < 0x80 and 0x91 <= vb[1] <= 0x9f and vb[0] == VALUE_FORMAT:
+        return bytes((vb[3] | 0x80,)) + vb[4:11]
+    return _time8(_raw_due(vb))
+
+
+class _Index:
+    """The time index column family of one store."""
+
+    __slots__ = ("cf", "h", "due")
+
+    def __init__(self, cf, h, due: bool):
+        self.cf, self.h, self.due = cf, h, due
 
 
 def task_dir(state_dir: str, app_id: str, task_id: str) -> str:
@@ -213,8 +301,8 @@ class RocksDBBackend(Backend):
         fps.update(fingerprints or {})
         descs.update(descriptions or {})
         for name, kind in kinds.items():
-            if name == META_CF:
-                raise StateError(f"a store cannot be named {META_CF!r}: the state backend uses that name")
+            if name == META_CF or name.startswith(INDEX_CF_PREFIX):
+                raise StateError(f"a store cannot be named {name!r}: the state backend uses that name")
             if kind is not None and kind not in KINDS:
                 raise StateError(f"store {name!r} has unknown kind {kind!r} (known: {', '.join(KINDS)})")
         return kinds, fps, descs
@@ -230,7 +318,8 @@ class RocksDBBackend(Backend):
         if self.read_only:
             names = [c for c in existing if c != "default"]
         else:
-            names = list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)))
+            names = list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)
+                                       + [_index_cf(n) for n, k in kinds.items() if k in INDEXED_KINDS]))
         cfs = {n: _cf_options(data=n != META_CF) for n in names}
         access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
         try:
@@ -260,7 +349,7 @@ class RocksDBBackend(Backend):
 
         self._kind: dict[str, str] = {}
         for n in names:
-            if n != META_CF:
+            if n != META_CF and not n.startswith(INDEX_CF_PREFIX):
                 self._kind[n] = self._sys.get(_sys_key("kind", n)) or "kv"
         problems = []
         for name, kind in kinds.items():
@@ -296,6 +385,46 @@ class RocksDBBackend(Backend):
                      ", ".join(self.stale_stores))
         self._enc = {n: key_encoder(k) for n, k in self._kind.items()}
         self._dec = {n: key_decoder(k) for n, k in self._kind.items()}
+        self._ix: dict[str, _Index] = {}
+        for n, k in self._kind.items():
+            if k in INDEXED_KINDS:
+                self._open_index(n, k)
+
+    def _open_index(self, store: str, kind: str) -> None:
+        """The time index of ``store``; one missing (never the case for state of this format, whose
+        writes always kept it) is created and filled from the store."""
+        name = _index_cf(store)
+        if name not in self._cf:
+            if self.read_only:
+                return
+            self._cf[name] = self._db.create_column_family(name, _cf_options())
+            self._h[name] = self._db.get_column_family_handle(name)
+            ix = self._ix[store] = _Index(self._cf[name], self._h[name], kind in DUE_KINDS)
+            self._fill_index(store, ix)
+            return
+        self._ix[store] = _Index(self._cf[name], self._h[name], kind in DUE_KINDS)
+
+    def _fill_index(self, store: str, ix: _Index) -> None:
+        cf = self._cf.get(store)
+        if cf is None:
+            return
+        batch: list = []
+        for kb, vb in cf.items():
+            batch.append((kb, vb))
+            if len(batch) >= 10_000:
+                self._write_index_only(store, ix, batch)
+                batch = []
+        if batch:
+            self._write_index_only(store, ix, batch)
+
+    def _write_index_only(self, store, ix, records) -> None:
+        wb = WriteBatch(raw_mode=True)
+        if ix.due:
+            self._due_records(wb, None, ix, records)
+        else:
+            for kb, _ in records:
+                wb.put(kb[-8:] + kb[:-8], b"", ix.h)
+        self._db.write(wb, self._wopt)
 
     def _read_meta_family(self, meta_cf) -> dict:
         """``{raw key: value}`` of the metadata family; state of an older format is refused."""
@@ -318,7 +447,12 @@ class RocksDBBackend(Backend):
         return changed_definition(store, self.path, old_desc, new_desc, old_fp, new_fp)
 
     # ------------------------------------------------------------------ reads
+    def _readable(self) -> None:
+        if self._db is None:
+            raise StateError(f"the state backend of {self.path} is closed")
+
     def get(self, store, key):
+        self._readable()
         cf = self._cf.get(store)
         if cf is None or store == META_CF:
             return None
@@ -326,6 +460,7 @@ class RocksDBBackend(Backend):
         return None if v is None else decode_value(v)
 
     def get_many(self, store, keys):
+        self._readable()
         cf = self._cf.get(store)
         if cf is None or store == META_CF:
             return [None] * len(keys)
@@ -340,6 +475,7 @@ class RocksDBBackend(Backend):
 
     def iter_items(self, store, lower: bytes | None = None, upper: bytes | None = None):
         """``(key, value)`` of ``store`` in key order, optionally within the encoded key range ``[lower, upper)``."""
+        self._readable()
         cf = self._cf.get(store)
         if cf is None or store == META_CF:
             return
@@ -353,6 +489,7 @@ class RocksDBBackend(Backend):
 
     def keys(self, store) -> list:
         """Every key of ``store`` (values are not decoded: cheaper than ``items`` for rebuilding indexes)."""
+        self._readable()
         cf = self._cf.get(store)
         if cf is None or store == META_CF:
             return []
@@ -369,6 +506,43 @@ class RocksDBBackend(Backend):
             raise StateError(f"store {store!r} is not a windowed store (kind {self._kind.get(store)!r})")
         lower, upper = window_range(group_key, start_from, start_to)
         return list(self.iter_items(store, lower, upper))
+
+    def declare_index(self, store, kind):
+        return kind in INDEXED_KINDS and self._kind.get(store) == kind and store in self._ix
+
+    def index_range(self, store, after, upto):
+        """Keys of ``store`` whose time (window start; due time) is in ``(after, upto]``, in time order:
+        one range scan of the store's time index (see the module doc)."""
+        self._readable()
+        ix = self._ix.get(store)
+        if ix is None:
+            raise StateError(f"store {store!r} has no time index (kind {self._kind.get(store)!r})")
+        if after is not None and after >= upto:
+            return []
+        prefix = b"t" if ix.due else b""
+        lower = prefix + _time8(after + 1) if after is not None else (prefix or None)
+        upper = prefix + _time8(upto + 1) if upto < _MAX_TIME else None
+        ropt = ReadOptions()
+        if lower is not None:
+            ropt.set_iterate_lower_bound(lower)
+        if upper is not None:
+            ropt.set_iterate_upper_bound(upper)
+        if ix.due:
+            dec = decode_key
+            return [dec(ik[9:]) for ik in ix.cf.keys(from_key=lower, read_opt=ropt)]
+        dec = self._dec[store]
+        return [dec(ik[8:] + ik[:8]) for ik in ix.cf.keys(from_key=lower, read_opt=ropt)]
+
+    def index_max(self, store):
+        self._readable()
+        ix = self._ix.get(store)
+        if ix is None:
+            raise StateError(f"store {store!r} has no time index (kind {self._kind.get(store)!r})")
+        last = next(iter(ix.cf.keys(backwards=True)), None)
+        if last is None:
+            return None
+        p = 1 if ix.due else 0
+        return _U64.unpack_from(last, p)[0] - _FLIP
 
     def get_meta(self, name, default=None):
         return self._meta.get(name, default)
@@ -396,8 +570,8 @@ class RocksDBBackend(Backend):
     def _store_handle(self, store: str):
         h = self._h.get(store)
         if h is None:
-            if store == META_CF:
-                raise StateError(f"{META_CF!r} is not a store")
+            if store == META_CF or store.startswith(INDEX_CF_PREFIX):
+                raise StateError(f"{store!r} is not a store")
             # a store this backend was not opened with: a plain kv store, as a MemoryBackend would take it
             cf = self._db.create_column_family(store, _cf_options())
             self._cf[store] = cf
@@ -421,15 +595,60 @@ class RocksDBBackend(Backend):
             h = self._store_handle(store)
             enc = self._enc[store]
             put, delete = wb.put, wb.delete
-            for k, v in kv.items():
-                if v is DELETED:
-                    delete(enc(k), h)
-                else:
-                    put(enc(k), dumps(v), h)
+            ix = self._ix.get(store)
+            if ix is None:
+                for k, v in kv.items():
+                    if v is DELETED:
+                        delete(enc(k), h)
+                    else:
+                        put(enc(k), dumps(v), h)
+            elif not ix.due:                     # window store: the index entry is the key rotated
+                ih = ix.h
+                for k, v in kv.items():
+                    kb = enc(k)
+                    if v is DELETED:
+                        delete(kb, h)
+                        delete(kb[-8:] + kb[:-8], ih)
+                    else:
+                        put(kb, dumps(v), h)
+                        put(kb[-8:] + kb[:-8], b"", ih)
+            else:
+                self._due_records(wb, h, ix, [(enc(k), None if v is DELETED else dumps(v))
+                                              for k, v in kv.items()], self._cf[store])
         self._put_meta(wb, meta)
         self._db.write(wb, self._wopt)
         if meta:
             self._meta.update(meta)
+
+    def _due_records(self, wb, h, ix: _Index, records, cf=None) -> None:
+        """Put raw ``records`` [(key, value or None)] of a session/sliding store (handle ``h``, family ``cf``)
+        into ``wb`` with their due-time index entries; ``h`` None: the index entries only (the records
+        are stored already). Later records of a key win. The index entry a record replaces is found
+        from the due time of the value it replaces (one multi-get of the stored values)."""
+        distinct = list(dict.fromkeys(kb for kb, _ in records))
+        if h is None:
+            cur = dict.fromkeys(distinct)
+        else:
+            cur = {kb: None if ov is None else _due8(ov) for kb, ov in zip(distinct, cf.get(distinct))}
+        ih = ix.h
+        put, delete = wb.put, wb.delete
+        for kb, vb in records:
+            old = cur[kb]
+            if vb is None:
+                if h is not None:
+                    delete(kb, h)
+                if old is not None:
+                    delete(b"t" + old + kb, ih)
+                    cur[kb] = None
+                continue
+            if h is not None:
+                put(kb, vb, h)
+            t = _due8(vb)
+            if t != old:
+                if old is not None:
+                    delete(b"t" + old + kb, ih)
+                put(b"t" + t + kb, b"", ih)
+                cur[kb] = t
 
     def _put_meta(self, wb, meta) -> None:
         if meta:
@@ -457,16 +676,31 @@ class RocksDBBackend(Backend):
         total = 0
         for store, records in records_by_store.items():
             h = self._store_handle(store)
+            ix = self._ix.get(store)
+            min_len = 10 if ix is not None and not ix.due else 2
             n = 0
             for kb, vb in records:
-                if kb[0] != KEY_FORMAT:
+                if kb[0] != KEY_FORMAT or len(kb) < min_len:
                     raise StateError(f"changelog record {n} of store {store!r} has a key that is not a streamproc "
                                      f"store key ({kb[:60]!r}): it cannot be restored")
-                if vb is None:
-                    delete(kb, h)
-                else:
-                    put(kb, vb, h)
                 n += 1
+            if ix is None:
+                for kb, vb in records:
+                    if vb is None:
+                        delete(kb, h)
+                    else:
+                        put(kb, vb, h)
+            elif not ix.due:          # the index entry is the raw key rotated: no decoding
+                ih = ix.h
+                for kb, vb in records:
+                    if vb is None:
+                        delete(kb, h)
+                        delete(kb[-8:] + kb[:-8], ih)
+                    else:
+                        put(kb, vb, h)
+                        put(kb[-8:] + kb[:-8], b"", ih)
+            elif records:
+                self._due_records(wb, h, ix, records, self._cf[store])
             total += n
         self._put_meta(wb, meta)
         self._db.write(wb, self._wopt)
@@ -484,6 +718,13 @@ class RocksDBBackend(Backend):
         cf.close()
         del cf
         self._db.drop_column_family(store)
+        if self._ix.pop(store, None) is not None:
+            name = _index_cf(store)
+            icf = self._cf.pop(name)
+            self._h.pop(name)
+            icf.close()
+            del icf
+            self._db.drop_column_family(name)
         wb = WriteBatch(raw_mode=True)
         h = self._h[META_CF]
         for what in ("kind", "fingerprint", "description"):
@@ -504,7 +745,7 @@ class RocksDBBackend(Backend):
             if db is not None:
                 # every handle keeps the database alive: drop them all before closing
                 cfs = list(getattr(self, "_cf", {}).values())
-                self._cf, self._h = {}, {}
+                self._cf, self._h, self._ix = {}, {}, {}
                 while cfs:
                     cfs.pop().close()
                 db.close()

@@ -5,20 +5,38 @@ from .backend import DELETED, Backend
 _MISSING = object()
 
 
+class Deferred:
+    """A store value an operator keeps in its own working form (e.g. numpy columns) and turns into
+    the stored value only when it is read through the store or checkpointed: ``Store.put_deferred``.
+
+    ``state()`` must return a value the internal codec can write, built fresh (sharing nothing
+    mutable with the operator's working form): it is what the changelog and the backend receive.
+    """
+
+    __slots__ = ()
+
+    def state(self):
+        raise NotImplementedError
+
+
 class Store:
-    __slots__ = ("name", "_backend", "_cache")
+    __slots__ = ("name", "_backend", "_cache", "_deferred", "generation")
 
     def __init__(self, name: str, backend: Backend):
         self.name = name
         self._backend = backend
         self._cache: dict = {}
+        self._deferred: set = set()    # keys put with put_deferred since the last drain
+        self.generation = 0            # +1 at every discard: operators drop what they cached of the store
 
     def get(self, key, default=None):
         v = self._cache.get(key, _MISSING)
         if v is _MISSING:
             v = self._backend.get(self.name, key)
             return default if v is None else v
-        return default if v is DELETED else v
+        if v is DELETED:
+            return default
+        return v.state() if isinstance(v, Deferred) else v
 
     def get_many(self, keys: list) -> list:
         """Values for ``keys`` (None where absent), write cache first, then one backend lookup."""
@@ -31,10 +49,17 @@ class Store:
                 out[i] = v
         if len(miss) != len(out):
             out = [None if v is DELETED else v for v in out]
+            if self._deferred:
+                out = [v.state() if isinstance(v, Deferred) else v for v in out]
         return out
 
     def put(self, key, value) -> None:
         self._cache[key] = value
+
+    def put_deferred(self, key, value: Deferred) -> None:
+        """Put ``value``, whose ``state()`` is taken only when the value is read or checkpointed."""
+        self._cache[key] = value
+        self._deferred.add(key)
 
     def put_many(self, keys: list, values: list) -> None:
         self._cache.update(zip(keys, values))
@@ -52,11 +77,37 @@ class Store:
             if v is DELETED:
                 merged.pop(k, None)
             else:
-                merged[k] = v
+                merged[k] = v.state() if isinstance(v, Deferred) else v
         return list(merged.items())
+
+    # ------------------------------------------------------------------ time index
+    def declare_index(self, kind: str) -> bool:
+        """Ask the backend to keep this store's time index (``Backend.declare_index``); True if it does."""
+        declare = getattr(self._backend, "declare_index", None)
+        return bool(declare(self.name, kind)) if declare is not None else False
+
+    def index_range(self, after: int | None, upto: int) -> list:
+        """Keys of the backend's time index with ``after < time <= upto`` that this write cache has not
+        deleted. Keys the cache created since the last checkpoint are not in it (nor are new times of
+        changed keys): the operator that wrote them knows them."""
+        keys = self._backend.index_range(self.name, after, upto)
+        cache = self._cache
+        if keys and cache:
+            keys = [k for k in keys if cache.get(k) is not DELETED]
+        return keys
+
+    def index_max(self) -> int | None:
+        """The largest time in the backend's time index (None if empty): what was stored when asked."""
+        return self._backend.index_max(self.name)
 
     def _drain(self) -> dict:
         cache, self._cache = self._cache, {}
+        if self._deferred:
+            for k in self._deferred:
+                v = cache.get(k)
+                if isinstance(v, Deferred):
+                    cache[k] = v.state()
+            self._deferred = set()
         return cache
 
 
@@ -95,5 +146,6 @@ class TaskState:
         """Drop uncommitted changes (the transaction was aborted): state goes back to the last checkpoint."""
         self._pending = None
         for s in self.stores.values():
-            s._drain()
+            s._cache, s._deferred = {}, set()
+            s.generation += 1
         self.stream_time = self.backend.get_meta("stream_time", -1)
