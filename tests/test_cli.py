@@ -303,3 +303,14 @@ def test_bad_files_in_process_exit_2_with_one_line(fixture, expected):
     assert len(err.splitlines()) == 1, err
     assert expected.format(line=line) in err
     assert "Traceback" not in res.output
+
+
+def test_run_warns_once_per_generated_name_before_it_starts(tmp_path):
+    f = tmp_path / "unnamed.py"
+    f.write_text(UNNAMED)
+    # a refused setting stops run before any broker contact: the warnings come first, once each
+    res = run_cli("run", str(f), "-b", "127.0.0.1:1", "--state-dir", str(tmp_path / "s"),
+                  "--config", "consumer.partition.assignment.strategy=roundrobin", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "generated name" in line]
+    assert len(warnings) == 2 and all("unnamed.py:5" in w and "name=" in w for w in warnings), res.stderr
