@@ -208,7 +208,7 @@ def replay(
     restorer = Restorer(restore_consumer_config(bootstrap_servers, plan.app_id, _parse_config(config)))
     backends = []
     try:
-        md = restorer._ensure_consumer().list_topics(timeout=30).topics
+        md = restorer.topics(30)
         tasks = []
         for st, mine in by_st:
             topic = mine[0].changelog

@@ -263,6 +263,10 @@ class Restorer:
                 except KafkaException as e:
                     log.debug("seek %s[%d] for a retry: %s", part.topic, part.partition, e)
 
+    def topics(self, timeout_s: float = 30.0) -> dict:
+        """The cluster's topic metadata (``{name: TopicMetadata}``), read with the restore consumer."""
+        return self._ensure_consumer().list_topics(timeout=timeout_s).topics
+
     def parts(self, key) -> list:
         """The ``_Part``s of task ``key`` (store, topic, partition, first offset read, end, restored count)."""
         return list(self._all.get(key, ()))
