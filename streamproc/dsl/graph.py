@@ -12,9 +12,9 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Node:
     """One logical operation.
 
-    ``kind`` is one of: source, map, map_values, filter, flat_map, peek, branch, branch_out,
-    merge, aggregate, sink. ``params`` holds the user's functions and specs. ``key_changed``
-    says whether records leaving this node may have a key other than the one their topic was
+    ``kind`` is one of: source, table_source, map, map_values, filter, flat_map, peek, branch,
+    branch_out, merge, select_key, aggregate, table_filter, table_map_values, to_stream, join,
+    sink. ``params`` holds the user's functions and specs. ``key_changed`` says whether records leaving this node may have a key other than the one their topic was
     partitioned by (so a stateful operator downstream needs a repartition).
     """
 

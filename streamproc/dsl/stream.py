@@ -11,6 +11,11 @@ def _need_callable(fn, what: str):
         raise TopologyError(f"{what} needs a function, got {fn!r}")
 
 
+def _check_how(how, allowed: tuple, what: str) -> None:
+    if how not in allowed:
+        raise TopologyError(f"{what} takes how={' | '.join(repr(a) for a in allowed)}, got how={how!r}")
+
+
 class Stream:
     """A stream of (key, value) records with event timestamps."""
 
@@ -88,8 +93,68 @@ class Stream:
         """Group by the current key (repartitioned only if an earlier step changed the key)."""
         return GroupedStream(self, name=None)
 
-    def join(self, *args, **kwargs):
-        raise TopologyError("Stream.join() is not available yet: tables and joins arrive in a later release")
+    def join(self, other, joiner=None, *, how: str = "inner", window=None, key=None,
+             name: str | None = None) -> "Stream":
+        """Join this stream with ``other`` (DESIGN section 4); the result is keyed by this stream's key.
+
+        * a ``Stream``: windowed stream-stream join, ``window=windows.JoinWindow(before, after, grace)``
+          required, ``how`` = inner | left | outer;
+        * a ``Table``: each record joins the table's current row for its key, inner | left;
+        * a ``GlobalTable``: the row ``key(k, v)`` (default: the stream key), inner | left.
+
+        ``joiner(left_value, right_value) -> value``; the missing side of a left/outer result is
+        ``None``; default ``{"left": left_value, "right": right_value}``. ``name`` names the join's
+        stores (stream-stream: ``<name>-left`` and ``<name>-right``) and repartition topics.
+        """
+        from ..windows import JoinWindow
+        from .table import GlobalTable, Table
+
+        if joiner is not None:
+            _need_callable(joiner, "join")
+        if getattr(other, "topology", None) is not self.topology:
+            if isinstance(other, (Stream, GlobalTable)):
+                raise TopologyError("join(): both sides must belong to the same Topology (a join cannot cross "
+                                    "topologies: each one is a separate application)")
+            raise TopologyError(f"join() needs a Stream, Table or GlobalTable of the same Topology, got {other!r}")
+        if isinstance(other, GlobalTable):
+            _check_how(how, ("inner", "left"), "a stream-global-table join")
+            if window is not None:
+                raise TopologyError("a stream-global-table join has no window: remove window=")
+            if key is not None:
+                _need_callable(key, "join key=")
+            params = {"join": "stream_global", "global": other, "key": key}
+            parents = [self.node]
+        elif isinstance(other, Table):
+            _check_how(how, ("inner", "left"), "a stream-table join")
+            if window is not None:
+                raise TopologyError(
+                    "a stream-table join has no window (each record joins the table's current row): remove "
+                    "window=, or join two streams with window=windows.JoinWindow(...)")
+            if key is not None:
+                raise TopologyError(
+                    "key= picks the row of a GlobalTable only; a stream-table join uses the stream's key "
+                    "(re-key the stream first with .map(...) or use topology.global_table(...))")
+            params = {"join": "stream_table", "key": None}
+            parents = [self.node, other.node]
+        elif isinstance(other, Stream):
+            _check_how(how, ("inner", "left", "outer"), "a stream-stream join")
+            if window is None:
+                raise TopologyError("a stream-stream join needs window=windows.JoinWindow(before, after=None, "
+                                    "grace=0): which records of the other stream may match")
+            if not isinstance(window, JoinWindow):
+                raise TopologyError(f"a stream-stream join needs window=windows.JoinWindow(...), got {window!r}")
+            if key is not None:
+                raise TopologyError("key= picks the row of a GlobalTable only; a stream-stream join matches "
+                                    "records with equal keys (re-key a stream first with .map(...))")
+            params = {"join": "stream_stream", "key": None}
+            parents = [self.node, other.node]
+        else:
+            raise TopologyError(f"join() needs a Stream, Table or GlobalTable, got {other!r}")
+        if name is not None and not isinstance(name, str):
+            raise TopologyError(f"join(name=) must be a string, got {name!r}")
+        params.update({"how": how, "joiner": joiner, "window": window, "name": name})
+        node = self.topology._add("join", parents, params, key_changed=False)
+        return Stream(self.topology, node, key_serde=self.key_serde, value_serde=None)
 
     # -- sinks --------------------------------------------------------------------------
     def to(self, topic: str, *, key=None, value=None) -> None:
@@ -134,7 +199,7 @@ class GroupedStream:
             raise TopologyError("window() was already given for this grouped stream")
         return WindowedStream(self._stream, name=self._name, window=spec)
 
-    def aggregate(self, *, emit: str | None = None, name: str | None = None, **aggs) -> Stream:
+    def aggregate(self, *, emit: str | None = None, name: str | None = None, **aggs):
         """Named aggregations, e.g. ``aggregate(views=agg.count(), seconds=agg.sum("s"))``.
 
         Windowed: one record per window, ``{"window_start", "window_end", <agg>...}``;
@@ -162,14 +227,17 @@ class GroupedStream:
             "store": name, "repartition_name": self._name,
         }, key_changed=False)
         # the result is keyed by the group key, which is how it is (re)partitioned
+        if self._window is None:
+            from .table import Table
+            return Table(up.topology, node, key_serde=up.key_serde, value_serde=None)
         return Stream(up.topology, node, key_serde=up.key_serde, value_serde=None)
 
-    def count(self, *, emit: str | None = None, name: str | None = None) -> Stream:
+    def count(self, *, emit: str | None = None, name: str | None = None):
         """Shorthand for ``aggregate(count=agg.count())``."""
         from .. import agg
         return self.aggregate(count=agg.count(), emit=emit, name=name)
 
-    def reduce(self, fn, *, emit: str | None = None, name: str | None = None) -> Stream:
+    def reduce(self, fn, *, emit: str | None = None, name: str | None = None):
         """Shorthand for ``aggregate(reduce=agg.reduce(fn))``: ``fn(acc, value)``, the first value starts."""
         from .. import agg
         return self.aggregate(reduce=agg.reduce(fn), emit=emit, name=name)

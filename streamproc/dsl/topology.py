@@ -19,6 +19,7 @@ class Topology:
                 f"(it names the consumer group and internal topics)")
         self.app_id = app_id
         self.nodes: list[Node] = []
+        self.global_tables: list = []      # GlobalTable definitions (outside the graph: every task reads them)
         self.where = caller_location()
 
     def _add(self, kind: str, parents: list[Node], params: dict | None = None,
@@ -35,29 +36,73 @@ class Topology:
         record that fails to deserialize: ``fail`` (stop), ``skip`` (count and log) or
         ``dead-letter`` (to ``<app-id>-dlq``).
         """
-        from .. import serdes
         from .stream import Stream
 
+        node = self._source_node("stream", topic, key, value, timestamp, on_error, kind="source")
+        return Stream(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
+
+    def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: str) -> Node:
+        from .. import serdes
+
         if not isinstance(topic, str) or not topic:
-            raise TopologyError(f"stream() needs a topic name, got {topic!r}")
+            raise TopologyError(f"{call}() needs a topic name, got {topic!r}")
         if on_error not in ("fail", "skip", "dead-letter"):
             raise TopologyError(f"on_error must be 'fail', 'skip' or 'dead-letter', got {on_error!r}")
         if timestamp is not None and not callable(timestamp):
             raise TopologyError("timestamp must be a function (key, value, record_timestamp) -> ms")
         for what, s in (("key", key), ("value", value)):
             if s is not None and not isinstance(s, serdes.Serde):
-                raise TopologyError(f"stream({topic!r}): {what}= must be a serde such as serdes.String(), got {s!r}")
-        node = self._add("source", [], {
+                raise TopologyError(f"{call}({topic!r}): {what}= must be a serde such as serdes.String(), got {s!r}")
+        for g in self.global_tables:
+            if g.topic == topic:
+                raise TopologyError(f"topic {topic!r} is already read as a global table ({g.where})")
+        return self._add(kind, [], {
             "topic": topic,
             "key_serde": key or serdes.Bytes(),
             "value_serde": value or serdes.Bytes(),
             "timestamp": timestamp,
             "on_error": on_error,
         })
-        return Stream(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
 
-    def table(self, topic: str, *, key=None, value=None):
-        raise TopologyError("Topology.table() is not available yet: tables and joins arrive in a later release")
+    def table(self, topic: str, *, key=None, value=None, name: str | None = None, on_error: str = "fail"):
+        """The latest value per key of ``topic`` as a ``Table`` (a ``None`` value deletes the key).
+
+        The topic is the table store's changelog: no other topic is written, and a restore reads
+        the topic itself up to the committed offset. It should be compacted (``run`` warns if not).
+        ``name`` names the store (default: the topic name). ``on_error`` as for :meth:`stream`.
+        """
+        from .table import Table
+
+        node = self._source_node("table", topic, key, value, None, on_error, kind="table_source")
+        node.params["store"] = name
+        return Table(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
+
+    def global_table(self, topic: str, *, key=None, value=None, name: str | None = None):
+        """A table of ``topic`` that every task holds whole, all partitions, for ``stream.join(table, key=...)``.
+
+        Each worker keeps it in one store (default name: the topic name), reads the topic to its end
+        before processing anything and applies new records between batches.
+        """
+        from .. import serdes
+        from .table import GlobalTable
+
+        if not isinstance(topic, str) or not topic:
+            raise TopologyError(f"global_table() needs a topic name, got {topic!r}")
+        for what, s in (("key", key), ("value", value)):
+            if s is not None and not isinstance(s, serdes.Serde):
+                raise TopologyError(
+                    f"global_table({topic!r}): {what}= must be a serde such as serdes.String(), got {s!r}")
+        where = caller_location()
+        for n in self.nodes:
+            if n.kind in ("source", "table_source") and n.params["topic"] == topic:
+                raise TopologyError(f"topic {topic!r} is read twice ({n.where} and {where}): a global table's "
+                                    f"topic cannot also be a stream or table of the same topology")
+        for g in self.global_tables:
+            if g.topic == topic:
+                raise TopologyError(f"topic {topic!r} is read twice as a global table ({g.where} and {where})")
+        g = GlobalTable(self, name or topic, topic, key or serdes.Bytes(), value or serdes.Bytes(), where)
+        self.global_tables.append(g)
+        return g
 
     def __repr__(self):
         return f"Topology({self.app_id!r}, {len(self.nodes)} nodes)"

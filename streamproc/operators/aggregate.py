@@ -17,6 +17,7 @@ from ..errors import CodecError, StreamprocError
 from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
+from .table import AggregateView
 from ._fold import BackendSweep, CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
 
 
@@ -98,6 +99,7 @@ class _AggregateBase(Operator):
             self._group_starts = wstart[order][starts]
             skeys = list(zip(gkeys, self._group_starts.tolist()))
         olds = self.store.get_many(skeys)
+        self._olds = olds
         self._group_keys = skeys
         new_states = merge_states(self.aggs, maxts, partials, olds)
         is_new = [o is None for o in olds]
@@ -119,7 +121,7 @@ class _AggregateBase(Operator):
     def _results(self, state) -> dict:
         return {n: a.result(s) for n, a, s in zip(self.names, self.aggs, state[1:])}
 
-    def snapshot(self) -> dict:
+    def snapshot(self, store_name: str | None = None) -> dict:
         """The store's current contents, each entry as the operator would emit it."""
         return {self._snapshot_key(k, v): v for k, v in self._snapshot_items()}
 
@@ -132,15 +134,22 @@ class _AggregateBase(Operator):
 
 
 class TableAggregateOp(_AggregateBase):
-    """``group_by(...).aggregate(...)`` without a window: the current value per key after each batch."""
+    """``group_by(...).aggregate(...)`` without a window: a table, the current value per key; its changes
+    (one per key the batch touched, with the value before it) flow at the end of each batch."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        ctx.views[node.id] = AggregateView(self)
 
     def _process(self, b: Batch) -> Batch:
         b = self._drop_none_keys(b)
         if not len(b):
             return Batch.empty()
         skeys, states, _ = self._fold_into_store(b, np.arange(len(b)), None)
-        return self._output(skeys, [self._results(s) for s in states], [s[0] for s in states],
-                            self.ctx.state.stream_time)
+        out = self._output(skeys, [self._results(s) for s in states], [s[0] for s in states],
+                           self.ctx.state.stream_time)
+        out.olds = [None if s is None else self._results(s) for s in self._olds]
+        return out
 
 
 class TimeWindowAggregateOp(_AggregateBase):

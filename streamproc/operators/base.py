@@ -20,6 +20,8 @@ class TaskContext:
     metrics: dict = field(default_factory=dict)
     dead_letters: list = field(default_factory=list)   # DeadLetter records (dead-letter policy)
     outputs: list = field(default_factory=list)        # (topic, key_bytes, value_bytes, timestamps)
+    views: dict = field(default_factory=dict)          # table node id -> TableView (operators.table)
+    globals: dict = field(default_factory=dict)        # global table name -> GlobalStore (lookups)
 
     def count(self, name: str, n: int = 1) -> None:
         if n:

@@ -42,32 +42,53 @@ class _BadRecord(Exception):
 
 
 class SourceOp(Operator):
-    """Deserializes, extracts event time, and advances the task's stream time record by record."""
+    """Deserializes, extracts event time, and advances the task's stream time record by record.
+
+    Two steps, so a task reading several partitions can order their records by event time
+    before any of them moves the stream time (``Task.process_many``): :meth:`decode` (bytes ->
+    records) and :meth:`stamp` (the stream time each record is processed at).
+    """
 
     def process(self, raw: RawBatch) -> Batch:
+        return self.ingest(self.decode(raw)[0])
+
+    def ingest(self, b: Batch) -> Batch:
+        """What the source emits for decoded records: the records, stamped with their stream time."""
+        return self.stamp(b)
+
+    def decode(self, raw: RawBatch) -> tuple[Batch, list]:
+        """The records of ``raw`` that decode (bad ones follow ``on_error``), and their offsets.
+        The batch's ``stream_times`` are not set yet (:meth:`stamp` sets them)."""
         p = self.node.params
         if self.node.kind == "repartition_source":
-            keys, values, ts = self._decode_internal(raw)
+            keys, values, ts, offs = self._decode_internal(raw)
         else:
-            keys, values, ts = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
+            keys, values, ts, offs = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
+        return Batch(keys, values, ts_arr, ts_arr), offs
+
+    def stamp(self, b: Batch) -> Batch:
+        """Set each record's stream time: the running max of event time, updated before the record."""
         state = self.ctx.state
+        ts_arr = b.timestamps
         if len(ts_arr):
             st = np.maximum.accumulate(ts_arr)
             np.maximum(st, state.stream_time, out=st)
             state.stream_time = int(st[-1])
         else:
             st = ts_arr
-        return Batch(keys, values, ts_arr, st)
+        b.stream_times = st
+        return b
 
     def _decode_internal(self, raw):
         """A repartition topic's records (the internal codec). Its bytes are untrusted like any
         input: a record that does not decode follows the ``on_error`` policy of the sources upstream."""
         try:
-            return codec.decode_keys(raw.keys), codec.decode_values(raw.values), _timestamps_array(raw.timestamps)
+            return (codec.decode_keys(raw.keys), codec.decode_values(raw.values), _timestamps_array(raw.timestamps),
+                    raw.offsets)
         except (CodecError, _BadRecord):
             pass
-        keys, values, ts = [], [], []
+        keys, values, ts, offs = [], [], [], []
         for i in range(len(raw.keys)):
             try:
                 k = codec.decode_key(raw.keys[i]) if raw.keys[i] is not None else None
@@ -79,7 +100,8 @@ class SourceOp(Operator):
             keys.append(k)
             values.append(v)
             ts.append(raw.timestamps[i])
-        return keys, values, ts
+            offs.append(_offset(raw, i))
+        return keys, values, ts, offs
 
     def _decode(self, raw, kser, vser, ts_fn):
         try:
@@ -87,10 +109,10 @@ class SourceOp(Operator):
             values = vser.deserialize_many(raw.values)
             ts = raw.timestamps if ts_fn is None else [
                 ts_fn(k, v, t) for k, v, t in zip(keys, values, raw.timestamps)]
-            return keys, values, _timestamps_array(ts)
+            return keys, values, _timestamps_array(ts), raw.offsets
         except Exception:  # noqa: BLE001 - sorted out record by record below
             pass
-        keys, values, ts = [], [], []
+        keys, values, ts, offs = [], [], [], []
         for i in range(len(raw.keys)):
             try:
                 k = _one(kser, raw.keys[i], "key")
@@ -103,7 +125,8 @@ class SourceOp(Operator):
             keys.append(k)
             values.append(v)
             ts.append(raw.timestamps[i] if ts_fn is None else t)
-        return keys, values, ts
+            offs.append(_offset(raw, i))
+        return keys, values, ts, offs
 
     def _bad_record(self, raw: RawBatch, i: int, e: Exception) -> None:
         offset = raw.offsets[i] if raw.offsets is not None else None
@@ -120,6 +143,10 @@ class SourceOp(Operator):
         if policy == "dead-letter":
             self.ctx.dead_letters.append(DeadLetter(raw.topic, raw.partition, offset, raw.keys[i],
                                                     raw.values[i], raw.timestamps[i], str(err)))
+
+
+def _offset(raw: RawBatch, i: int):
+    return raw.offsets[i] if raw.offsets is not None else i
 
 
 def _one(serde, data, what):

@@ -12,7 +12,7 @@ import re
 from ..dsl import Topology
 from ..errors import TopologyError
 from ..fingerprint import digest
-from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology
+from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology, TableSource
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -30,77 +30,146 @@ def compile_topology(topology: Topology) -> Plan:
     if not isinstance(topology, Topology):
         raise TopologyError(f"expected a streamproc.Topology, got {type(topology).__name__}")
     nodes = topology.nodes
-    if not any(n.kind == "source" for n in nodes):
+    if not any(n.kind in ("source", "table_source") for n in nodes):
         raise TopologyError(f"topology {topology.app_id!r} has no input: add topology.stream('topic', ...)")
     _check_sources(nodes)
 
-    app = topology.app_id
+    c = _Names(topology.app_id, next_id=len(nodes))
     pnodes: dict[int, PlanNode] = {}
-    extra: list[PlanNode] = []
-    next_id = len(nodes)
-    repartition_of: dict[int, PlanNode] = {}     # logical parent id -> repartition_source node
-    stores: list[StoreSpec] = []
-    store_names: dict[str, str] = {}
-    repartition_names: dict[str, str] = {}
-    generated_names: list[GeneratedName] = []
-
     for n in nodes:
         parents = [pnodes[p.id] for p in n.parents]
         params = dict(n.params)
         name = ""
         if n.kind == "aggregate":
+            name = c.store_name(params.get("store"), f"aggregate-{n.id}", n.where)
             generated = not params.get("store")
-            name = params.get("store") or f"aggregate-{n.id}"
-            if name in store_names:
-                raise TopologyError(
-                    f"two stateful operators are named {name!r} ({store_names[name]} and {n.where}): "
-                    f"store names must be unique within a topology")
-            store_names[name] = n.where
-            _check_name(name, "store", n.where)
             up = n.parents[0]
             if up.key_changed:
-                if up.id not in repartition_of:
-                    rp_name = n.params.get("repartition_name") or name
-                    _check_name(rp_name, "repartition", n.where)
-                    topic = f"{app}-{rp_name}-repartition"
-                    if topic in repartition_names:
-                        raise TopologyError(
-                            f"two re-keyed streams would share the repartition topic {topic!r} "
-                            f"({repartition_names[topic]} and {n.where}): give each group_by(..., name=) "
-                            f"a different name")
-                    repartition_names[topic] = n.where
-                    rp = {"topic": topic, "generated_name": not n.params.get("repartition_name") and generated}
-                    if rp["generated_name"]:
-                        generated_names.append(GeneratedName("repartition topic", topic, up.where or n.where))
-                    sink = PlanNode(next_id, "repartition_sink", [pnodes[up.id]], dict(rp), n.where)
-                    src = PlanNode(next_id + 1, "repartition_source", [], {**rp, "on_error": _policy_upstream(up)},
-                                   n.where)
-                    next_id += 2
-                    extra += [sink, src]
-                    repartition_of[up.id] = src
-                parents = [repartition_of[up.id]]
+                parents = [c.repartition(up, pnodes[up.id], n.params.get("repartition_name") or name,
+                                         generated and not n.params.get("repartition_name"), n.where,
+                                         "group_by(..., name=...)")]
             window = params.get("window")
             kind = "kv" if window is None else {"tumbling": "window", "hopping": "window"}.get(window.kind, window.kind)
-            store = StoreSpec(name, kind, f"{app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
+            store = StoreSpec(name, kind, f"{c.app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
                               description=_description(kind, params), generated_name=generated)
-            if generated:
-                generated_names.append(GeneratedName("store", name, n.where))
+            c.add_store(store, n.where, "aggregate/count/reduce(..., name=...)")
             params["store"] = store
-            stores.append(store)
+            params["stores"] = [store]
+        elif n.kind == "table_source":
+            name = c.store_name(params.get("store"), params["topic"], n.where)
+            src = TableSource(params["topic"], params["key_serde"], params["value_serde"], params["on_error"])
+            store = _table_store(name, src, n.id)
+            c.add_store(store, n.where, "table(..., name=...)")
+            params["store"] = store
+            params["stores"] = [store]
+        elif n.kind == "join":
+            name, parents = c.join(n, params, [pnodes[p.id] for p in n.parents])
         pnodes[n.id] = PlanNode(n.id, n.kind, parents, params, n.where, name)
 
-    all_nodes = list(pnodes.values()) + extra
+    all_nodes = list(pnodes.values()) + c.extra
     subs = _split(all_nodes)
     return Plan(
-        app_id=app,
+        app_id=c.app,
         subtopologies=subs,
-        source_topics=[n.params["topic"] for n in all_nodes if n.kind == "source"],
+        source_topics=[n.params["topic"] for n in all_nodes if n.kind in ("source", "table_source")],
         sink_topics=_unique(n.params["topic"] for n in all_nodes if n.kind == "sink"),
-        repartition_topics=[n.params["topic"] for n in extra if n.kind == "repartition_source"],
-        stores=stores,
+        repartition_topics=[n.params["topic"] for n in c.extra if n.kind == "repartition_source"],
+        stores=c.stores,
         where=topology.where,
-        generated_names=generated_names,
+        generated_names=c.generated,
+        global_tables=[_global_store(g) for g in topology.global_tables],
     )
+
+
+class _Names:
+    """What compiling has named so far: stores, repartition topics, and the nodes it inserted."""
+
+    def __init__(self, app: str, next_id: int):
+        self.app = app
+        self.next_id = next_id
+        self.extra: list[PlanNode] = []
+        self.stores: list[StoreSpec] = []
+        self.generated: list[GeneratedName] = []
+        self._store_where: dict[str, str] = {}
+        self._topic_where: dict[str, str] = {}
+        self._repartition_of: dict[int, PlanNode] = {}     # logical node id -> repartition_source
+
+    def store_name(self, given, default: str, where: str) -> str:
+        name = given or default
+        if name in self._store_where:
+            raise TopologyError(
+                f"two stateful operators are named {name!r} ({self._store_where[name]} and {where}): "
+                f"store names must be unique within a topology")
+        _check_name(name, "store", where)
+        self._store_where[name] = where
+        return name
+
+    def add_store(self, store: StoreSpec, where: str, call: str) -> None:
+        self.stores.append(store)
+        if store.generated_name:
+            self.generated.append(GeneratedName("store", store.name, where, call))
+
+    def repartition(self, up, up_plan: PlanNode, rp_name: str, generated: bool, where: str, call: str) -> PlanNode:
+        """The repartition_source that re-reads ``up``'s records keyed anew (one per re-keyed node)."""
+        if up.id in self._repartition_of:
+            return self._repartition_of[up.id]
+        _check_name(rp_name, "repartition", where)
+        topic = f"{self.app}-{rp_name}-repartition"
+        if topic in self._topic_where:
+            raise TopologyError(
+                f"two re-keyed streams would share the repartition topic {topic!r} "
+                f"({self._topic_where[topic]} and {where}): give each a different name=")
+        self._topic_where[topic] = where
+        rp = {"topic": topic, "generated_name": generated}
+        if generated:
+            self.generated.append(GeneratedName("repartition topic", topic, up.where or where, call))
+        sink = PlanNode(self.next_id, "repartition_sink", [up_plan], dict(rp), where)
+        src = PlanNode(self.next_id + 1, "repartition_source", [], {**rp, "on_error": _policy_upstream(up)}, where)
+        self.next_id += 2
+        self.extra += [sink, src]
+        self._repartition_of[up.id] = src
+        return src
+
+    def join(self, n, params: dict, parents: list[PlanNode]) -> tuple[str, list[PlanNode]]:
+        """Name a join, give it its stores (stream-stream) and repartition its re-keyed stream inputs."""
+        kind = params["join"]
+        given = params.get("name")
+        base = given or f"join-{n.id}"
+        _check_name(base, "join", n.where)
+        call = "join(..., name=...)"
+        if kind in ("stream_stream", "stream_table"):
+            sides = ("left", "right") if kind == "stream_stream" else ("left",)
+            for i, side in enumerate(sides):
+                up = n.parents[i]
+                if up.key_changed:
+                    parents[i] = self.repartition(up, parents[i], f"{base}-{side}", not given, n.where, call)
+        if kind == "stream_stream":
+            stores = []
+            for side in ("left", "right"):
+                name = self.store_name(f"{given}-{side}" if given else None, f"{base}-{side}", n.where)
+                w = params["window"]
+                store = StoreSpec(name, "join", f"{self.app}-{name}-changelog",
+                                  digest("join", side, w.describe()), n.id, w,
+                                  description=f"join store ({side} side); {w.describe()}",
+                                  generated_name=not given, side=side)
+                self.add_store(store, n.where, call)
+                stores.append(store)
+            params["stores"] = stores
+        if kind == "stream_global":
+            params["global"] = params["global"].name
+        return base, parents
+
+
+def _table_store(name: str, src: TableSource, node_id: int, generated: bool = False) -> StoreSpec:
+    """The store of a table read from topic ``src.topic``: that topic is its changelog."""
+    desc = f"table of topic {src.topic!r}; key {src.key_serde.fingerprint()}, value {src.value_serde.fingerprint()}"
+    return StoreSpec(name, "table", src.topic, digest("table", src.topic, src.key_serde.fingerprint(),
+                                                       src.value_serde.fingerprint()),
+                     node_id, None, description=desc, generated_name=generated, source=src)
+
+
+def _global_store(g) -> StoreSpec:
+    return _table_store(g.name, TableSource(g.topic, g.key_serde, g.value_serde), -1)
 
 
 def _policy_upstream(node) -> str:
@@ -112,7 +181,7 @@ def _policy_upstream(node) -> str:
         if n.id in seen:
             continue
         seen.add(n.id)
-        if n.kind == "source":
+        if n.kind in ("source", "table_source"):
             policies.add(n.params.get("on_error", "fail"))
         todo.extend(n.parents)
     for p in ("fail", "dead-letter", "skip"):
@@ -124,7 +193,7 @@ def _policy_upstream(node) -> str:
 def _check_sources(nodes) -> None:
     seen: dict[str, str] = {}
     for n in nodes:
-        if n.kind == "source":
+        if n.kind in ("source", "table_source"):
             t = n.params["topic"]
             if t in seen:
                 raise TopologyError(
@@ -152,7 +221,7 @@ def _split(all_nodes: list[PlanNode]) -> list[SubTopology]:
         groups.setdefault(find(n.id), []).append(n)
 
     def first_source(members):
-        ids = [m.id for m in members if m.kind in ("source", "repartition_source")]
+        ids = [m.id for m in members if m.kind in ("source", "table_source", "repartition_source")]
         return min(ids) if ids else min(m.id for m in members)
 
     subs = []
@@ -161,11 +230,11 @@ def _split(all_nodes: list[PlanNode]) -> list[SubTopology]:
         subs.append(SubTopology(
             id=i,
             nodes=ordered,
-            source_topics=[n.params["topic"] for n in ordered if n.kind == "source"],
+            source_topics=[n.params["topic"] for n in ordered if n.kind in ("source", "table_source")],
             repartition_sources=[n.params["topic"] for n in ordered if n.kind == "repartition_source"],
             sink_topics=_unique(n.params["topic"] for n in ordered if n.kind == "sink"),
             repartition_sinks=[n.params["topic"] for n in ordered if n.kind == "repartition_sink"],
-            stores=[n.params["store"] for n in ordered if n.kind == "aggregate"],
+            stores=[s for n in ordered for s in n.params.get("stores", ())],
         ))
     return subs
 

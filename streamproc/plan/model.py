@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 class PlanNode:
     """A physical node of one sub-topology.
 
-    Kinds: the logical ones (source, map, map_values, filter, flat_map, peek, branch,
-    branch_out, merge, select_key, aggregate, sink) plus ``repartition_sink`` and
-    ``repartition_source`` inserted where a stateful operator needs records keyed anew.
+    Kinds: the logical ones (source, table_source, map, map_values, filter, flat_map, peek,
+    branch, branch_out, merge, select_key, aggregate, table_filter, table_map_values, to_stream,
+    join, sink) plus ``repartition_sink`` and ``repartition_source`` inserted where a stateful
+    operator needs records keyed anew. ``params["stores"]``: the ``StoreSpec``s the node owns.
     """
 
     id: int
@@ -32,23 +33,44 @@ class GeneratedName:
     what: str      # "store" or "repartition topic"
     name: str
     where: str     # file:line of the DSL call
+    call: str = ""  # the DSL call that takes name=, e.g. "join(..., name=...)"
 
     def warning(self) -> str:
-        call = "aggregate/count/reduce(..., name=...)" if self.what == "store" else "group_by(..., name=...)"
+        call = self.call or ("aggregate/count/reduce(..., name=...)" if self.what == "store"
+                             else "group_by(..., name=...)")
         return (f"{self.where}: the {self.what} {self.name!r} has a generated name: inserting an operator "
                 f"upstream renames it and orphans its state; give it a stable name with {call}")
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """Where a table store's records come from when its changelog is a user topic (``Topology.table``,
+    ``global_table``): the topic, its serdes and the policy for records that fail to deserialize."""
+
+    topic: str
+    key_serde: object
+    value_serde: object
+    on_error: str = "fail"
 
 
 @dataclass
 class StoreSpec:
     name: str
-    kind: str              # "window" (tumbling/hopping), "sliding", "session", "kv"
-    changelog: str         # changelog topic name
+    kind: str              # "window" (tumbling/hopping), "sliding", "session", "kv", "table", "join"
+    changelog: str         # changelog topic name (a table's: its source topic)
     fingerprint: str
     node_id: int
     window: object = None  # the WindowSpec, if any
     description: str = ""  # the operator's definition in words (recorded with the fingerprint)
     generated_name: bool = False   # no name= was given: the name depends on the position in the graph
+    source: TableSource | None = None   # a table read from a user topic: that topic is the changelog
+    side: str = ""         # a stream-stream join store: "left" or "right"
+
+    @property
+    def internal_changelog(self) -> bool:
+        """True when streamproc writes the changelog (``<app-id>-<store>-changelog``); False for a
+        table whose source topic is its changelog (never written, created or deleted by streamproc)."""
+        return self.source is None
 
 
 @dataclass
@@ -80,10 +102,17 @@ class Plan:
     stores: list[StoreSpec]
     where: str = ""
     generated_names: list["GeneratedName"] = field(default_factory=list)
+    global_tables: list[StoreSpec] = field(default_factory=list)   # kind "table", one store per worker
 
     @property
     def changelog_topics(self) -> list[str]:
-        return [s.changelog for s in self.stores]
+        """The changelogs streamproc writes (a table's source topic is not one of them)."""
+        return [s.changelog for s in self.stores if s.internal_changelog]
+
+    @property
+    def table_topics(self) -> list[str]:
+        """Source topics read as tables (they must be compacted)."""
+        return [s.source.topic for s in self.stores + self.global_tables if s.source is not None]
 
     @property
     def copartition_groups(self) -> list[list[str]]:
@@ -97,7 +126,7 @@ class Plan:
         raise KeyError(topic)
 
     def store(self, name: str) -> StoreSpec:
-        for s in self.stores:
+        for s in self.stores + self.global_tables:
             if s.name == name:
                 return s
         raise KeyError(name)

@@ -26,6 +26,7 @@ from ..errors import StreamprocError, TopologyError
 from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
                            validate_source_topics, wait_for_broker)
 from ..kafka.config import admin_config, consumer_config, restore_consumer_config
+from ..plan.partitions import partition_counts
 from ._config import RunOptions
 from .definitions import check_changelog_definitions
 from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
@@ -97,43 +98,6 @@ def _install_signals(sup: Supervisor):
 
 
 # ------------------------------------------------------------------------------------------------ topics
-
-def partition_counts(plan, source_counts: dict[str, int]) -> dict[str, int]:
-    """Partition count of every input and internal topic, and ``("task", st.id)`` -> tasks.
-
-    A sub-topology has as many tasks as its largest input topic has partitions; its
-    repartition sinks and changelogs get that many partitions (Kafka Streams does the same).
-    """
-    counts = dict(source_counts)
-    subs = list(plan.subtopologies)
-    for _ in range(len(subs) + 1):                 # upstream first; iterate until settled
-        changed = False
-        for st in subs:
-            ins = [counts[t] for t in st.input_topics if t in counts]
-            if len(ins) != len(st.input_topics):
-                continue
-            n = max(ins)
-            if counts.get(("task", st.id)) != n:
-                counts[("task", st.id)] = n
-                changed = True
-            for t in st.repartition_sinks:
-                if counts.get(t) != n:
-                    counts[t] = n
-                    changed = True
-        if not changed:
-            break
-    for st in subs:
-        if ("task", st.id) not in counts:
-            raise TopologyError(f"cannot size sub-topology {st.id}: its inputs {st.input_topics} form a cycle")
-        if st.stateful:
-            ins = {t: counts[t] for t in st.input_topics}
-            if len(set(ins.values())) > 1:
-                detail = ", ".join(f"{t!r} has {n}" for t, n in ins.items())
-                raise TopologyError(
-                    f"the inputs of one stateful sub-topology must have the same number of partitions "
-                    f"(co-partitioning), but {detail}. Recreate the source topics with matching counts.")
-    return counts
-
 
 def window_retention_ms(spec) -> int | None:
     """``retention.ms`` of a store's changelog, or None for a plain (compacted only) table."""

@@ -3,24 +3,35 @@
 A task owns its operators and its state. It knows nothing about where records come from:
 the test driver and the Kafka worker both hand it ``RawBatch``es and take back what it
 produced, then run the checkpoint (``state.changes()`` ... ``state.apply()``).
+
+Processing order: a task that reads several input partitions (a join of a stream and a table,
+a merge) and is handed records of more than one of them at once (:meth:`Task.process_many`)
+processes them in event-time order, as Kafka Streams does: the next record is always the
+head of the partition whose head has the smallest timestamp (ties: the smaller offset), and
+records of one partition never change order. So an older table update is applied before a
+newer stream record looks the table up. Consecutive records of one partition form a *run*;
+each run goes through the sub-topology as one batch.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..operators import Batch, RawBatch, TaskContext, make_operator
 from ..state import Backend, TaskState
 
+_SOURCE_KINDS = ("source", "table_source", "repartition_source")
+
 
 class Task:
-    def __init__(self, subtopology, partition: int, backend: Backend):
+    def __init__(self, subtopology, partition: int, backend: Backend, globals: dict | None = None):
         self.subtopology = subtopology
         self.partition = partition
         self.id = f"{subtopology.id}_{partition}"
         self.state = TaskState(backend, [s.name for s in subtopology.stores])
-        self.ctx = TaskContext(self.id, partition, self.state)
+        self.ctx = TaskContext(self.id, partition, self.state, globals=globals if globals is not None else {})
         self._nodes = subtopology.nodes
         self._ops = {n.id: make_operator(n, self.ctx) for n in self._nodes}
-        self._source_of = {n.params["topic"]: n.id for n in self._nodes
-                           if n.kind in ("source", "repartition_source")}
+        self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in _SOURCE_KINDS}
 
     @property
     def input_topics(self) -> list[str]:
@@ -32,30 +43,90 @@ class Task:
         Returns the produced records as ``(topic, keys, values, timestamps)`` column groups
         (keys/values serialized). Dead-letter records collect in ``ctx.dead_letters``.
         """
-        out: dict[int, object] = {self._source_of[raw.topic]: self._ops[self._source_of[raw.topic]].process(raw)}
+        src = self._source_of[raw.topic]
+        op = self._ops[src]
+        self._run(src, op.ingest(op.decode(raw)[0]))
+        produced, self.ctx.outputs = self.ctx.outputs, []
+        return produced
+
+    def process_many(self, raws: list[RawBatch]) -> list[tuple]:
+        """Run the batches of several input partitions, their records in event-time order (module doc)."""
+        if len(raws) == 1:
+            return self.process(raws[0])
+        decoded = []
+        for raw in raws:
+            src = self._source_of[raw.topic]
+            b, offs = self._ops[src].decode(raw)
+            if len(b):
+                decoded.append((src, b, offs if offs is not None else range(len(b))))
+        for i, start, end in _runs([(b.timestamps.tolist(), list(offs)) for _, b, offs in decoded]):
+            src, b, _ = decoded[i]
+            part = b if (start == 0 and end == len(b)) else b.take(np.arange(start, end, dtype=np.int64))
+            self._run(src, self._ops[src].ingest(part))
+        produced, self.ctx.outputs = self.ctx.outputs, []
+        return produced
+
+    def _run(self, src: int, batch: Batch) -> None:
+        out: dict[int, object] = {src: batch}
+        ops = self._ops
         for n in self._nodes:
-            if n.id in out or n.kind in ("source", "repartition_source"):
+            if n.id in out or n.kind in _SOURCE_KINDS:
                 continue
             if n.kind == "branch_out":
                 outs = out.get(n.parents[0].id)
                 if outs is not None:
-                    out[n.id] = self._ops[n.id].process(outs)
+                    out[n.id] = ops[n.id].process(outs)
+                continue
+            if n.kind == "join":
+                sides = [out.get(p.id) for p in n.parents]
+                if n.params["join"] == "stream_stream" or any(b is not None and len(b) for b in sides):
+                    # stream-stream always runs: stream time may have closed join windows
+                    out[n.id] = ops[n.id].process_sides(sides[0], sides[1] if len(sides) > 1 else None)
                 continue
             inputs = [out[p.id] for p in n.parents if p.id in out and out[p.id] is not None]
             if n.kind == "aggregate":
                 # always run: stream time may have advanced and closed windows
-                out[n.id] = self._ops[n.id].process(Batch.concat(inputs))
+                out[n.id] = ops[n.id].process(Batch.concat(inputs))
             elif inputs and any(len(b) for b in inputs):
-                out[n.id] = self._ops[n.id].process(Batch.concat(inputs))
-        produced, self.ctx.outputs = self.ctx.outputs, []
-        return produced
+                out[n.id] = ops[n.id].process(Batch.concat(inputs))
 
     def operator(self, store_name: str):
         for n in self._nodes:
-            if n.kind == "aggregate" and n.params["store"].name == store_name:
+            if any(s.name == store_name for s in n.params.get("stores", ())):
                 return self._ops[n.id]
         raise KeyError(store_name)
+
+    def snapshot(self, store_name: str) -> dict:
+        """A store's contents as its operator presents them (``TopologyTestDriver.state``, ``streamproc state``)."""
+        return self.operator(store_name).snapshot(store_name)
 
     @property
     def metrics(self) -> dict:
         return self.ctx.metrics
+
+
+def _runs(heads: list[tuple[list, list]]) -> list[tuple[int, int, int]]:
+    """Runs ``(input index, start, end)`` of inputs ``[(timestamps, offsets)]`` merged in (timestamp,
+    offset, input index) order without reordering any input."""
+    n = len(heads)
+    if n == 1:
+        return [(0, 0, len(heads[0][0]))]
+    keys = [list(zip(ts, offs)) for ts, offs in heads]
+    pos = [0] * n
+    runs = []
+    while True:
+        live = [i for i in range(n) if pos[i] < len(keys[i])]
+        if not live:
+            return runs
+        if len(live) == 1:
+            i = live[0]
+            runs.append((i, pos[i], len(keys[i])))
+            return runs
+        best = min(live, key=lambda i: (keys[i][pos[i]], i))
+        bound = min((keys[i][pos[i]], i) for i in live if i != best)
+        ks = keys[best]
+        j = pos[best] + 1
+        while j < len(ks) and (ks[j], best) <= bound:
+            j += 1
+        runs.append((best, pos[best], j))
+        pos[best] = j

@@ -9,7 +9,8 @@ changelog carries only the store's records, so a restore rebuilds the index as i
 
 * kind ``"window"`` (tumbling/hopping, key ``(group_key, start)``): the time of a key is its
   window start, taken from the key;
-* kinds ``"session"`` and ``"sliding"`` (key = the group key, value = the key's windows): the
+* kinds ``"session"``, ``"sliding"`` and ``"join"`` (key = the group key, value = the key's windows,
+  or the key's records waiting in a stream-stream join window): the
   time of a key is its *due time*, the first element of its value (``[due, ...]``): the
   smallest stream time at which the operator has something to do for the key (close a
   window, drop expired records). A value that does not start with an int (written by an
@@ -30,8 +31,8 @@ from operator import itemgetter
 
 DELETED = object()     # write-cache marker for a deleted key
 
-INDEXED_KINDS = frozenset({"window", "session", "sliding"})
-DUE_KINDS = frozenset({"session", "sliding"})
+INDEXED_KINDS = frozenset({"window", "session", "sliding", "join"})
+DUE_KINDS = frozenset({"session", "sliding", "join"})
 MIN_TIME = -(1 << 63)
 _start = itemgetter(1)          # a window store key is (group_key, start)
 

@@ -63,7 +63,7 @@ Keys: ``KEY_FORMAT`` (0x01) + tagged body
     big-endian with the sign bit flipped (no tag). All windows of one group key are one
     contiguous range sorted by window start: :func:`key_prefix` / :func:`window_range`
     give the byte bounds (format byte included) for "every window of k" and "windows of k
-    starting in [a, b)". Other kinds (``"kv"``, ``"sliding"``, ``"session"``) key by the
+    starting in [a, b)". Other kinds (``"kv"``, ``"sliding"``, ``"session"``, ``"table"``, ``"join"``) key by the
     group key alone.
 
 Values: ``None`` or ``VALUE_FORMAT`` (0x01) + msgpack
@@ -145,7 +145,7 @@ __all__ = [
 KEY_FORMAT = 0x01
 VALUE_FORMAT = 0x01
 
-KINDS = ("kv", "window", "sliding", "session")
+KINDS = ("kv", "window", "sliding", "session", "table", "join")
 WINDOWED_KINDS = frozenset({"window"})     # keys are (group_key, window_start)
 
 _PICKLE_FIRST_BYTE = 0x80

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..errors import StreamprocError, TopologyError
+from ..errors import StreamprocError
 from ..operators import RawBatch
+from ..operators.global_table import GlobalStore
 from ..partitioner import partition_for
 from ..plan import compile_topology
+from ..plan.partitions import partition_counts
 from ..runtime.task import Task
 from ..state import MemoryBackend
 
@@ -38,33 +40,32 @@ class TopologyTestDriver:
         self._source_serdes = {}
         for st in self.plan.subtopologies:
             for n in st.nodes:
-                if n.kind == "source":
+                if n.kind in ("source", "table_source"):
                     self._source_serdes[n.params["topic"]] = (n.params["key_serde"], n.params["value_serde"])
+        # one global store per global table, shared by every task (as by a worker's tasks)
+        self._globals = {g.name: GlobalStore(g, MemoryBackend()) for g in self.plan.global_tables}
+        self._global_of_topic = {g.source.topic: self._globals[g.name] for g in self.plan.global_tables}
+        for g in self.plan.global_tables:
+            self._source_serdes[g.source.topic] = (g.source.key_serde, g.source.value_serde)
         self._null_key_rr = 0
         self._last_ts = 0
         self._closed = False
 
     # -- setup ------------------------------------------------------------------------
     def _partition_counts(self, given: dict) -> dict:
-        counts = {t: given.get(t, 1) for t in self.plan.source_topics}
-        for st in self.plan.subtopologies:          # in dependency order: upstream first
-            ins = [counts[t] for t in st.input_topics if t in counts]
-            if st.stateful and len(set(ins)) > 1:
-                detail = ", ".join(f"{t}={counts[t]}" for t in st.input_topics)
-                raise TopologyError(
-                    f"topics {st.input_topics} feed the same stateful tasks but have different partition "
-                    f"counts ({detail}): co-partitioned topics need equal partition counts")
-            for t in st.repartition_sinks:
-                counts[t] = given.get(t, max(ins) if ins else 1)
+        counts = partition_counts(self.plan, {t: given.get(t, 1) for t in self.plan.source_topics},
+                                  {t: n for t, n in given.items() if t in self.plan.repartition_topics})
         for t in self.plan.sink_topics:
             counts.setdefault(t, given.get(t, 1))
+        for g in self.plan.global_tables:
+            counts.setdefault(g.source.topic, given.get(g.source.topic, 1))
         return counts
 
     def _task(self, st, partition: int) -> Task:
         key = (st.id, partition)
         t = self._tasks.get(key)
         if t is None:
-            t = self._tasks[key] = Task(st, partition, MemoryBackend())
+            t = self._tasks[key] = Task(st, partition, MemoryBackend(), globals=self._globals)
         return t
 
     # -- input --------------------------------------------------------------------------
@@ -104,6 +105,9 @@ class TopologyTestDriver:
         self._offsets[(topic, partition)] = off + len(recs)
         raw = RawBatch(topic, partition, [r[0] for r in recs], [r[1] for r in recs], [r[2] for r in recs],
                        list(range(off, off + len(recs))))
+        if topic in self._global_of_topic:          # applied between batches, seen by every task
+            self._global_of_topic[topic].apply([raw])
+            return
         task = self._task(self.plan.subtopology_of(topic), partition)
         produced = task.process(raw)
         task.state.changes()
@@ -145,20 +149,21 @@ class TopologyTestDriver:
             raise StreamprocError(
                 f"no store named {store_name!r} (stores: {', '.join(s.name for s in self.plan.stores) or 'none'})"
             ) from None
+        if store_name in self._globals:
+            return self._globals[store_name].snapshot()
         out = {}
         for task in self._tasks.values():
             try:
-                op = task.operator(store_name)
+                out.update(task.snapshot(store_name))
             except KeyError:
                 continue
-            out.update(op.snapshot())
         return out
 
     def metrics(self) -> dict:
         """Counters summed over all tasks: ``late_records``, ``dropped_none_key``, ``skipped_records``..."""
         total: dict = {}
-        for task in self._tasks.values():
-            for k, v in task.metrics.items():
+        for m in [t.metrics for t in self._tasks.values()] + [g.metrics for g in self._globals.values()]:
+            for k, v in m.items():
                 total[k] = total.get(k, 0) + v
         return total
 

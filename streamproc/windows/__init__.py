@@ -14,6 +14,8 @@ Every window kind answers two questions, and nothing else in streamproc decides 
   Hopping      ``[k*advance, k*advance + size)``   ``stream_time >= end + grace``
   Sliding      ``[start, end]`` both inclusive     ``stream_time >  end + grace``
   Session      ``[first, last]`` both inclusive    ``stream_time >  end + gap + grace``
+  JoinWindow   a left record at ``tl`` matches      left: ``stream_time > tl + after + grace``
+               rights in ``[tl-before, tl+after]``  right: ``stream_time > tr + before + grace``
   ===========  =================================  ===============================
 
 A record that only belongs to closed windows is *late*.
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..errors import TopologyError
 
-__all__ = ["Tumbling", "Hopping", "Sliding", "Session", "WindowSpec", "parse_duration"]
+__all__ = ["Tumbling", "Hopping", "Sliding", "Session", "JoinWindow", "WindowSpec", "parse_duration"]
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
@@ -179,6 +181,34 @@ class Session(WindowSpec):
 
     def params(self):
         return {"gap": self.gap, "grace": self.grace}
+
+
+class JoinWindow(WindowSpec):
+    """The window of a stream-stream join: a left record at ``tl`` matches right records with
+    ``tl - before <= tr <= tl + after`` (``after`` defaults to ``before``).
+
+    Each side's record keeps its *own* join window: the left record's closes when
+    ``stream_time > tl + after + grace``, the right record's when ``stream_time > tr + before + grace``
+    (:meth:`close_time` with ``side``). A record whose own window is closed on arrival is late.
+    """
+
+    kind = "join"
+
+    def __init__(self, before, after=None, grace=0):
+        self.before = parse_duration(before, "join window 'before'")
+        self.after = self.before if after is None else parse_duration(after, "join window 'after'")
+        self.grace = parse_duration(grace, "grace")
+
+    def reach(self, side: str) -> int:
+        """How far after its own timestamp a record of ``side`` ("left"/"right") can still be matched."""
+        return self.after if side == "left" else self.before
+
+    def close_time(self, end, side: str = "left"):
+        """Smallest stream time at which the window of a ``side`` record at timestamp ``end`` is closed."""
+        return end + self.reach(side) + self.grace + 1
+
+    def params(self):
+        return {"before": self.before, "after": self.after, "grace": self.grace}
 
 
 def _fmt(ms: int) -> str:

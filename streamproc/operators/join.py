@@ -1,0 +1,424 @@
+"""THE join rules (DESIGN section 4), one operator per join kind.
+
+Every join's result is keyed by the left (stream) side's key; ``joiner(left_value, right_value)``
+builds its value (default ``{"left": ..., "right": ...}``), the missing side of a left/outer
+result being ``None``. Records with a ``None`` key are dropped and counted (``dropped_none_key``).
+
+stream-table
+    Each stream record joins the table's row for its key *as of the moment it is processed*:
+    the table's view reads the store through the task's write cache, and the task processes
+    the records of its inputs in timestamp order (``Task.process_many``), so a table update
+    that comes first is seen. inner drops a record without a row; left emits ``joiner(v, None)``.
+    Result timestamp: the stream record's.
+
+stream-global-table
+    The same, with the row picked by ``key(k, v)`` (default: the stream key) in the worker's
+    global store.
+
+table-table
+    Every change of either side re-computes the key's result from both sides' current rows:
+    inner needs both, left the left, outer either. A key whose result stops existing flows as
+    ``None``; a key that had and has no result flows nothing. Result timestamp: the larger of
+    the two sides'. The join keeps no store of its own: it is a view over its sides.
+
+stream-stream, ``JoinWindow(before, after, grace)``
+    A left record at ``tl`` matches right records with ``tl - before <= tr <= tl + after``.
+    Records are processed one at a time in processing order (both sides of one batch
+    interleaved by position), each at its stream time ``st``:
+
+    1. *expire*: every stored record whose own window is closed at ``st`` (left:
+       ``st > tl + after + grace``, right: ``st > tr + before + grace``) leaves its store; under
+       left/outer a left record that never matched emits ``joiner(v, None)`` (outer: a right one
+       ``joiner(None, v)``), timestamp its own. Never earlier: only closing emits it.
+    2. *late*: a record whose own window is already closed is dropped and counted (``late_records``).
+    3. *match*: the record joins every stored record of the other side with its key, in range and
+       with an open window: one result per match, timestamp ``max(tl, tr)``, emitted at once.
+    4. *store*: it is kept in its side's store until its window closes.
+
+    Store layout (kind ``"join"``, one store per side): key -> ``[due, [ts, value, matched], ...]``,
+    ``due`` = the earliest close time among the key's records (the backend's time index orders
+    keys by it, so records stored before a restart are found when they close). State is bounded
+    by the window plus grace.
+"""
+from __future__ import annotations
+
+import heapq
+from itertools import count
+
+import numpy as np
+
+from ..errors import CodecError
+from ..state.codec import check_value
+from .base import Operator
+from .batch import Batch
+from .table import TableView, view_of
+from ._fold import BackendSweep
+
+_MAXSEQ = np.iinfo(np.int64).max
+
+
+def default_joiner(left, right):
+    return {"left": left, "right": right}
+
+
+class _JoinBase(Operator):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        p = node.params
+        self.how = p["how"]
+        self.joiner = p["joiner"] or default_joiner
+
+    def _join(self, k, lv, rv):
+        try:
+            return self.joiner(lv, rv)
+        except Exception as e:  # noqa: BLE001 - a user function
+            raise self._fail(e, k) from e
+
+    def _drop_none_keys(self, b: Batch | None) -> Batch | None:
+        if b is None or not len(b):
+            return None
+        if None in b.keys:
+            mask = [k is not None for k in b.keys]
+            self.ctx.count("dropped_none_key", len(mask) - sum(mask))
+            b = b.select(mask)
+        return b if len(b) else None
+
+    def _lookup_join(self, b: Batch, keys: list, rows: list) -> Batch:
+        """``b``'s records joined with one looked-up row each (``None``: no row)."""
+        joiner = self.joiner
+        try:
+            if self.how == "inner":
+                keep = [r is not None for r in rows]
+                if not all(keep):
+                    b = b.select(keep)
+                    rows = [r for r in rows if r is not None]
+                values = [joiner(v, r[1]) for v, r in zip(b.values, rows)]
+            else:
+                values = [joiner(v, None if r is None else r[1]) for v, r in zip(b.values, rows)]
+        except Exception:  # noqa: BLE001 - find the record and name it
+            for k, v, r in zip(b.keys, b.values, rows):
+                if self.how == "inner" and r is None:
+                    continue
+                self._join(k, v, None if r is None else r[1])
+            raise
+        return Batch(b.keys, values, b.timestamps, b.stream_times, b.seq)
+
+
+class StreamTableJoinOp(_JoinBase):
+    """``stream.join(table)``: each record joins the table's current row for its key."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.table: TableView = view_of(ctx, node.parents[1])
+
+    def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
+        b = self._drop_none_keys(left)         # the table's own changes (right) produce nothing
+        if b is None:
+            return Batch.empty()
+        return self._lookup_join(b, b.keys, self.table.rows(b.keys))
+
+
+class StreamGlobalJoinOp(_JoinBase):
+    """``stream.join(global_table, key=fn)``: each record joins the global table's row ``fn(k, v)``."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.key_fn = node.params["key"]
+        self.name = node.params["global"]
+
+    def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
+        b = self._drop_none_keys(left)
+        if b is None:
+            return Batch.empty()
+        fn = self.key_fn
+        if fn is None:
+            keys = b.keys
+        else:
+            keys = []
+            for k, v in zip(b.keys, b.values):
+                try:
+                    keys.append(fn(k, v))
+                except Exception as e:  # noqa: BLE001 - a user function
+                    raise self._fail(e, k) from e
+        try:
+            rows = self.ctx.globals[self.name].rows(keys)
+        except TypeError as e:      # an unhashable table key from key=
+            raise self._fail(e, b.keys[0]) from e
+        return self._lookup_join(b, keys, rows)
+
+
+class TableTableJoinOp(_JoinBase, TableView):
+    """``table.join(table)``: a view over both sides; each changed key's result re-computed."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.left: TableView = view_of(ctx, node.parents[0])
+        self.right: TableView = view_of(ctx, node.parents[1])
+        ctx.views[node.id] = self
+
+    def _exists(self, l, r) -> bool:
+        how = self.how
+        return (l is not None and r is not None) if how == "inner" else (
+            l is not None if how == "left" else (l is not None or r is not None))
+
+    def rows(self, keys):
+        out = []
+        for k, l, r in zip(keys, self.left.rows(keys), self.right.rows(keys)):
+            if not self._exists(l, r):
+                out.append(None)
+                continue
+            ts = max(x[0] for x in (l, r) if x is not None)
+            out.append([ts, self._join(k, None if l is None else l[1], None if r is None else r[1])])
+        return out
+
+    def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
+        changed: dict = {}        # key -> [left change or None, right change or None]; change = (old, ts, st, seq)
+        for side, b in ((0, left), (1, right)):
+            if b is None or not len(b):
+                continue
+            olds = b.olds if b.olds is not None else [None] * len(b)
+            for k, old, t, st, sq in zip(b.keys, olds, b.timestamps.tolist(), b.stream_times.tolist(),
+                                         b.seq.tolist()):
+                if k is None:
+                    continue
+                c = changed.setdefault(k, [None, None])
+                prev = c[side]
+                c[side] = (old if prev is None else prev[0], t, st, sq)
+        if not changed:
+            return Batch.empty()
+        keys = list(changed)
+        lrows, rrows = self.left.rows(keys), self.right.rows(keys)
+        out_k, out_v, out_old, out_ts, out_st, out_seq = [], [], [], [], [], []
+        for k, l, r in zip(keys, lrows, rrows):
+            lc, rc = changed[k]
+            lv, rv = (None if l is None else l[1]), (None if r is None else r[1])
+            lold = lv if lc is None else lc[0]
+            rold = rv if rc is None else rc[0]
+            had, has = self._exists(lold, rold), self._exists(lv, rv)
+            if not had and not has:
+                continue
+            ts = max([c[1] for c in (lc, rc) if c is not None]
+                     + [row[0] for row, c in ((l, lc), (r, rc)) if c is None and row is not None])
+            last = max((c for c in (lc, rc) if c is not None), key=lambda c: c[3])
+            out_k.append(k)
+            out_v.append(self._join(k, lv, rv) if has else None)
+            out_old.append(self._join(k, lold, rold) if had else None)
+            out_ts.append(ts)
+            out_st.append(last[2])
+            out_seq.append(last[3])
+        if not out_k:
+            return Batch.empty()
+        order = np.argsort(np.asarray(out_seq, dtype=np.int64), kind="stable")
+        b = Batch(out_k, out_v, np.asarray(out_ts, dtype=np.int64), np.asarray(out_st, dtype=np.int64),
+                  np.asarray(out_seq, dtype=np.int64), out_old)
+        return b if (order == np.arange(len(order))).all() else b.take(order)
+
+
+class StreamStreamJoinOp(_JoinBase):
+    """``stream.join(stream, window=JoinWindow(...))`` (see the module doc for the rules)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        w = node.params["window"]
+        self.window = w
+        left, right = node.params["stores"]
+        self.stores = (ctx.state.store(left.name), ctx.state.store(right.name))
+        # close time of a record of side s at t: t + reach[s]; reach = how far after t it can match, + grace + 1
+        self.reach = (w.after + w.grace + 1, w.before + w.grace + 1)
+        self.emit_unmatched = (self.how in ("left", "outer"), self.how == "outer")
+        self._tick = count()
+        self._start_index()
+
+    def _start_index(self) -> None:
+        """Expiry index: a heap of (close time, n, side, key) for the records this operator stored, and
+        each store's backend time index for what was stored before it was built (``BackendSweep``)."""
+        self._heap: list = []
+        self._generation = tuple(s.generation for s in self.stores)
+        self._sweeps = [BackendSweep(s, "join") for s in self.stores]
+        for side, (store, sweep) in enumerate(zip(self.stores, self._sweeps)):
+            if not sweep.indexed:                 # a backend without a time index: read the store once
+                for k, value in store.items():
+                    self._push_value(side, k, value)
+
+    def _push_value(self, side: int, k, value) -> None:
+        if value:
+            heapq.heappush(self._heap, (value[0], next(self._tick), side, k))
+
+    # ------------------------------------------------------------------ batch
+    def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
+        if tuple(s.generation for s in self.stores) != self._generation:   # write caches discarded
+            self._start_index()
+        left, right = self._drop_none_keys(left), self._drop_none_keys(right)
+        st_now = self.ctx.state.stream_time          # the batch's last stream time (its sources stamped it)
+        out = _Out()
+        cur: tuple[dict, dict] = ({}, {})            # side -> key -> entries (copies) this batch changed or read
+        dirty: tuple[set, set] = (set(), set())
+        self._prefetch(left, right, cur)
+        for side, i, b in _in_order(left, right):
+            k = b.keys[i]
+            t = int(b.timestamps[i])
+            st = int(b.stream_times[i])
+            self._expire(st, cur, dirty, out, st, int(b.seq[i]))
+            if st >= t + self.reach[side]:
+                self.ctx.count("late_records")
+                continue
+            other = 1 - side
+            entries = self._entries(other, k, cur)
+            v = b.values[i]
+            matched = 0
+            if entries:
+                w = self.window
+                lo, hi = (t - w.before, t + w.after) if side == 0 else (t - w.after, t + w.before)
+                oreach = self.reach[other]
+                sq = int(b.seq[i])
+                for e in entries:
+                    et = e[0]
+                    if lo <= et <= hi and st < et + oreach:
+                        res = self._join(k, v, e[1]) if side == 0 else self._join(k, e[1], v)
+                        out.add(k, res, t if t > et else et, st, sq)
+                        matched = 1
+                        if not e[2]:
+                            e[2] = 1
+                            dirty[other].add(k)
+            mine = self._entries(side, k, cur)
+            mine.append([t, v, matched])
+            dirty[side].add(k)
+            heapq.heappush(self._heap, (t + self.reach[side], next(self._tick), side, k))
+        self._expire(st_now, cur, dirty, out, st_now, _MAXSEQ)
+        self._write_back(cur, dirty)
+        return out.batch()
+
+    def _prefetch(self, left, right, cur) -> None:
+        """Read both sides' stored records of every key of the batch at once (one ``get_many`` each)."""
+        keys = list(dict.fromkeys((left.keys if left is not None else []) + (right.keys if right is not None else [])))
+        if not keys:
+            return
+        for side in (0, 1):
+            c = cur[side]
+            for k, value in zip(keys, self.stores[side].get_many(keys)):
+                c[k] = [] if value is None else [list(e) for e in value[1:]]
+
+    def _entries(self, side: int, k, cur) -> list:
+        """The stored records of ``k`` on ``side`` (a private copy, kept in ``cur`` for this batch)."""
+        c = cur[side]
+        entries = c.get(k)
+        if entries is None:
+            value = self.stores[side].get(k)
+            entries = c[k] = [] if value is None else [list(e) for e in value[1:]]
+        return entries
+
+    def _expire(self, st: int, cur, dirty, out: "_Out", out_st: int, out_seq: int) -> None:
+        """Remove every stored record whose window is closed at stream time ``st``; emit the unmatched
+        ones under left/outer (timestamp: their own)."""
+        heap = self._heap
+        due: list = []
+        while heap and heap[0][0] <= st:
+            _, _, side, k = heapq.heappop(heap)
+            due.append((side, k))
+        for side, sweep in enumerate(self._sweeps):
+            if sweep.upto is not None:
+                for k in sweep.due(st):
+                    due.append((side, k))
+        if not due:
+            return
+        seen = set()
+        for side, k in due:
+            if (side, k) in seen:
+                continue
+            seen.add((side, k))
+            entries = self._entries(side, k, cur)
+            reach = self.reach[side]
+            if all(e[0] + reach > st for e in entries):     # nothing of it closes yet (a stale heap entry)
+                self._push_entries(side, k, entries, st)
+                continue
+            keep = []
+            for e in entries:
+                if e[0] + reach <= st:
+                    if not e[2] and self.emit_unmatched[side]:
+                        res = self._join(k, e[1], None) if side == 0 else self._join(k, None, e[1])
+                        out.add(k, res, e[0], out_st, out_seq)
+                else:
+                    keep.append(e)
+            entries[:] = keep
+            dirty[side].add(k)
+            self._push_entries(side, k, keep, st)
+
+    def _push_entries(self, side: int, k, entries: list, st: int) -> None:
+        """Make sure the heap holds the key's earliest remaining close time (records found through the
+        backend sweep are in the heap only from now on)."""
+        if entries:
+            heapq.heappush(self._heap, (min(e[0] for e in entries) + self.reach[side], next(self._tick), side, k))
+
+    def _write_back(self, cur, dirty) -> None:
+        for side in (0, 1):
+            if not dirty[side]:
+                continue
+            store = self.stores[side]
+            reach = self.reach[side]
+            puts_k, puts_v, dels = [], [], []
+            for k in dirty[side]:
+                entries = cur[side][k]
+                if entries:
+                    puts_k.append(k)
+                    puts_v.append([min(e[0] for e in entries) + reach] + entries)
+                else:
+                    dels.append(k)
+            for k, value in zip(puts_k, puts_v):
+                try:
+                    check_value(value)
+                except CodecError as e:
+                    where = f" (defined at {self.node.where})" if self.node.where else ""
+                    raise CodecError(f"join {self.node.label!r}{where} cannot store the records of key {k!r}: "
+                                     f"{e.reason}") from None
+            store.put_many(puts_k, puts_v)
+            if dels:
+                store.delete_many(dels)
+
+    def snapshot(self, store_name: str | None = None) -> dict:
+        side = 0 if store_name is None or store_name == self.stores[0].name else 1
+        return {k: [[e[0], e[1]] for e in value[1:]] for k, value in self.stores[side].items()}
+
+
+def _in_order(left: Batch | None, right: Batch | None):
+    """``(side, index, batch)`` of both sides' records in processing order (by ``seq``; a record that
+    reaches both sides - a self-join - is processed as left first)."""
+    if right is None:
+        if left is not None:
+            for i in range(len(left)):
+                yield 0, i, left
+        return
+    if left is None:
+        for i in range(len(right)):
+            yield 1, i, right
+        return
+    ls, rs = left.seq.tolist(), right.seq.tolist()
+    i = j = 0
+    while i < len(ls) or j < len(rs):
+        if j >= len(rs) or (i < len(ls) and ls[i] <= rs[j]):
+            yield 0, i, left
+            i += 1
+        else:
+            yield 1, j, right
+            j += 1
+
+
+class _Out:
+    """Join results as they are produced (columns)."""
+
+    __slots__ = ("keys", "values", "ts", "st", "seq")
+
+    def __init__(self):
+        self.keys, self.values, self.ts, self.st, self.seq = [], [], [], [], []
+
+    def add(self, k, v, ts: int, st: int, seq: int) -> None:
+        self.keys.append(k)
+        self.values.append(v)
+        self.ts.append(ts)
+        self.st.append(st)
+        self.seq.append(seq)
+
+    def batch(self) -> Batch:
+        if not self.keys:
+            return Batch.empty()
+        return Batch(self.keys, self.values, np.asarray(self.ts, dtype=np.int64),
+                     np.asarray(self.st, dtype=np.int64), np.asarray(self.seq, dtype=np.int64))
