@@ -534,6 +534,7 @@ def test_to_dict_describes_subtopologies_topics_and_stores():
         "sinks": ["views-per-user"],
         "repartition": ["pv-per-user-repartition"],
         "changelog": ["pv-per-user-changelog"],
+        "tables": [],
     }
     assert [s["id"] for s in d["subtopologies"]] == [0, 1]
     sub0, sub1 = d["subtopologies"]

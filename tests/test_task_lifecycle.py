@@ -501,6 +501,9 @@ class FakeMsg:
     def error(self):
         return self._error
 
+    def timestamp(self):
+        return (1, 1000 + self._offset)      # (TIMESTAMP_CREATE_TIME, ms): 1000 + offset
+
 
 class ChangelogLog:
     """In-memory partitions: ``records[(topic, p)] = [(offset, key, value)]``; ``end`` counts markers too."""

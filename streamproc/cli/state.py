@@ -13,6 +13,7 @@ from ..errors import StateError, StreamprocError
 from ._app import app, compile_file, err, guarded
 
 _TASK_DIR = re.compile(r"^(\d+)_(\d+)$")
+_GLOBAL_DIR = re.compile(r"^global-(\d+)$")
 
 
 def _task_dirs(state_dir: str, app_id: str) -> list[tuple[int, int, str]]:
@@ -27,15 +28,27 @@ def _task_dirs(state_dir: str, app_id: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def _global_dirs(state_dir: str, app_id: str) -> list[tuple[None, int, str]]:
+    """``(None, worker, path)`` of the workers' global-table directories."""
+    root = os.path.join(state_dir, app_id)
+    out = []
+    if os.path.isdir(root):
+        for name in sorted(os.listdir(root)):
+            m = _GLOBAL_DIR.match(name)
+            if m and os.path.isdir(os.path.join(root, name)):
+                out.append((None, int(m.group(1)), os.path.join(root, name)))
+    return out
+
+
 def _pick_store(plan, store: Optional[str]):
-    names = [s.name for s in plan.stores]
+    names = [s.name for s in plan.stores + plan.global_tables]
     if not names:
         raise StreamprocError(f"topology {plan.app_id!r} has no stores")
     if store is None:
         if len(names) > 1:
             raise StreamprocError(f"topology {plan.app_id!r} has several stores ({', '.join(names)}): "
                                   f"pick one with --store")
-        return plan.stores[0]
+        return (plan.stores + plan.global_tables)[0]
     try:
         return plan.store(store)
     except KeyError:
@@ -67,19 +80,24 @@ def state(
 
     _, plan = compile_file(topology)
     spec = _pick_store(plan, store)
-    st = next(s for s in plan.subtopologies if spec in s.stores)
-    dirs = [d for d in _task_dirs(state_dir, plan.app_id) if d[0] == st.id]
-    if not dirs:
-        raise StateError(f"no local state for {plan.app_id!r} sub-topology {st.id} under {state_dir!r} "
-                         f"(run the app there first, or `streamproc replay` it from the changelog)")
-    windowed = spec.window is not None
+    if spec in plan.global_tables:
+        snapshots = _global_snapshots(state_dir, plan, spec)
+    else:
+        st = next(s for s in plan.subtopologies if spec in s.stores)
+        dirs = [d for d in _task_dirs(state_dir, plan.app_id) if d[0] == st.id]
+        if not dirs:
+            raise StateError(f"no local state for {plan.app_id!r} sub-topology {st.id} under {state_dir!r} "
+                             f"(run the app there first, or `streamproc replay` it from the changelog)")
+        snapshots = []
+        for _, partition, path in dirs:
+            backend = RocksDBBackend.for_task(path, st, read_only=True)
+            try:
+                snapshots.append(Task(st, partition, backend).snapshot(spec.name))
+            finally:
+                backend.close()
+    windowed = spec.window is not None and spec.kind != "join"     # keys (group key, window start)
     found = []
-    for _, partition, path in dirs:
-        backend = RocksDBBackend.for_task(path, st, read_only=True)
-        try:
-            snapshot = Task(st, partition, backend).operator(spec.name).snapshot()
-        finally:
-            backend.close()
+    for snapshot in snapshots:
         for skey, value in snapshot.items():
             group_key = skey[0] if windowed else skey
             if key is None or _matches(group_key, key):
@@ -92,6 +110,22 @@ def state(
         return
     for k, v in found:
         typer.echo(_dump({"key": k, "value": v}))
+
+
+def _global_snapshots(state_dir: str, plan, spec) -> list[dict]:
+    """A global table's rows as held by the first worker directory that has them (each worker holds all)."""
+    from ..operators.global_table import GlobalStore
+    from ..state.rocksdb import RocksDBBackend
+
+    dirs = _global_dirs(state_dir, plan.app_id)
+    if not dirs:
+        raise StateError(f"no local state for global table {spec.name!r} of {plan.app_id!r} under {state_dir!r} "
+                         f"(run the app there first)")
+    backend = RocksDBBackend(dirs[0][2], plan.global_tables, read_only=True)
+    try:
+        return [GlobalStore(spec, backend).snapshot()]
+    finally:
+        backend.close()
 
 
 def _matches(group_key, text: str) -> bool:
@@ -122,7 +156,7 @@ def reset(
     from ..state.lock import TaskDirLock
 
     _, plan = compile_file(topology)
-    dirs = _task_dirs(state_dir, plan.app_id)
+    dirs = _task_dirs(state_dir, plan.app_id) + _global_dirs(state_dir, plan.app_id)
     internal = plan.changelog_topics + plan.repartition_topics
     if not local_only and not bootstrap_servers:
         raise StreamprocError("reset deletes the app's internal topics and consumer group: give "
@@ -182,7 +216,7 @@ def replay(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from ..kafka.admin import wait_for_broker
+    from ..kafka.admin import group_offsets, make_admin, wait_for_broker
     from ..kafka.config import admin_config, restore_consumer_config
     from ..runtime._changelog import META_CHANGELOG_OFFSETS, changelog_offsets
     from ..runtime.restore import Restorer
@@ -195,6 +229,9 @@ def replay(
     _, plan = compile_file(topology)
     if store is not None:
         specs = [_pick_store(plan, store)]
+        if specs[0] in plan.global_tables:
+            raise StreamprocError(f"{specs[0].name!r} is a global table: every worker rebuilds it from topic "
+                                  f"{specs[0].changelog!r} when it starts; there is nothing to replay")
     else:
         specs = list(plan.stores)
         if not specs:
@@ -222,6 +259,9 @@ def replay(
                 raise StreamprocError(f"changelog {topic!r} has partitions {available[0]}..{available[-1]}, "
                                       f"not {', '.join(map(str, missing))}")
             tasks += [(st, mine, p) for p in parts]
+        # a table's restore ends at the app's committed offset of its topic (processing resumes there)
+        tables = [(s.changelog, p) for st, mine, p in tasks for s in mine if s.source is not None]
+        committed = group_offsets(make_admin(bootstrap_servers, plan.app_id), plan.app_id, tables) if tables else {}
         # empty the selected stores (and forget their changelog offsets): the replay reads each changelog whole
         for st, mine, p in tasks:
             path = task_dir(state_dir, plan.app_id, f"{st.id}_{p}")
@@ -234,7 +274,8 @@ def replay(
             b.close()
             b = RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
             backends.append(b)
-            restorer.start((st.id, p), b, mine, p)
+            restorer.start((st.id, p), b, mine, p,
+                           {s.name: committed[(s.changelog, p)] for s in mine if (s.changelog, p) in committed})
         all_parts = [part for st, _, p in tasks for part in restorer.parts((st.id, p))]
         total = sum(max(0, part.end - part.first) for part in all_parts)
         t0 = time.monotonic()

@@ -95,6 +95,29 @@ def _topic_configs(admin: AdminClient, names: Iterable[str], timeout_s: float) -
     return out
 
 
+def topic_configs(admin: AdminClient, names: Iterable[str], timeout_s: float = 15.0) -> dict[str, dict[str, str]]:
+    """``{topic: {config: value}}`` as the broker reports them (``BrokerError`` if they cannot be read)."""
+    return _topic_configs(admin, names, timeout_s)
+
+
+def group_offsets(admin: AdminClient, group: str, partitions: Iterable[tuple[str, int]],
+                  timeout_s: float = 15.0) -> dict[tuple[str, int], int]:
+    """The committed offsets of consumer group ``group`` for ``(topic, partition)``s (missing: none committed)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return {}
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)],
+                                                request_timeout=timeout_s)
+    try:
+        res = futures[group].result(timeout=timeout_s + 5)
+    except KafkaException as exc:
+        raise BrokerError(f"could not read the committed offsets of consumer group {group!r} from Kafka at "
+                          f"{_bootstrap_of(admin)}: {_describe_exc(exc)}") from exc
+    return {(tp.topic, tp.partition): tp.offset for tp in res.topic_partitions if tp.offset >= 0}
+
+
 def _policies(value: str | None) -> frozenset[str]:
     if not value:
         return frozenset()

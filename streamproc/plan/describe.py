@@ -26,12 +26,38 @@ def node_detail(n: PlanNode) -> str:
         aggs = " ".join(f"{k}={a.describe()}" for k, a in p["aggs"].items())
         return (f"{w.describe() if w else 'table'}  {aggs}  emit={p['emit']}  "
                 f"store={store.name}{_GENERATED if store.generated_name else ''} changelog={store.changelog}")
+    if n.kind == "table_source":
+        store = p["store"]
+        return (f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}  store={store.name}  "
+                f"(the topic is the store's changelog)")
+    if n.kind == "join":
+        return _join_detail(n)
     if n.kind == "branch":
         return f"{len(p['predicates'])} predicates"
     if n.kind == "branch_out":
         return f"#{p['index']}"
     fn = p.get("fn")
     return getattr(fn, "__name__", "") if fn is not None else ""
+
+
+def _join_detail(n: PlanNode) -> str:
+    p = n.params
+    kind = p["join"].replace("_", "-")
+    parts = [f"{kind} how={p['how']}"]
+    if p["join"] == "stream_stream":
+        parts.append(p["window"].describe())
+        parts += [f"store={s.name}{_GENERATED if s.generated_name else ''} changelog={s.changelog}"
+                  for s in p["stores"]]
+    elif p["join"] == "stream_table":
+        parts.append(f"table={n.parents[1].label}")
+    elif p["join"] == "table_table":
+        parts.append(f"tables={n.parents[0].label},{n.parents[1].label}")
+    else:
+        key = p.get("key")
+        parts.append(f"global table={p['global']} key={getattr(key, '__name__', 'stream key') if key else 'stream key'}")
+    joiner = p.get("joiner")
+    parts.append(f"joiner={getattr(joiner, '__name__', 'function')}" if joiner else "joiner=default")
+    return "  ".join(parts)
 
 
 def render_tree(plan: Plan, source_file: str = "") -> Tree:
@@ -48,8 +74,8 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
                 children.setdefault(par.id, []).append(n)
 
         def add(tree, n):
-            style = {"source": "green", "repartition_source": "green", "sink": "magenta",
-                     "repartition_sink": "magenta", "aggregate": "yellow"}.get(n.kind, "white")
+            style = {"source": "green", "repartition_source": "green", "table_source": "green", "sink": "magenta",
+                     "repartition_sink": "magenta", "aggregate": "yellow", "join": "yellow"}.get(n.kind, "white")
             extra = ""
             if len(n.parents) > 1:
                 extra = "  (also from " + ", ".join(p.label for p in n.parents[1:]) + ")"
@@ -64,7 +90,8 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
                 add(sub, n)
     topics = root.add(Text("Topics", style="bold"))
     for label, names in (("sources", plan.source_topics), ("sinks", plan.sink_topics),
-                         ("repartition", plan.repartition_topics), ("changelog", plan.changelog_topics)):
+                         ("repartition", plan.repartition_topics), ("changelog", plan.changelog_topics),
+                         ("tables (the topic is the changelog)", plan.table_topics)):
         if names:
             topics.add(f"{label}: " + ", ".join(names))
     if plan.stores:
@@ -72,6 +99,11 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
         for s in plan.stores:
             stores.add(f"{s.name}{_GENERATED if s.generated_name else ''}  kind={s.kind}  "
                        f"changelog={s.changelog}  fingerprint={s.fingerprint}")
+    if plan.global_tables:
+        globs = root.add(Text("Global tables (every worker holds all partitions)", style="bold"))
+        for g in plan.global_tables:
+            globs.add(f"{g.name}  topic={g.source.topic}  key={g.source.key_serde.name} "
+                      f"value={g.source.value_serde.name}")
     return root
 
 
@@ -97,6 +129,7 @@ def to_dict(plan: Plan) -> dict:
             "sinks": plan.sink_topics,
             "repartition": plan.repartition_topics,
             "changelog": plan.changelog_topics,
+            "tables": plan.table_topics,
         },
         "stores": [
             {"name": s.name, "kind": s.kind, "changelog": s.changelog, "fingerprint": s.fingerprint,
@@ -106,4 +139,6 @@ def to_dict(plan: Plan) -> dict:
         ],
         "generated_names": [{"what": g.what, "name": g.name, "defined_at": g.where}
                             for g in plan.generated_names],
+        "global_tables": [{"name": g.name, "topic": g.source.topic, "fingerprint": g.fingerprint}
+                          for g in plan.global_tables],
     }

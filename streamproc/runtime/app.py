@@ -22,9 +22,9 @@ import logging
 import signal
 import threading
 
-from ..errors import StreamprocError, TopologyError
+from ..errors import StreamprocError
 from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
-                           validate_source_topics, wait_for_broker)
+                           topic_configs, validate_source_topics, wait_for_broker)
 from ..kafka.config import admin_config, consumer_config, restore_consumer_config
 from ..plan.partitions import partition_counts
 from ._config import RunOptions
@@ -110,6 +110,8 @@ def window_retention_ms(spec) -> int | None:
         life = 2 * w.max_difference + w.grace
     elif w.kind == "session":
         life = w.gap + w.grace
+    elif w.kind == "join":
+        life = w.before + w.after + w.grace
     else:  # pragma: no cover - future window kinds
         life = 0
     return life + RETENTION_MARGIN_MS
@@ -120,6 +122,8 @@ def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
     for st in plan.subtopologies:
         n = counts[("task", st.id)]
         for store in st.stores:
+            if not store.internal_changelog:     # a table: its source topic is its changelog
+                continue
             ret = window_retention_ms(store)
             config = ({"cleanup.policy": "compact"} if ret is None
                       else {"cleanup.policy": "compact,delete", "retention.ms": str(ret)})
@@ -135,6 +139,25 @@ def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
 def _uses_dlq(plan) -> bool:
     return any(n.kind == "source" and n.params.get("on_error") == "dead-letter"
                for st in plan.subtopologies for n in st.nodes)
+
+
+def _warn_uncompacted_tables(admin, plan) -> None:
+    """A table's topic is its changelog: without compaction a restore reads every update ever made, and
+    with time retention alone rows silently disappear from a rebuilt table. Warn, do not refuse."""
+    topics = plan.table_topics
+    if not topics:
+        return
+    try:
+        configs = topic_configs(admin, topics)
+    except StreamprocError as e:
+        log.info("cannot read the configs of table topics %s to check compaction: %s", ", ".join(topics), e)
+        return
+    for t in topics:
+        policy = configs.get(t, {}).get("cleanup.policy", "")
+        if "compact" not in policy:
+            log.warning("topic %r is read as a table but is not compacted (cleanup.policy=%s): a restore reads "
+                        "every update it holds, and rows deleted by time retention vanish from a rebuilt table; "
+                        "set cleanup.policy=compact", t, policy or "delete")
 
 
 def prepare_topics(plan, options: RunOptions) -> dict:
@@ -159,10 +182,14 @@ def prepare_topics(plan, options: RunOptions) -> dict:
             validate_source_topics(admin, sinks)
         except StreamprocError as e:
             raise type(e)(str(e).replace("source topic", "output topic")) from None
+    if plan.global_tables:
+        validate_source_topics(admin, [g.source.topic for g in plan.global_tables])
+    _warn_uncompacted_tables(admin, plan)
     counts = partition_counts(plan, src_counts)
     # a changed store definition first: a grown window would otherwise surface as a retention problem
     check_changelog_definitions(restore_consumer_config(options.bootstrap_servers, plan.app_id,
-                                                        options.client("restore")), plan.stores)
+                                                        options.client("restore")),
+                                [s for s in plan.stores if s.internal_changelog])
     created = ensure_internal_topics(admin, internal_topic_specs(plan, counts))
     if created:
         log.info("created internal topic(s): %s", ", ".join(created))

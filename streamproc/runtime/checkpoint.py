@@ -11,7 +11,8 @@ first record of this checkpoint was produced)
        ``<app-id>-<store>-changelog``, partition = the task's partition (key and value in the
        internal codec, ``state.codec``; no value = tombstone), then the partition's metadata
        record (store definition and stream time, ``_changelog.META_KEY``) when anything was
-       written or the stream time moved;
+       written or the stream time moved. A table read from a topic writes nothing: that topic
+       is its changelog, and the offset its state reflects is the task's consumed position;
     2. ``send_offsets_to_transaction(positions, consumer_group_metadata())``;
     3. ``flush()`` (delivery reports give the changelog offsets), ``commit_transaction()``;
     4. only then, for each task: ``state.apply(changelog_offsets)``: the backend takes the
@@ -244,6 +245,8 @@ def _write_changelogs(w, task) -> None:
     produce = w.produce
     stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
     for spec in stores:
+        if not spec.internal_changelog:      # a table: its source topic is its changelog, nothing to write
+            continue
         topic = spec.changelog
         enc_key = key_encoder(spec.kind)
         records = changes.get(spec.name, ())
@@ -258,8 +261,15 @@ def _write_changelogs(w, task) -> None:
 
 
 def _task_changelog_offsets(c: Checkpoint, task) -> dict:
+    """``{store: last changelog offset the state reflects}``: delivered changelog records, and for a
+    table read from a topic, the last offset of that topic the task consumed."""
     out = {}
     for spec in task.subtopology.stores:
+        if not spec.internal_changelog:
+            pos = c.positions.get((spec.changelog, task.partition))
+            if pos is not None:
+                out[spec.name] = pos - 1
+            continue
         off = c.changelog_offsets.get((spec.changelog, task.partition))
         if off is not None:
             out[spec.name] = off

@@ -18,6 +18,11 @@ backend to a :class:`Restorer`. For each store the restorer reads
   after ``stall_timeout_s`` without progress the restore fails with an error naming the
   partition and offsets. A partial restore never counts as restored.
 
+A table read from a topic (``Topology.table``) has that topic as its changelog: its restore
+reads it up to the task's *committed offset* of it (``ends``), not to its end, because
+processing resumes from that offset; its records are decoded with the table's serdes and
+stored as ``[timestamp, value]``, and the stream time restored is their largest timestamp.
+
 Records are applied to the backend in batches with ``backend.write(changes, meta)``:
 a tombstone deletes its key, and the partition's metadata record (``_changelog.META_KEY``) is
 checked against the store's definition (a changelog written by another definition is refused,
@@ -39,9 +44,9 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError, StateError
+from ..errors import BrokerError, SerdeError, StateError
 from ..state import DELETED
-from ..state.codec import decode_values, key_decoder, key_encoder
+from ..state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
 from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
                          decode_record, read_meta)
 
@@ -104,9 +109,11 @@ class Restorer:
     def restoring(self, key) -> bool:
         return key in self._tasks
 
-    def start(self, key, backend, stores: list, partition: int) -> None:
+    def start(self, key, backend, stores: list, partition: int, ends: dict | None = None) -> None:
         """Begin restoring task ``key``: the changelog partition ``partition`` of each ``StoreSpec`` in ``stores``.
 
+        ``ends``: ``{store name: end offset}`` for tables read from a topic (their changelog is that
+        topic): the task's committed offset of it (None: nothing committed, nothing to restore).
         Returns nothing; the parts (with their offset ranges) are in :meth:`parts`."""
         if key in self._tasks:
             return
@@ -115,6 +122,9 @@ class Restorer:
         for spec in stores:
             topic = spec.changelog
             low, high = self._watermarks(topic, partition)
+            if spec.source is not None:          # restore a table up to where its task's input resumes
+                committed = (ends or {}).get(spec.name)
+                high = low if committed is None or committed < 0 else min(high, committed)
             stored = offsets.get(spec.name)
             start = low if stored is None else stored + 1
             if start < low:
@@ -181,6 +191,22 @@ class Restorer:
                 acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None})
             meta = acc[2]
             kb, off = m.key(), m.offset()
+            if part.spec.source is not None:                  # a table's source topic: user records
+                if off < part.end:
+                    d = data.get(id(part))
+                    if d is None:
+                        d = data[id(part)] = (part, [], [], [], [])
+                    d[1].append(kb)
+                    d[2].append(m.value())
+                    d[3].append(off)
+                    d[4].append(m.timestamp()[1])
+                    meta["offsets"][part.store] = off
+                part.position = off + 1
+                part.restored += 1
+                part.last_progress = now
+                part.retries = 0
+                self.records_restored += 1
+                continue
             if kb is None or kb[:1] == b"\x00":                # reserved: the partition's metadata record
                 if kb != META_KEY:
                     raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
@@ -192,7 +218,7 @@ class Restorer:
             else:
                 d = data.get(id(part))
                 if d is None:
-                    d = data[id(part)] = (part, [], [], [])
+                    d = data[id(part)] = (part, [], [], [], None)
                 d[1].append(kb)
                 d[2].append(m.value())
                 d[3].append(off)
@@ -202,8 +228,14 @@ class Restorer:
             part.last_progress = now
             part.retries = 0
             self.records_restored += 1
-        for part, keys, values, offsets in data.values():
-            decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
+        for part, keys, values, offsets, stamps in data.values():
+            if stamps is not None:
+                keys, values, decoded_keys, decoded_values, top = _decode_table(part, keys, values, offsets, stamps)
+                meta = pending[id(part.backend)][2]
+                if top is not None and (meta["stream_time"] is None or top > meta["stream_time"]):
+                    meta["stream_time"] = top
+            else:
+                decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
             entries = pending[id(part.backend)][1]
             if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
                 entries.setdefault(part.store, []).extend(zip(keys, values))
@@ -327,6 +359,38 @@ def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tup
     return decoded, values_out
 
 
+def _decode_table(part: _Part, keys: list, values: list, offsets: list, stamps: list):
+    """A table's source records (user serdes) as store records: key -> ``[timestamp, value]``, or a
+    tombstone. Returns encoded keys and values (for a RocksDB restore), the decoded ones, and the
+    largest timestamp. Records with a ``None`` key are skipped (the table never held them); one that
+    does not deserialize stops the restore under ``on_error="fail"`` and is skipped (it was skipped
+    or dead-lettered when processed) otherwise."""
+    src = part.spec.source
+    dec_k, dec_v, enc_k, enc_v, top = [], [], [], [], None
+    for kb, vb, off, ts in zip(keys, values, offsets, stamps):
+        try:
+            k = src.key_serde.deserialize(kb)
+            v = None if vb is None else src.value_serde.deserialize(vb)
+            if k is None:
+                continue
+            row = None if v is None else [int(ts), v]
+            ek, ev = encode_store_key("table", k), (None if row is None else encode_value(row))
+        except SerdeError as e:            # CodecError included: a value the store cannot hold
+            if src.on_error == "fail":
+                raise StateError(f"restoring table {part.store!r} from {part.topic}[{part.partition}]: the record "
+                                 f"at offset {off} cannot be read: {e.reason}") from None
+            log.debug("restore of table %s: skipping the record at %s[%d]@%d: %s", part.store, part.topic,
+                      part.partition, off, e)
+            continue
+        dec_k.append(k)
+        dec_v.append(row)
+        enc_k.append(ek)
+        enc_v.append(ev)
+        if top is None or ts > top:
+            top = int(ts)
+    return enc_k, enc_v, dec_k, dec_v, top
+
+
 def _write(backend, entries: dict, meta: dict) -> None:
     """One backend write: ``entries`` = {store: {key: value or DELETED}} plus the offsets and stream time."""
     new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
@@ -338,13 +402,14 @@ def _write(backend, entries: dict, meta: dict) -> None:
         backend.write(entries, new_meta)
 
 
-def restore_blocking(consumer_config: dict, key, backend, stores: list, partition: int,
+def restore_blocking(consumer_config: dict, key, backend, stores: list, partition: int, ends: dict | None = None,
                      **kwargs) -> int:
     """Restore one task's stores (``StoreSpec``s) from changelog partition ``partition`` to the end, then
-    return the number of changelog records applied. ``kwargs`` go to :class:`Restorer` (e.g. ``progress``)."""
+    return the number of changelog records applied. ``ends``: as for :meth:`Restorer.start`. ``kwargs``
+    go to :class:`Restorer` (e.g. ``progress``)."""
     r = Restorer(consumer_config, **kwargs)
     try:
-        r.start(key, backend, stores, partition)
+        r.start(key, backend, stores, partition, ends)
         while r.pending:
             r.step(0.2)
         return r.records_restored

@@ -71,12 +71,14 @@ class ManagedTask:
 
 class TaskManager:
     """The tasks of one worker. ``backend_factory(subtopology, partition)`` opens a backend;
-    ``keep_suspended(backend)`` says whether a revoked task's backend is kept open (memory)."""
+    ``keep_suspended(backend)`` says whether a revoked task's backend is kept open (memory);
+    ``global_stores``: the worker's global tables by name, handed to every task it builds."""
 
-    def __init__(self, subtopology_of_topic: dict, backend_factory, keep_suspended):
+    def __init__(self, subtopology_of_topic: dict, backend_factory, keep_suspended, global_stores: dict | None = None):
         self._st_of_topic = subtopology_of_topic
         self._open_backend = backend_factory
         self._keep = keep_suspended
+        self._globals = global_stores if global_stores is not None else {}   # shared by every task
         self._tasks: dict[tuple, ManagedTask] = {}
         self._metrics: dict[tuple, dict] = {}            # counters survive rebuilds
 
@@ -158,7 +160,7 @@ class TaskManager:
 
     def _build(self, mt: ManagedTask) -> None:
         self._move(mt, Phase.RUNNING)
-        mt.task = Task(mt.subtopology, mt.partition, mt.backend)
+        mt.task = Task(mt.subtopology, mt.partition, mt.backend, self._globals)
         mt.task.ctx.metrics = self._metrics.setdefault(mt.key, {})
 
     def rebuild(self, keys) -> None:

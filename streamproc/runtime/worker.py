@@ -42,6 +42,7 @@ from ..state import MemoryBackend
 from . import checkpoint as cp
 from ._config import RunOptions
 from .checkpoint import Checkpoint
+from .globals import GlobalTables
 from .restore import Restorer
 from .tasks import Phase, TaskManager
 
@@ -102,10 +103,12 @@ class Worker:
 
         st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
         self.input_topics = list(st_of_topic)
-        self._changelog_topics = {s.changelog for s in plan.stores}
+        self._changelog_topics = {s.changelog for s in plan.stores if s.internal_changelog}
         self._repartition_topics = set(plan.repartition_topics)
+        self.global_stores: dict = {}                   # name -> GlobalStore, filled when the worker opens
+        self.globals: GlobalTables | None = None
         self.task_manager = TaskManager(st_of_topic, backend_factory or self._default_backend,
-                                        self._keep_when_revoked)
+                                        self._keep_when_revoked, self.global_stores)
         self.ckpt = Checkpoint(options.commit_interval_s, txn_budget_s=DEFAULT_TRANSACTION_TIMEOUT_MS / 2000)
         self._to_restore: list = []                      # ManagedTasks whose restore is not started yet
         self._dropped: set = set()                       # (topic, partition) whose fetched records were dropped
@@ -230,10 +233,34 @@ class Worker:
                                  stall_timeout_s=o.restore_stall_timeout_s)
         if self._repartition_topics:
             self._purger = _Purger(self)
+        if self.plan.global_tables:
+            self._open_globals()
         self.consumer.subscribe(self.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         log.info("worker %s started: %s, inputs %s", self.id, self.options.guarantee, ", ".join(self.input_topics))
         self.started.set()
+
+    def _open_globals(self) -> None:
+        """Restore the global tables to their end before joining the group (DESIGN: before processing)."""
+        o = self.options
+        specs = self.plan.global_tables
+        if o.state_backend == "memory":
+            backend = MemoryBackend()
+        else:
+            from ..state.rocksdb import RocksDBBackend, task_dir
+
+            try:
+                backend = RocksDBBackend(task_dir(o.state_dir, self.app_id, f"global-{self.index}"), specs,
+                                         lock_timeout=TASK_LOCK_TIMEOUT_S)
+            except StateBusyError as e:
+                raise TaskDirBusy(f"worker {self.id}: {e}") from None
+        self.globals = GlobalTables(specs, backend, restore_consumer_config(o.bootstrap_servers, self.app_id,
+                                                                            o.client("restore")),
+                                    stall_timeout_s=o.restore_stall_timeout_s)
+        self.global_stores.update(self.globals.stores)
+        n = self.globals.restore(self._stop.is_set)
+        log.info("worker %s: global tables %s ready (%d records restored)", self.id,
+                 ", ".join(self.globals.stores), n)
 
     def _close(self, clean: bool) -> None:
         if not clean:
@@ -248,6 +275,10 @@ class Worker:
                 log.debug("consumer close: %s", e)
         if self.restorer is not None:
             self.restorer.close()
+        if self.globals is not None:
+            self.globals.close()
+            self.globals = None
+            self.global_stores.clear()
         if self.producer is not None:
             try:
                 self.producer.flush(5 if clean else 0)
@@ -366,6 +397,8 @@ class Worker:
         restoring = bool(self._to_restore) or self.restorer.pending
         if restoring:
             self._restore_step()
+        if self.globals is not None:
+            self.globals.poll()               # between batches: a batch sees one consistent global table
         c = self.ckpt
         timeout = 0.0 if restoring else (min(0.1, max(0.0, c.due - time.monotonic())) if c.open else 0.1)
         epoch = self._epoch
@@ -394,7 +427,8 @@ class Worker:
             while self._to_restore:
                 mt = self._to_restore.pop(0)
                 if self.task_manager.get(mt.key) is mt:        # not revoked meanwhile
-                    self.restorer.start(mt.key, mt.backend, mt.subtopology.stores, mt.partition)
+                    self.restorer.start(mt.key, mt.backend, mt.subtopology.stores, mt.partition,
+                                        self._table_ends(mt))
         for key in self.restorer.step(0.01 if self.task_manager.running_tasks() else 0.05):
             mt = self.task_manager.restored(key)
             if mt is None:
@@ -406,6 +440,22 @@ class Worker:
             self.consumer.resume([TopicPartition(t, q) for t, q in tps])
             log.info("worker %s: task %s restored (stream time %s), processing", self.id, key,
                      mt.task.state.stream_time)
+
+    def _table_ends(self, mt) -> dict:
+        """Where the restore of each table read from a topic ends: the group's committed offset of that
+        topic's partition (processing resumes there); missing when nothing is committed."""
+        tables = [s for s in mt.subtopology.stores if s.source is not None]
+        if not tables:
+            return {}
+        tps = [TopicPartition(s.changelog, mt.partition) for s in tables]
+        try:
+            committed = self.consumer.committed(tps, timeout=self.timeout_s)
+        except KafkaException as e:
+            err = cp.kafka_error(e)
+            raise BrokerError(f"worker {self.id} cannot read the committed offsets of its tables' topics: "
+                              f"{err.str() if err else e}") from None
+        offs = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
+        return {s.name: offs[(s.changelog, mt.partition)] for s in tables if (s.changelog, mt.partition) in offs}
 
     def _watch_idle(self) -> None:
         """An instance with no partitions for long says so (DESIGN section 7), with the group state it sees."""
@@ -449,28 +499,31 @@ class Worker:
             c.began_transaction()
         produce = self._produce_fast
         mgr = self.task_manager
-        for tp, (keys, values, tss, offs) in groups.items():
-            topic, partition = tp
-            key = mgr.key_of(topic, partition)
-            task = mgr.running(key)
-            if task is None:
+        by_task: dict = {}
+        for tp, cols in groups.items():
+            key = mgr.key_of(*tp)
+            if mgr.running(key) is None:
                 self._dropped.add(tp)        # restoring, or revoked: re-read from the committed offset
                 continue
+            by_task.setdefault(key, []).append((tp, cols))
+        for key, items in by_task.items():
+            task = mgr.running(key)
+            raws = [RawBatch(tp[0], tp[1], keys, values, tss, offs) for tp, (keys, values, tss, offs) in items]
             try:
-                produced = task.process(RawBatch(topic, partition, keys, values, tss, offs))
+                produced = task.process_many(raws)
             except StreamprocError as e:
-                raise ProcessingFailed(f"task {task.id} stopped on {topic}[{partition}] offsets "
-                                       f"{offs[0]}..{offs[-1]}: {e}") from None
+                raise ProcessingFailed(f"task {task.id} stopped on {_positions(raws)}: {e}") from None
             except Exception as e:  # noqa: BLE001
-                raise ProcessingFailed(f"task {task.id} stopped on {topic}[{partition}] offsets "
-                                       f"{offs[0]}..{offs[-1]}: {type(e).__name__}: {e}") from e
+                raise ProcessingFailed(f"task {task.id} stopped on {_positions(raws)}: "
+                                       f"{type(e).__name__}: {e}") from e
             for out_topic, kb, vb, ts in produced:
                 for i in range(len(kb)):
                     produce(out_topic, vb[i], kb[i], ts[i])
             if task.ctx.dead_letters:
                 self._dead_letters(task)
-            c.ran(key, tp, offs[-1] + 1)
-            self.records_in += len(offs)
+            for raw in raws:
+                c.ran(key, (raw.topic, raw.partition), raw.offsets[-1] + 1)
+                self.records_in += len(raw.offsets)
 
     def _columns(self, msgs) -> dict:
         """``{(topic, partition): (keys, values, timestamps, offsets)}`` in offset order.
@@ -547,7 +600,11 @@ class Worker:
 
     # ------------------------------------------------------------------ introspection
     def metrics(self) -> dict:
-        return self.task_manager.metrics()
+        total = self.task_manager.metrics()
+        if self.globals is not None:
+            for k, v in self.globals.metrics().items():
+                total[k] = total.get(k, 0) + v
+        return total
 
 
 class _Purger:
@@ -618,6 +675,10 @@ class _Purger:
                 err.str() if err is not None else e, self._backoff,
                 ": grant the app DeleteRecords (ALTER on the topics)" if denied else "")
         self._warned = True
+
+
+def _positions(raws) -> str:
+    return ", ".join(f"{r.topic}[{r.partition}] offsets {r.offsets[0]}..{r.offsets[-1]}" for r in raws)
 
 
 def check_assignor(consumer_conf: dict) -> None:
