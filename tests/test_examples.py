@@ -3,6 +3,7 @@
 page_views.py      Avro input, filter, re-key by user, 1-minute tumbling windows, grace 10 s, emit final
 user_sessions.py   session windows (gap 30 min, grace 1 min), emit final, pages collected in order
 moving_average.py  hopping windows 5 min every 1 min, grace 30 s, emit update
+orders_enriched.py stream-table (left), stream-global-table (inner) and stream-stream (left) joins
 """
 from __future__ import annotations
 
@@ -256,3 +257,34 @@ def test_examples_run_from_the_repo_root(name, at_repo_root):
         for k, v in records:
             d.pipe(topic, k, v)
         assert len(d.read_output(out_topic)) == n_out
+
+
+# --------------------------------------------------------------------------- orders enriched
+
+def test_orders_enriched_joins_customer_product_and_payment(at_repo_root):
+    with TopologyTestDriver(load_example("orders_enriched")) as d:
+        d.pipe("customers", "c1", {"name": "Ann", "tier": "gold"}, timestamp=0)
+        d.pipe("products", "p1", {"name": "pen", "price": 2}, timestamp=0)
+        d.pipe("orders", "c1", {"order_id": "o1", "product_id": "p1", "qty": 3}, timestamp=1 * S)
+        d.pipe("orders", "c2", {"order_id": "o2", "product_id": "p1", "qty": 1}, timestamp=2 * S)   # unknown customer
+        d.pipe("orders", "c1", {"order_id": "o3", "product_id": "nope", "qty": 1}, timestamp=3 * S)  # unknown product
+        assert d.read_output("orders-enriched") == []          # nothing paid, no window closed yet
+        d.pipe("payments", "c1", {"order_id": "o1", "amount": 6}, timestamp=4 * S)
+        (paid,) = d.read_output("orders-enriched")
+        assert (paid.key, paid.timestamp) == ("o1", 4 * S)
+        assert paid.value == {"order_id": "o1", "product_id": "p1", "qty": 3, "customer": "Ann", "tier": "gold",
+                              "product": "pen", "total": 6, "customer_id": "c1", "paid": 6}
+        # the customer's tier changes: later orders see the new row
+        d.pipe("customers", "c1", {"name": "Ann", "tier": "platinum"}, timestamp=5 * S)
+        d.pipe("orders", "c1", {"order_id": "o4", "product_id": "p1", "qty": 1}, timestamp=6 * S)
+        # o2 (2 s) and o4 (6 s) stay unpaid: their windows close at stream time > t + 10 min + 1 min
+        d.pipe("orders", "c1", {"order_id": "o5", "product_id": "p1", "qty": 1}, timestamp=2 * S + 11 * M)
+        assert d.read_output("orders-enriched") == []
+        d.pipe("orders", "c1", {"order_id": "o6", "product_id": "p1", "qty": 1}, timestamp=6 * S + 11 * M + 1)
+        unpaid = {r.key: r for r in d.read_output("orders-enriched")}
+        assert set(unpaid) == {"o2", "o4"}
+        assert unpaid["o2"].value["customer"] is None and unpaid["o2"].value["paid"] is None
+        assert unpaid["o2"].timestamp == 2 * S
+        assert unpaid["o4"].value["tier"] == "platinum"
+        assert d.state("customers")["c1"]["tier"] == "platinum"
+        assert d.state("products") == {"p1": {"name": "pen", "price": 2}}
