@@ -345,9 +345,10 @@ def test_rebuild_makes_new_tasks_and_keeps_metrics(kind, tmp_path):
     tm.assign([(STATEFUL_IN, 0), (STATELESS_IN, 0), (STATEFUL_IN, 1)])
     tm.restored(SKEY(0))                                  # task 1 stays restoring
     old_s, old_l = tm.running(SKEY(0)), tm.running(LKEY(0))
-    old_s.ctx.metrics["records_in"] = 5
-    old_l.ctx.metrics["records_in"] = 2
-    old_s.ctx.metrics["late"] = 1
+    old_s.ctx.metrics[("skipped", "source a")] = 5       # committed drops
+    old_l.ctx.metrics[("skipped", "source b")] = 2
+    old_s.ctx.metrics[("late", "counts")] = 1
+    old_s.ctx.drop("late", "counts", 7)                   # pending: rolled back below, never counted
     _feed(old_s, [0, 1, 2])                               # uncommitted writes...
     old_s.state.discard()                                 # ...rolled back
 
@@ -355,9 +356,9 @@ def test_rebuild_makes_new_tasks_and_keeps_metrics(kind, tmp_path):
     new_s, new_l = tm.running(SKEY(0)), tm.running(LKEY(0))
     assert new_s is not old_s and new_l is not old_l
     assert isinstance(new_s, Task) and new_s.state.backend is old_s.state.backend
-    assert new_s.ctx.metrics is old_s.ctx.metrics and new_s.metrics == {"records_in": 5, "late": 1}
-    assert new_l.metrics == {"records_in": 2}
-    assert tm.metrics() == {"records_in": 7, "late": 1}
+    assert new_s.ctx.metrics is old_s.ctx.metrics and new_s.metrics == {"skipped_records": 5, "late_records": 1}
+    assert new_l.metrics == {"skipped_records": 2}
+    assert tm.metrics() == {("skipped", "source a"): 5, ("skipped", "source b"): 2, ("late", "counts"): 1}
     assert new_s.state.store("counts").get(("k1", 0)) is None and new_s.state.stream_time == -1
     assert tm.get(SKEY(1)).phase is Phase.RESTORING and tm.running(SKEY(1)) is None
     tm.close_all()

@@ -55,19 +55,37 @@ def run(
     no_partitions_warning: float = typer.Option(
         30.0, "--no-partitions-warning", envvar="STREAMPROC_NO_PARTITIONS_WARNING", min=1.0,
         help="Warn (with the consumer group's state) when a worker has had no partitions this many seconds."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", envvar="STREAMPROC_METRICS_PORT",
+        help="Serve Prometheus metrics of every worker on http://0.0.0.0:PORT/metrics."),
+    log_level: str = typer.Option("info", "--log-level", envvar="STREAMPROC_LOG_LEVEL",
+                                  help="debug, info (default: status every 30 s, drop summaries), warning, error."),
+    log_format: Optional[str] = typer.Option(
+        None, "--log-format", envvar="STREAMPROC_LOG_FORMAT",
+        help="text or json (default: text on a terminal, json otherwise); one format for the whole stream."),
     max_runtime: Optional[float] = typer.Option(None, "--max-runtime", help="Stop after this many seconds.",
                                                 hidden=True),
 ):
     """Run a topology on Kafka until Ctrl-C / SIGTERM. Start it on more machines to share the partitions."""
+    import logging
+
+    from ..runtime import logs
     from ..runtime.app import RunOptions, run_app
 
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int) or log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise StreamprocError(f"--log-level must be debug, info, warning or error, got {log_level!r}")
+    if log_format is not None and log_format not in logs.FORMATS:
+        raise StreamprocError(f"--log-format must be text or json, got {log_format!r}")
+    logs.configure(level, log_format)
     topo, plan = compile_file(topology)
     warn_generated_names(plan)
     options = RunOptions(
         bootstrap_servers=bootstrap_servers or "", workers=workers, guarantee=guarantee, state_dir=state_dir,
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
         batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend,
-        restore_stall_timeout_s=restore_timeout, no_partitions_warning_s=no_partitions_warning)
+        restore_stall_timeout_s=restore_timeout, no_partitions_warning_s=no_partitions_warning,
+        metrics_port=metrics_port)
     if bootstrap_servers:
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker

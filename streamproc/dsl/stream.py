@@ -186,18 +186,29 @@ class Stream:
 class GroupedStream:
     """A stream grouped by key, ready for ``window`` / ``aggregate`` / ``count`` / ``reduce``."""
 
-    def __init__(self, stream: Stream, *, name=None, window: WindowSpec | None = None):
+    def __init__(self, stream: Stream, *, name=None, window: WindowSpec | None = None, late_topic=None):
         self._stream = stream
         self._name = name
         self._window = window
+        self._late_topic = late_topic
 
-    def window(self, spec: WindowSpec) -> "WindowedStream":
-        """Aggregate per key and window (``windows.Tumbling/Hopping/Sliding/Session``)."""
-        if not isinstance(spec, WindowSpec):
-            raise TopologyError(f"window() needs a window spec such as windows.Tumbling('1m'), got {spec!r}")
+    def window(self, spec: WindowSpec, *, late_topic: str | None = None) -> "WindowedStream":
+        """Aggregate per key and window (``windows.Tumbling/Hopping/Sliding/Session``).
+
+        ``late_topic``: records late for a closed window are also written there (in the checkpoint, so
+        exactly-once covers them), key and value as they reached the window, with headers ``window``,
+        ``stream_time`` and ``operator``; they are counted as late either way."""
+        from ..windows import JoinWindow
+
+        if not isinstance(spec, WindowSpec) or isinstance(spec, JoinWindow):
+            raise TopologyError(f"window() needs a window spec such as windows.Tumbling('1m'), got {spec!r}"
+                                + (" (a JoinWindow is for stream.join(..., window=))" if isinstance(spec, JoinWindow)
+                                   else ""))
         if self._window is not None:
             raise TopologyError("window() was already given for this grouped stream")
-        return WindowedStream(self._stream, name=self._name, window=spec)
+        if late_topic is not None and (not isinstance(late_topic, str) or not late_topic):
+            raise TopologyError(f"window(late_topic=) must be a topic name, got {late_topic!r}")
+        return WindowedStream(self._stream, name=self._name, window=spec, late_topic=late_topic)
 
     def aggregate(self, *, emit: str | None = None, name: str | None = None, **aggs):
         """Named aggregations, e.g. ``aggregate(views=agg.count(), seconds=agg.sum("s"))``.
@@ -222,9 +233,12 @@ class GroupedStream:
                 "emit='final' needs a window: an aggregate without .window(...) never closes; "
                 "use emit='update' or add .window(...)")
         up = self._stream
+        from .. import serdes
+
         node = up.topology._add("aggregate", [up.node], {
             "aggs": dict(aggs), "window": self._window, "emit": emit,
-            "store": name, "repartition_name": self._name,
+            "store": name, "repartition_name": self._name, "late_topic": self._late_topic,
+            "late_key_serde": up.key_serde or serdes.Json(), "late_value_serde": up.value_serde or serdes.Json(),
         }, key_changed=False)
         # the result is keyed by the group key, which is how it is (re)partitioned
         if self._window is None:

@@ -10,14 +10,24 @@ _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class Topology:
-    """A named processing graph. ``app_id`` is the consumer group and internal topic prefix."""
+    """A named processing graph. ``app_id`` is the consumer group and internal topic prefix.
 
-    def __init__(self, app_id: str):
+    ``on_processing_error``: what happens to a record when a user function (map, filter, joiner,
+    aggregation field...) raises on it: ``fail`` (stop the instance, the default), ``skip`` (drop
+    and count it) or ``dead-letter`` (also write the input record to ``<app-id>-dlq`` with the
+    error, the operator and the record's topic/partition/offset as headers).
+    """
+
+    def __init__(self, app_id: str, *, on_processing_error: str = "fail"):
         if not isinstance(app_id, str) or not _APP_ID.match(app_id):
             raise TopologyError(
                 f"Topology app id {app_id!r} must be a non-empty string of letters, digits, '.', '_' or '-' "
                 f"(it names the consumer group and internal topics)")
+        if on_processing_error not in ("fail", "skip", "dead-letter"):
+            raise TopologyError(f"on_processing_error must be 'fail', 'skip' or 'dead-letter', "
+                                f"got {on_processing_error!r}")
         self.app_id = app_id
+        self.on_processing_error = on_processing_error
         self.nodes: list[Node] = []
         self.global_tables: list = []      # GlobalTable definitions (outside the graph: every task reads them)
         self.where = caller_location()

@@ -63,9 +63,31 @@ class _AggregateBase(Operator):
     def _drop_none_keys(self, b: Batch) -> Batch:
         if None in b.keys:
             mask = [k is not None for k in b.keys]
-            self.ctx.count("dropped_none_key", len(mask) - sum(mask))
+            self._drop("none_key", b, mask)
             b = b.select(mask)
         return b
+
+    def _late(self, b: Batch, idx) -> None:
+        """Send the late records ``b[idx]`` to the window's ``late_topic`` (if any), in the open checkpoint:
+        key and value as they reached the window (the stream's serdes where known, else JSON), headers
+        ``window`` (the spec), ``stream_time`` and ``operator``."""
+        p = self.node.params
+        topic = p.get("late_topic")
+        if not topic:
+            return
+        idx = [int(i) for i in idx]
+        keys = [b.keys[i] for i in idx]
+        values = [b.values[i] for i in idx]
+        try:
+            kb = p["late_key_serde"].serialize_many(keys)
+            vb = p["late_value_serde"].serialize_many(values)
+        except Exception as e:  # noqa: BLE001 - a value the late topic's serde cannot write
+            raise self._fail(e, keys[0]) from e
+        window = self.window.describe().encode()
+        op = self.where_label.encode()
+        headers = [[("window", window), ("stream_time", str(int(b.stream_times[i])).encode()), ("operator", op)]
+                   for i in idx]
+        self.ctx.outputs.append((topic, kb, vb, b.timestamps[np.asarray(idx, dtype=np.int64)].tolist(), headers))
 
     def _output(self, keys: list, values: list, timestamps: list, stream_time: int) -> Batch:
         if not keys:
@@ -186,7 +208,9 @@ class TimeWindowAggregateOp(_AggregateBase):
             rec, wstart = w.assign(b.timestamps)
             open_ = b.stream_times[rec] < w.close_time(wstart + w.size)
             if not open_.all():
-                self.ctx.count("late_records", len(np.unique(rec[~open_])))
+                late = np.unique(rec[~open_])
+                self.ctx.drop("late", self.metric_label, len(late), int(b.seq[late[0]]))
+                self._late(b, late)
                 rec, wstart = rec[open_], wstart[open_]
             if len(rec):
                 skeys, states, is_new = self._fold_into_store(b, rec, wstart)

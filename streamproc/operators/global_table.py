@@ -27,7 +27,7 @@ class GlobalStore:
         self.name = spec.name
         self.topic = spec.source.topic
         self.backend = backend
-        self.metrics: dict = {}
+        self.metrics: dict = {}          # (reason, operator) -> dropped records (None keys)
 
     def rows(self, keys: list) -> list:
         return self.backend.get_many(self.name, keys)
@@ -57,7 +57,8 @@ class GlobalStore:
                                          f"[{raw.partition}] at offset {off}: {e.reason}") from None
                     raise e.located(topic=raw.topic, partition=raw.partition, offset=off) from None
                 if k is None:
-                    self.metrics["dropped_none_key"] = self.metrics.get("dropped_none_key", 0) + 1
+                    key = ("none_key", f"global table {self.name}")
+                    self.metrics[key] = self.metrics.get(key, 0) + 1
                 else:
                     changes[k] = DELETED if v is None else [int(ts), v]
                 if off is not None:

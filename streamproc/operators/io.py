@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import CodecError, SerdeError
 from ..state import codec
-from .base import Operator
+from .base import DeadLetter, Operator
 from .batch import Batch
 
 log = logging.getLogger("streamproc.source")
@@ -24,17 +24,6 @@ class RawBatch:
     values: list
     timestamps: list
     offsets: list | None = None
-
-
-@dataclass
-class DeadLetter:
-    topic: str
-    partition: int
-    offset: int | None
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
-    error: str
 
 
 class _BadRecord(Exception):
@@ -56,16 +45,16 @@ class SourceOp(Operator):
         """What the source emits for decoded records: the records, stamped with their stream time."""
         return self.stamp(b)
 
-    def decode(self, raw: RawBatch) -> tuple[Batch, list]:
-        """The records of ``raw`` that decode (bad ones follow ``on_error``), and their offsets.
-        The batch's ``stream_times`` are not set yet (:meth:`stamp` sets them)."""
+    def decode(self, raw: RawBatch) -> tuple[Batch, list | None]:
+        """The records of ``raw`` that decode (bad ones follow ``on_error``), and the indices in ``raw``
+        of those kept (None: all of them). The batch's ``stream_times`` are not set yet (:meth:`stamp`)."""
         p = self.node.params
         if self.node.kind == "repartition_source":
-            keys, values, ts, offs = self._decode_internal(raw)
+            keys, values, ts, kept = self._decode_internal(raw)
         else:
-            keys, values, ts, offs = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
+            keys, values, ts, kept = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
-        return Batch(keys, values, ts_arr, ts_arr), offs
+        return Batch(keys, values, ts_arr, ts_arr), kept
 
     def stamp(self, b: Batch) -> Batch:
         """Set each record's stream time: the running max of event time, updated before the record."""
@@ -84,8 +73,7 @@ class SourceOp(Operator):
         """A repartition topic's records (the internal codec). Its bytes are untrusted like any
         input: a record that does not decode follows the ``on_error`` policy of the sources upstream."""
         try:
-            return (codec.decode_keys(raw.keys), codec.decode_values(raw.values), _timestamps_array(raw.timestamps),
-                    raw.offsets)
+            return codec.decode_keys(raw.keys), codec.decode_values(raw.values), _timestamps_array(raw.timestamps), None
         except (CodecError, _BadRecord):
             pass
         keys, values, ts, offs = [], [], [], []
@@ -100,7 +88,7 @@ class SourceOp(Operator):
             keys.append(k)
             values.append(v)
             ts.append(raw.timestamps[i])
-            offs.append(_offset(raw, i))
+            offs.append(i)
         return keys, values, ts, offs
 
     def _decode(self, raw, kser, vser, ts_fn):
@@ -109,7 +97,7 @@ class SourceOp(Operator):
             values = vser.deserialize_many(raw.values)
             ts = raw.timestamps if ts_fn is None else [
                 ts_fn(k, v, t) for k, v, t in zip(keys, values, raw.timestamps)]
-            return keys, values, _timestamps_array(ts), raw.offsets
+            return keys, values, _timestamps_array(ts), None
         except Exception:  # noqa: BLE001 - sorted out record by record below
             pass
         keys, values, ts, offs = [], [], [], []
@@ -125,7 +113,7 @@ class SourceOp(Operator):
             keys.append(k)
             values.append(v)
             ts.append(raw.timestamps[i] if ts_fn is None else t)
-            offs.append(_offset(raw, i))
+            offs.append(i)
         return keys, values, ts, offs
 
     def _bad_record(self, raw: RawBatch, i: int, e: Exception) -> None:
@@ -138,15 +126,13 @@ class SourceOp(Operator):
         policy = self.node.params["on_error"]
         if policy == "fail":
             raise err
-        self.ctx.count("skipped_records" if policy == "skip" else "dead_lettered_records")
+        key = ("skipped" if policy == "skip" else "dead_letter", self.metric_label)
+        self.ctx.pending[key] = self.ctx.pending.get(key, 0) + 1
+        self.ctx.examples.setdefault(key, f"{raw.topic}[{raw.partition}]@{offset}")
         log.debug("bad record on %s[%s]@%s: %s", raw.topic, raw.partition, offset, err)
         if policy == "dead-letter":
             self.ctx.dead_letters.append(DeadLetter(raw.topic, raw.partition, offset, raw.keys[i],
                                                     raw.values[i], raw.timestamps[i], str(err)))
-
-
-def _offset(raw: RawBatch, i: int):
-    return raw.offsets[i] if raw.offsets is not None else i
 
 
 def _one(serde, data, what):

@@ -79,7 +79,7 @@ class _JoinBase(Operator):
             return None
         if None in b.keys:
             mask = [k is not None for k in b.keys]
-            self.ctx.count("dropped_none_key", len(mask) - sum(mask))
+            self._drop("none_key", b, mask)
             b = b.select(mask)
         return b if len(b) else None
 
@@ -260,7 +260,7 @@ class StreamStreamJoinOp(_JoinBase):
             st = int(b.stream_times[i])
             self._expire(st, cur, dirty, out, st, int(b.seq[i]))
             if st >= t + self.reach[side]:
-                self.ctx.count("late_records")
+                self.ctx.drop("late", self.metric_label, 1, b.seq[i])
                 continue
             other = 1 - side
             entries = self._entries(other, k, cur)

@@ -72,7 +72,7 @@ class _RecordWindowOp(_AggregateBase):
         cols = self._columns(b)
         ts_l, st_l = b.timestamps.tolist(), b.stream_times.tolist()
         codes = self._codes
-        late = 0
+        late = []
         for i, k in enumerate(b.keys):
             entry = work.get(k)
             if entry is None:
@@ -80,9 +80,10 @@ class _RecordWindowOp(_AggregateBase):
                     codes.codes([k])         # a key the state cannot store fails here, once per new key
                 entry = work[k] = self._load(k, [c[i] for c in cols])
             if not self._add(k, entry, ts_l[i], st_l[i], [c[i] for c in cols]):
-                late += 1
+                late.append(i)
         if late:
-            self.ctx.count("late_records", late)
+            self.ctx.drop("late", self.metric_label, len(late), int(b.seq[late[0]]))
+            self._late(b, late)
         items: list = []
         if not self.emit_final:
             for k, entry in work.items():

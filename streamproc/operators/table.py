@@ -88,7 +88,7 @@ class TableSourceOp(SourceOp):
     def apply(self, b: Batch) -> Batch:
         if None in b.keys:
             mask = [k is not None for k in b.keys]
-            self.ctx.count("dropped_none_key", len(mask) - sum(mask))
+            self._drop("none_key", b, mask)
             b = b.select(mask)
         if not len(b):
             return Batch.empty()

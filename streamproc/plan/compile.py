@@ -68,16 +68,21 @@ def compile_topology(topology: Topology) -> Plan:
 
     all_nodes = list(pnodes.values()) + c.extra
     subs = _split(all_nodes)
+    for st in subs:
+        st.on_processing_error = topology.on_processing_error
     return Plan(
         app_id=c.app,
         subtopologies=subs,
         source_topics=[n.params["topic"] for n in all_nodes if n.kind in ("source", "table_source")],
-        sink_topics=_unique(n.params["topic"] for n in all_nodes if n.kind == "sink"),
+        sink_topics=_unique([n.params["topic"] for n in all_nodes if n.kind == "sink"]
+                            + [n.params["late_topic"] for n in all_nodes
+                               if n.kind == "aggregate" and n.params.get("late_topic")]),
         repartition_topics=[n.params["topic"] for n in c.extra if n.kind == "repartition_source"],
         stores=c.stores,
         where=topology.where,
         generated_names=c.generated,
         global_tables=[_global_store(g) for g in topology.global_tables],
+        on_processing_error=topology.on_processing_error,
     )
 
 
@@ -232,7 +237,9 @@ def _split(all_nodes: list[PlanNode]) -> list[SubTopology]:
             nodes=ordered,
             source_topics=[n.params["topic"] for n in ordered if n.kind in ("source", "table_source")],
             repartition_sources=[n.params["topic"] for n in ordered if n.kind == "repartition_source"],
-            sink_topics=_unique(n.params["topic"] for n in ordered if n.kind == "sink"),
+            sink_topics=_unique([n.params["topic"] for n in ordered if n.kind == "sink"]
+                                + [n.params["late_topic"] for n in ordered
+                                   if n.kind == "aggregate" and n.params.get("late_topic")]),
             repartition_sinks=[n.params["topic"] for n in ordered if n.kind == "repartition_sink"],
             stores=[s for n in ordered for s in n.params.get("stores", ())],
         ))

@@ -82,6 +82,7 @@ class SubTopology:
     sink_topics: list[str] = field(default_factory=list)
     repartition_sinks: list[str] = field(default_factory=list)
     stores: list[StoreSpec] = field(default_factory=list)
+    on_processing_error: str = "fail"               # the topology's policy for a user function that raises
 
     @property
     def input_topics(self) -> list[str]:
@@ -103,6 +104,7 @@ class Plan:
     where: str = ""
     generated_names: list["GeneratedName"] = field(default_factory=list)
     global_tables: list[StoreSpec] = field(default_factory=list)   # kind "table", one store per worker
+    on_processing_error: str = "fail"
 
     @property
     def changelog_topics(self) -> list[str]:

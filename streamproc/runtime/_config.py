@@ -37,6 +37,8 @@ class RunOptions:
     restore_stall_timeout_s: float = 60.0           # a changelog yielding nothing this long fails the restore
     no_partitions_warning_s: float = 30.0           # warn when a worker has had no partitions this long
     state_backend: str = "rocksdb"                # "rocksdb" (local disk, the default) or "memory"
+    metrics_port: int | None = None               # serve Prometheus metrics on this port (all workers)
+    live_status: bool | None = None               # live status line; None: when stderr is a terminal
 
     @property
     def eos(self) -> bool:
@@ -60,6 +62,8 @@ class RunOptions:
             raise StreamprocError(f"batch_size must be positive, got {self.batch_size}")
         if self.state_backend not in STATE_BACKENDS:
             raise StreamprocError(f"state backend must be 'rocksdb' or 'memory', got {self.state_backend!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise StreamprocError(f"metrics port must be 0..65535, got {self.metrics_port}")
         if not self.bootstrap_servers:
             raise StreamprocError("no Kafka bootstrap servers given (e.g. --bootstrap-servers localhost:9092)")
         return self

@@ -19,7 +19,9 @@ SIGINT/SIGTERM stop them cleanly and ``run_app`` returns 0.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
+import sys
 import threading
 
 from ..errors import StreamprocError
@@ -28,6 +30,7 @@ from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_in
 from ..kafka.config import admin_config, consumer_config, restore_consumer_config
 from ..plan.partitions import partition_counts
 from ._config import RunOptions
+from .observe import Observer
 from .definitions import check_changelog_definitions
 from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
 from .supervisor import Supervisor, WorkerCrashLoop
@@ -66,7 +69,10 @@ def run_app(plan, options: RunOptions) -> int:
     lock = StateDirLock(options.state_dir, plan.app_id).acquire()
     try:
         pid = process_id(options.state_dir, plan.app_id)
-        sup = Supervisor(ref, plan.app_id, options, pid)
+        observer = Observer(plan.app_id, multiprocessing.get_context("spawn"), metrics_port=options.metrics_port,
+                            live=options.live_status if options.live_status is not None else sys.stderr.isatty())
+        observer.start()
+        sup = Supervisor(ref, plan.app_id, options, pid, observer=observer)
         restore = _install_signals(sup)
         try:
             log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
@@ -74,6 +80,7 @@ def run_app(plan, options: RunOptions) -> int:
             return sup.run()
         finally:
             restore()
+            observer.stop()
     finally:
         lock.release()
 
@@ -137,8 +144,9 @@ def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
 
 
 def _uses_dlq(plan) -> bool:
-    return any(n.kind == "source" and n.params.get("on_error") == "dead-letter"
-               for st in plan.subtopologies for n in st.nodes)
+    return plan.on_processing_error == "dead-letter" or any(
+        n.kind in ("source", "table_source", "repartition_source") and n.params.get("on_error") == "dead-letter"
+        for st in plan.subtopologies for n in st.nodes)
 
 
 def _warn_uncompacted_tables(admin, plan) -> None:

@@ -24,6 +24,9 @@ at-least-once (idempotent producer): 1. as above; 2. ``flush()`` and check every
     (also when the offset commit fails: the changelog holds the state already, and the
     uncommitted input is reprocessed, which at-least-once allows).
 
+Then, 5. counters: what the checkpoint consumed, produced and dropped becomes counted
+(``WorkerStats.committed``; a rolled-back checkpoint's counts are forgotten with it).
+
 Any failure before the commit is complete rolls the checkpoint back (:func:`rollback`):
 ``abort_transaction()``, ``state.discard()`` for every task that ran, the tasks rebuilt from
 their backends (operators keep in-memory indexes derived from state), and the consumer
@@ -178,6 +181,7 @@ def checkpoint(w) -> bool:
     c = w.ckpt
     if not c.open:
         return True
+    started = time.monotonic()
     tasks = [t for t in (w.task_manager.running(k) for k in sorted(c.dirty)) if t is not None]
     offsets = [TopicPartition(t, p, o) for (t, p), o in c.positions.items()]
     try:
@@ -226,6 +230,13 @@ def checkpoint(w) -> bool:
     # 4. the changelog is durable: apply the write caches with the offsets they reflect
     for task in tasks:
         task.state.apply(_task_changelog_offsets(c, task))
+    # 5. what this checkpoint consumed, produced and dropped counts now
+    drops = [(task.ctx.commit_counts(), task.ctx.examples) for task in tasks]
+    stats = getattr(w, "stats", None)
+    if stats is not None:
+        stats.committed(time.monotonic() - started, drops)
+    for task in tasks:
+        task.ctx.examples = {}
     c.dirty.clear()
     if committed:
         c.positions.clear()
@@ -243,6 +254,7 @@ def _write_changelogs(w, task) -> None:
     changes = state.changes()
     p = task.partition
     produce = w.produce
+    stats = getattr(w, "stats", None)
     stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
     for spec in stores:
         if not spec.internal_changelog:      # a table: its source topic is its changelog, nothing to write
@@ -258,6 +270,8 @@ def _write_changelogs(w, task) -> None:
             produce(topic, vb, kb, p)
         if records or stream_time_moved:     # the partition's newest record: definition and stream time
             produce(topic, meta_value(spec, state.stream_time), META_KEY, p)
+        if stats is not None:
+            stats.produce(topic, len(encoded) + (1 if records or stream_time_moved else 0))
 
 
 def _task_changelog_offsets(c: Checkpoint, task) -> dict:
@@ -320,8 +334,12 @@ def abort_transaction(w, timeout_s: float | None = None) -> None:
 
 
 def _forget(w) -> None:
-    """Discard what the running tasks did since the last commit and rebuild them from their backends."""
+    """Discard what the running tasks did since the last commit and rebuild them from their backends
+    (their pending drop counts go with them)."""
     c = w.ckpt
+    stats = getattr(w, "stats", None)
+    if stats is not None and c.open:
+        stats.rolled_back()
     keys = sorted(c.dirty)
     for key in keys:
         task = w.task_manager.running(key)

@@ -71,6 +71,7 @@ class _Part:
     restored: int = 0
     first: int = 0               # first offset this restore reads
     retries: int = 0             # fetches started again after no progress
+    counted: int = 0             # of ``restored``, how many are in ``Restorer.restored_by_store``
 
     @property
     def store(self) -> str:
@@ -100,6 +101,7 @@ class Restorer:
         self._ready: list = []            # task keys restored with nothing to read
         self._last_step = time.monotonic()
         self.records_restored = 0         # changelog records applied (metadata records included)
+        self.restored_by_store: dict = {}  # store -> changelog records read for it, every restore of this worker
 
     # ------------------------------------------------------------------------------ API
     @property
@@ -228,6 +230,11 @@ class Restorer:
             part.last_progress = now
             part.retries = 0
             self.records_restored += 1
+        for part in self._by_tp.values():
+            if part.restored != part.counted:
+                self.restored_by_store[part.store] = (self.restored_by_store.get(part.store, 0)
+                                                      + part.restored - part.counted)
+                part.counted = part.restored
         for part, keys, values, offsets, stamps in data.values():
             if stamps is not None:
                 keys, values, decoded_keys, decoded_values, top = _decode_table(part, keys, values, offsets, stamps)
@@ -298,6 +305,15 @@ class Restorer:
     def topics(self, timeout_s: float = 30.0) -> dict:
         """The cluster's topic metadata (``{name: TopicMetadata}``), read with the restore consumer."""
         return self._ensure_consumer().list_topics(timeout=timeout_s).topics
+
+    def remaining(self) -> dict:
+        """``{store: changelog records left to read}`` over the restores in progress."""
+        out: dict = {}
+        for parts in self._tasks.values():
+            for part in parts:
+                if not part.done:
+                    out[part.store] = out.get(part.store, 0) + max(0, part.end - part.position)
+        return out
 
     def parts(self, key) -> list:
         """The ``_Part``s of task ``key`` (store, topic, partition, first offset read, end, restored count)."""

@@ -58,7 +58,7 @@ class _Slot:
 
 class Supervisor:
     def __init__(self, ref: str, app_id: str, options: RunOptions, process_id: str, *,
-                 log_level: int | None = None):
+                 log_level: int | None = None, observer=None):
         self.ref = ref
         self.app_id = app_id
         self.options = options
@@ -68,6 +68,7 @@ class Supervisor:
         self._slots = [_Slot(i) for i in range(options.workers)]
         self._stop = threading.Event()
         self._stop_sent = False
+        self.observer = observer            # observe.Observer: worker logs and stats, metrics, status
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -87,6 +88,8 @@ class Supervisor:
         stop_deadline = None
         while True:
             self._drain_errors()
+            if self.observer is not None:
+                self.observer.tick()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self._stop.set()
@@ -146,9 +149,12 @@ class Supervisor:
         slot.starts += 1
         # one pipe per worker process: a worker killed while reporting cannot block the others
         reader, writer = self._ctx.Pipe(duplex=False)
+        if self.observer is not None:
+            self.observer.worker_started(slot.index, restart=slot.starts > 1)
         p = self._ctx.Process(
             target=worker_main,
-            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, writer, self.log_level),
+            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, writer, self.log_level,
+                  self.observer.queue if self.observer is not None else None),
             name=f"streamproc-worker-{slot.index}", daemon=False)
         p.start()
         writer.close()

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..operators import Batch, RawBatch, TaskContext, make_operator
+from ..operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
+from ..operators.base import DROP_REASONS
 from ..state import Backend, TaskState
 
 _SOURCE_KINDS = ("source", "table_source", "repartition_source")
@@ -28,7 +29,8 @@ class Task:
         self.partition = partition
         self.id = f"{subtopology.id}_{partition}"
         self.state = TaskState(backend, [s.name for s in subtopology.stores])
-        self.ctx = TaskContext(self.id, partition, self.state, globals=globals if globals is not None else {})
+        self.ctx = TaskContext(self.id, partition, self.state, globals=globals if globals is not None else {},
+                               on_processing_error=getattr(subtopology, "on_processing_error", "fail"))
         self._nodes = subtopology.nodes
         self._ops = {n.id: make_operator(n, self.ctx) for n in self._nodes}
         self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in _SOURCE_KINDS}
@@ -45,7 +47,10 @@ class Task:
         """
         src = self._source_of[raw.topic]
         op = self._ops[src]
-        self._run(src, op.ingest(op.decode(raw)[0]))
+        b, kept = op.decode(raw)
+        self.ctx.source = (raw, kept)
+        self._run(src, op.ingest(b))
+        self.ctx.source = None
         produced, self.ctx.outputs = self.ctx.outputs, []
         return produced
 
@@ -56,13 +61,16 @@ class Task:
         decoded = []
         for raw in raws:
             src = self._source_of[raw.topic]
-            b, offs = self._ops[src].decode(raw)
+            b, kept = self._ops[src].decode(raw)
             if len(b):
-                decoded.append((src, b, offs if offs is not None else range(len(b))))
-        for i, start, end in _runs([(b.timestamps.tolist(), list(offs)) for _, b, offs in decoded]):
-            src, b, _ = decoded[i]
+                offs = raw.offsets if raw.offsets is not None else list(range(len(raw.keys)))
+                decoded.append((src, b, raw, kept, offs if kept is None else [offs[i] for i in kept]))
+        for i, start, end in _runs([(b.timestamps.tolist(), offs) for _, b, _, _, offs in decoded]):
+            src, b, raw, kept, _ = decoded[i]
             part = b if (start == 0 and end == len(b)) else b.take(np.arange(start, end, dtype=np.int64))
+            self.ctx.source = (raw, kept)          # part.seq still indexes the whole decoded batch
             self._run(src, self._ops[src].ingest(part))
+        self.ctx.source = None
         produced, self.ctx.outputs = self.ctx.outputs, []
         return produced
 
@@ -80,15 +88,38 @@ class Task:
             if n.kind == "join":
                 sides = [out.get(p.id) for p in n.parents]
                 if n.params["join"] == "stream_stream" or any(b is not None and len(b) for b in sides):
-                    # stream-stream always runs: stream time may have closed join windows
+                    # stream-stream always runs: stream time may have closed join windows. Joins apply
+                    # the processing-error policy per joined pair themselves.
                     out[n.id] = ops[n.id].process_sides(sides[0], sides[1] if len(sides) > 1 else None)
                 continue
             inputs = [out[p.id] for p in n.parents if p.id in out and out[p.id] is not None]
-            if n.kind == "aggregate":
-                # always run: stream time may have advanced and closed windows
-                out[n.id] = ops[n.id].process(Batch.concat(inputs))
-            elif inputs and any(len(b) for b in inputs):
-                out[n.id] = ops[n.id].process(Batch.concat(inputs))
+            if n.kind == "aggregate" or (inputs and any(len(b) for b in inputs)):
+                # an aggregate always runs: stream time may have advanced and closed windows
+                out[n.id] = self._process(ops[n.id], Batch.concat(inputs))
+
+    def _process(self, op, batch: Batch):
+        """``op.process(batch)``; when a user function raised and the policy is not ``fail``, the batch is
+        processed again record by record and each failing record gets the policy (operators change no
+        state before their user functions have run for the whole batch, so a failed call left none)."""
+        try:
+            return op.process(batch)
+        except ProcessingError as e:
+            if self.ctx.on_processing_error == "fail" or len(batch) == 0:
+                raise
+            if len(batch) == 1:
+                self.ctx.processing_error(op, e, batch.keys[0], batch.seq[0])
+                return op.process(Batch.empty()) if op.node.kind == "aggregate" else _empty_like(op)
+        outs = []
+        for i in range(len(batch)):
+            one = batch.take(np.asarray([i], dtype=np.int64))
+            try:
+                outs.append(op.process(one))
+            except ProcessingError as e:
+                self.ctx.processing_error(op, e, batch.keys[i], batch.seq[i])
+        if op.node.kind == "branch":
+            n = len(op.node.params["predicates"])
+            return [Batch.concat([o[j] for o in outs if o is not None]) for j in range(n)]
+        return Batch.concat([o for o in outs if o is not None])
 
     def operator(self, store_name: str):
         for n in self._nodes:
@@ -102,7 +133,19 @@ class Task:
 
     @property
     def metrics(self) -> dict:
-        return self.ctx.metrics
+        """Drop counters by name (``late_records``...), committed and pending, for inspection."""
+        out: dict = {}
+        for d in (self.ctx.metrics, self.ctx.pending):
+            for (reason, _), n in d.items():
+                name = DROP_REASONS[reason]
+                out[name] = out.get(name, 0) + n
+        return out
+
+
+def _empty_like(op):
+    if op.node.kind == "branch":
+        return [Batch.empty() for _ in op.node.params["predicates"]]
+    return Batch.empty()
 
 
 def _runs(heads: list[tuple[list, list]]) -> list[tuple[int, int, int]]:

@@ -44,6 +44,7 @@ from ._config import RunOptions
 from .checkpoint import Checkpoint
 from .globals import GlobalTables
 from .restore import Restorer
+from .stats import WorkerStats
 from .tasks import Phase, TaskManager
 
 log = logging.getLogger("streamproc.worker")
@@ -58,6 +59,9 @@ EXIT_OK, EXIT_ERROR, EXIT_FENCED, EXIT_UNRECOVERABLE = 0, 1, 75, 78
 TASK_LOCK_TIMEOUT_S = 15.0
 
 _EOF = KafkaError._PARTITION_EOF
+
+#: Seconds between two refreshes of the worker's gauges and snapshots sent to the supervisor.
+OBSERVE_INTERVAL_S = 1.0
 
 #: How often processed records are deleted from repartition topics (and the longest retry backoff).
 PURGE_INTERVAL_S = 30.0
@@ -90,7 +94,7 @@ class Worker:
     """
 
     def __init__(self, plan, options: RunOptions, index: int = 0, process_id: str = "local",
-                 backend_factory=None):
+                 backend_factory=None, report=None):
         self.plan = plan
         self.options = options
         self.index = index
@@ -110,6 +114,9 @@ class Worker:
         self.task_manager = TaskManager(st_of_topic, backend_factory or self._default_backend,
                                         self._keep_when_revoked, self.global_stores)
         self.ckpt = Checkpoint(options.commit_interval_s, txn_budget_s=DEFAULT_TRANSACTION_TIMEOUT_MS / 2000)
+        self.stats = WorkerStats(self.id)
+        self._report = report                            # callable(snapshot): to the supervisor
+        self._observe_at = 0.0
         self._to_restore: list = []                      # ManagedTasks whose restore is not started yet
         self._dropped: set = set()                       # (topic, partition) whose fetched records were dropped
         self._purger: _Purger | None = None
@@ -263,6 +270,11 @@ class Worker:
                  ", ".join(self.globals.stores), n)
 
     def _close(self, clean: bool) -> None:
+        try:
+            self.stats.log_drops(force=True)
+            self.observe()                        # the counts of the last checkpoint reach the supervisor
+        except Exception as e:  # noqa: BLE001
+            log.debug("final observe: %s", e)
         if not clean:
             try:
                 cp.abort_open(self)
@@ -418,6 +430,46 @@ class Worker:
         if self._purger is not None:
             self._purger.tick()
         self._watch_idle()
+        if time.monotonic() >= self._observe_at:
+            self.observe()
+
+    def observe(self) -> dict:
+        """Refresh the gauges of ``stats`` (lag, assignment, tasks, restore progress, store sizes) and send
+        the snapshot to the supervisor. About once a second, from the loop."""
+        self._observe_at = time.monotonic() + OBSERVE_INTERVAL_S
+        st = self.stats
+        mgr = self.task_manager
+        counts = mgr.counts()
+        st.tasks = {"running": counts["running"], "restoring": counts["restoring"]}
+        lag = {}
+        if self.consumer is not None:
+            try:
+                tps = [TopicPartition(t, p) for t, p in mgr.active_inputs()]
+                st.assigned = len(self.consumer.assignment())
+                for tp in self.consumer.position(tps) if tps else ():
+                    _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                    if tp.offset >= 0 and high >= 0:
+                        lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+            except KafkaException as e:
+                log.debug("worker %s: lag not measured: %s", self.id, e)
+        st.lag = lag
+        if self.restorer is not None:
+            left = self.restorer.remaining()
+            st.restore = {s: [n, left.get(s, 0)] for s, n in self.restorer.restored_by_store.items()}
+        keys: dict = {}
+        for task in mgr.running_tasks().values():
+            for name in task.state.stores:
+                n = task.state.backend.estimate_keys(name)
+                if n is not None:
+                    keys[name] = keys.get(name, 0) + n
+        st.store_keys = keys
+        snap = st.snapshot()
+        if self._report is not None:
+            try:
+                self._report(snap)
+            except Exception as e:  # noqa: BLE001 - reporting must never stop processing
+                log.debug("worker %s: stats not reported: %s", self.id, e)
+        return snap
 
     def _restore_step(self) -> None:
         if self._to_restore:
@@ -516,14 +568,22 @@ class Worker:
             except Exception as e:  # noqa: BLE001
                 raise ProcessingFailed(f"task {task.id} stopped on {_positions(raws)}: "
                                        f"{type(e).__name__}: {e}") from e
-            for out_topic, kb, vb, ts in produced:
-                for i in range(len(kb)):
-                    produce(out_topic, vb[i], kb[i], ts[i])
+            stats = self.stats
+            for out in produced:
+                out_topic, kb, vb, ts = out[:4]
+                if len(out) > 4:                       # records with headers (late records)
+                    for i in range(len(kb)):
+                        self.produce(out_topic, vb[i], kb[i], timestamp=ts[i], headers=out[4][i])
+                else:
+                    for i in range(len(kb)):
+                        produce(out_topic, vb[i], kb[i], ts[i])
+                stats.produce(out_topic, len(kb))
             if task.ctx.dead_letters:
                 self._dead_letters(task)
             for raw in raws:
                 c.ran(key, (raw.topic, raw.partition), raw.offsets[-1] + 1)
                 self.records_in += len(raw.offsets)
+                stats.consume((raw.topic, raw.partition), len(raw.offsets))
 
     def _columns(self, msgs) -> dict:
         """``{(topic, partition): (keys, values, timestamps, offsets)}`` in offset order.
@@ -583,7 +643,10 @@ class Worker:
         for dl in task.ctx.dead_letters:
             headers = [("error", dl.error.encode("utf-8", "replace")), ("topic", dl.topic.encode()),
                        ("partition", str(dl.partition).encode()), ("offset", str(dl.offset).encode())]
+            if dl.operator:
+                headers.append(("operator", dl.operator.encode("utf-8", "replace")))
             self.produce(self.dlq_topic, dl.value, dl.key, timestamp=max(int(dl.timestamp), 0), headers=headers)
+        self.stats.produce(self.dlq_topic, len(task.ctx.dead_letters))
         task.ctx.dead_letters.clear()
 
     def _consumer_error(self, m) -> None:
@@ -717,7 +780,7 @@ def describe_group(options, group: str) -> str:
 # worker process entry point (multiprocessing "spawn": the topology is imported again, not pickled)
 
 def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_id: str, errors,
-                log_level: int = logging.WARNING) -> None:
+                log_level: int = logging.WARNING, observe_queue=None) -> None:
     worker: list[Worker] = []
 
     def on_signal(signum, frame):
@@ -729,16 +792,23 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     _die_with_parent()
-    logging.basicConfig(
-        level=log_level,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}')
+    report = None
+    if observe_queue is not None:
+        from .logs import worker_logging
+
+        worker_logging(observe_queue, log_level, index)
+
+        def report(snapshot):
+            observe_queue.put_nowait(("stats", index, snapshot))
+    else:
+        logging.basicConfig(level=log_level)
     code = EXIT_ERROR
     try:
         from ..plan import compile_topology
         from ..loader import load_topology
 
         plan = compile_topology(load_topology(ref, app_id))
-        w = Worker(plan, options, index, process_id)
+        w = Worker(plan, options, index, process_id, report=report)
         worker.append(w)
         w.run()
         code = EXIT_OK

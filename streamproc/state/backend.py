@@ -83,6 +83,10 @@ class Backend:
         """The largest time in the time index of ``store`` (None if it is empty)."""
         raise NotImplementedError
 
+    def estimate_keys(self, store: str) -> int | None:
+        """About how many keys ``store`` holds (for the ``streamproc_store_keys`` metric); None: unknown."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -249,6 +253,9 @@ class MemoryBackend(Backend):
             if dead and ix is not None and not ix.due:
                 ix.purge(d)
         self._meta.update(meta)
+
+    def estimate_keys(self, store):
+        return len(self._data.get(store, ()))
 
     def declare_index(self, store, kind):
         if kind not in INDEXED_KINDS:

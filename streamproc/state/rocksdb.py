@@ -567,6 +567,15 @@ class RocksDBBackend(Backend):
         if self.read_only:
             raise StateError(f"the state in {self.path} was opened read-only")
 
+    def estimate_keys(self, store):
+        cf = self._cf.get(store)
+        if cf is None or self._db is None:
+            return None
+        try:
+            return int(cf.property_int_value("rocksdb.estimate-num-keys"))
+        except Exception:  # noqa: BLE001 - a metric only
+            return None
+
     def _store_handle(self, store: str):
         h = self._h.get(store)
         if h is None:

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from ..errors import StreamprocError
 from ..operators import RawBatch
+from ..operators.base import DROP_REASONS
 from ..operators.global_table import GlobalStore
 from ..partitioner import partition_for
 from ..plan import compile_topology
@@ -37,6 +38,9 @@ class TopologyTestDriver:
             for n in st.nodes:
                 if n.kind == "sink":
                     self._sink_serdes.setdefault(n.params["topic"], (n.params["key_serde"], n.params["value_serde"]))
+                elif n.kind == "aggregate" and n.params.get("late_topic"):
+                    self._sink_serdes.setdefault(n.params["late_topic"],
+                                                 (n.params["late_key_serde"], n.params["late_value_serde"]))
         self._source_serdes = {}
         for st in self.plan.subtopologies:
             for n in st.nodes:
@@ -47,6 +51,9 @@ class TopologyTestDriver:
         self._global_of_topic = {g.source.topic: self._globals[g.name] for g in self.plan.global_tables}
         for g in self.plan.global_tables:
             self._source_serdes[g.source.topic] = (g.source.key_serde, g.source.value_serde)
+        self._dead: list = []                       # DeadLetter records, headers included
+        self._committed: dict = {}                  # committed drops of finished tasks' contexts
+        self._consumed = self._produced = 0
         self._null_key_rr = 0
         self._last_ts = 0
         self._closed = False
@@ -112,10 +119,15 @@ class TopologyTestDriver:
         produced = task.process(raw)
         task.state.changes()
         task.state.apply()
+        task.ctx.commit_counts()                    # each pipe is one committed checkpoint
+        self._consumed += len(recs)
         for dl in task.ctx.dead_letters:
             self._outputs.setdefault(f"{self.plan.app_id}-dlq", []).append((dl.key, dl.value, dl.timestamp))
+            self._dead.append(dl)
+        self._produced += len(task.ctx.dead_letters)
         task.ctx.dead_letters.clear()
-        for out_topic, kb, vb, ts in produced:
+        for out_topic, kb, vb, ts, *_ in produced:
+            self._produced += len(kb)
             if out_topic in self.plan.repartition_topics:
                 n = self._partitions[out_topic]
                 by_p: dict[int, list] = {}
@@ -159,13 +171,33 @@ class TopologyTestDriver:
                 continue
         return out
 
-    def metrics(self) -> dict:
-        """Counters summed over all tasks: ``late_records``, ``dropped_none_key``, ``skipped_records``..."""
+    def read_dead_letters(self) -> list[dict]:
+        """Every dead letter so far (and drains them): the raw ``key``/``value`` and the headers
+        ``error``, ``operator``, ``topic``, ``partition``, ``offset`` as ``streamproc run`` writes them."""
+        out = [{"key": d.key, "value": d.value, "timestamp": d.timestamp, "error": d.error, "operator": d.operator,
+                "topic": d.topic, "partition": d.partition, "offset": d.offset} for d in self._dead]
+        self._dead = []
+        self._outputs.pop(f"{self.plan.app_id}-dlq", None)
+        return out
+
+    def drops(self) -> dict:
+        """Dropped records by ``(reason, operator)`` (reasons: late, none_key, skipped, dead_letter,
+        processing_error), as the ``streamproc_records_dropped_total`` metric counts them."""
         total: dict = {}
-        for m in [t.metrics for t in self._tasks.values()] + [g.metrics for g in self._globals.values()]:
+        for m in [t.ctx.metrics for t in self._tasks.values()] + [g.metrics for g in self._globals.values()]:
             for k, v in m.items():
                 total[k] = total.get(k, 0) + v
         return total
+
+    def metrics(self) -> dict:
+        """Every counter, zeros included: ``records_consumed``, ``records_produced`` and one per drop
+        reason (``late_records``, ``dropped_none_key``, ``skipped_records``, ``dead_lettered_records``,
+        ``processing_errors``), summed over operators (per operator: :meth:`drops`)."""
+        out = {"records_consumed": self._consumed, "records_produced": self._produced}
+        out.update(dict.fromkeys(DROP_REASONS.values(), 0))
+        for (reason, _), n in self.drops().items():
+            out[DROP_REASONS[reason]] += n
+        return out
 
     # -- lifecycle ------------------------------------------------------------------------
     def _check_open(self):

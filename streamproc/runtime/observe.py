@@ -1,0 +1,273 @@
+"""What an operator sees of a running instance: Prometheus metrics and the live status.
+
+Design: workers are processes; the supervisor is the one place that talks to the operator.
+Each worker sends, through one queue shared with its log records (``runtime/logs.py``), a
+snapshot of its :class:`~.stats.WorkerStats` about once a second and after its last checkpoint.
+The :class:`Observer` in the supervisor keeps the latest snapshot per worker and
+
+* serves them on ``--metrics-port`` (prometheus-client, text format) as one endpoint for the
+  instance, every series labelled ``worker``. A restarted worker starts counting from zero: the
+  observer adds the last snapshot of its predecessor, so counters never go down;
+* shows a status: on a terminal, a live line redrawn every second (rich); otherwise one INFO
+  line every :data:`STATUS_INTERVAL_S` - input rate, lag, tasks running/restoring, the last
+  checkpoint's duration and drops.
+
+Counter values are those of committed checkpoints (see ``stats.py``). A worker killed between a
+commit and its next snapshot (under a second) takes the counts of that last second with it.
+"""
+from __future__ import annotations
+
+import logging
+import queue as _queue
+import threading
+import time
+
+from ..errors import StreamprocError
+from .stats import CHECKPOINT_BUCKETS
+
+log = logging.getLogger("streamproc.status")
+
+#: Seconds between two status lines when stderr is not a terminal.
+STATUS_INTERVAL_S = 30.0
+
+_COUNTERS = ("consumed", "produced", "drops")
+_SCALARS = ("checkpoints", "rollbacks", "duration_sum")
+
+
+class Observer:
+    def __init__(self, app_id: str, mp_context, *, metrics_port: int | None = None, live: bool = False,
+                 status_interval_s: float = STATUS_INTERVAL_S):
+        self.app_id = app_id
+        self.queue = mp_context.Queue()
+        self.metrics_port = metrics_port
+        self.live = live
+        self.status_interval_s = status_interval_s
+        self._lock = threading.Lock()
+        self._latest: dict[int, dict] = {}       # worker index -> its latest snapshot
+        self._base: dict[int, dict] = {}         # worker index -> counters of its finished predecessors
+        self.restarts: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server = None
+        self._live = None
+        self._last_status = time.monotonic()
+        self._rate_mark: tuple[float, int] | None = None
+        self.rate = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Observer":
+        self._thread = threading.Thread(target=self._listen, name="streamproc-observer", daemon=True)
+        self._thread.start()
+        if self.metrics_port is not None:
+            self._serve(self.metrics_port)
+        if self.live:
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self.status_line(), console=Console(stderr=True), refresh_per_second=2,
+                              transient=True, redirect_stderr=True)
+            self._live.start()
+        return self
+
+    def _serve(self, port: int) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.exposition import start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        try:
+            self._server = start_http_server(port, registry=registry)
+        except OSError as e:
+            raise StreamprocError(f"cannot serve metrics on port {port}: {e.strerror or e} (is another "
+                                  f"instance on this machine using it? pick another --metrics-port)") from None
+        log.info("metrics at http://0.0.0.0:%d/metrics", port)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self._drain()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self._server is not None:
+            server = self._server[0] if isinstance(self._server, tuple) else self._server
+            try:
+                server.shutdown()
+                server.server_close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._server = None
+
+    # ------------------------------------------------------------------ workers
+    def worker_started(self, index: int, restart: bool) -> None:
+        with self._lock:
+            if restart:
+                self.restarts[index] = self.restarts.get(index, 0) + 1
+            last = self._latest.pop(index, None)
+            if last is not None:                  # counters continue from the predecessor's last snapshot
+                base = self._base.setdefault(index, {k: {} for k in _COUNTERS} | dict.fromkeys(_SCALARS, 0))
+                for k in _COUNTERS:
+                    for lk, n in last[k].items():
+                        base[k][lk] = base[k].get(lk, 0) + n
+                for k in _SCALARS:
+                    base[k] += last[k]
+                base.setdefault("buckets", [0] * (len(CHECKPOINT_BUCKETS) + 1))
+                base["buckets"] = [a + b for a, b in zip(base["buckets"], last["buckets"])]
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.2)
+            except _queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            self._handle(item)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._handle(self.queue.get_nowait())
+            except (_queue.Empty, EOFError, OSError, ValueError):
+                return
+
+    def _handle(self, item) -> None:
+        kind, index, payload = item
+        if kind == "log":
+            logging.getLogger(payload.name).handle(payload)
+        elif kind == "stats":
+            with self._lock:
+                self._latest[index] = payload
+
+    # ------------------------------------------------------------------ views
+    def snapshots(self) -> dict[int, dict]:
+        """``{worker index: snapshot}`` with the counters of restarted workers' predecessors added."""
+        with self._lock:
+            out = {}
+            for i in set(self._latest) | set(self._base):
+                snap = dict(self._latest.get(i) or _empty())
+                base = self._base.get(i)
+                if base:
+                    for k in _COUNTERS:
+                        merged = dict(base[k])
+                        for lk, n in snap[k].items():
+                            merged[lk] = merged.get(lk, 0) + n
+                        snap[k] = merged
+                    for k in _SCALARS:
+                        snap[k] = snap[k] + base[k]
+                    snap["buckets"] = [a + b for a, b in zip(snap["buckets"], base["buckets"])]
+                out[i] = snap
+            return out
+
+    def figures(self) -> dict:
+        snaps = self.snapshots()
+        consumed = sum(n for s in snaps.values() for n in s["consumed"].values())
+        now = time.monotonic()
+        if self._rate_mark is not None and now - self._rate_mark[0] >= 1.0:
+            self.rate = max(0.0, (consumed - self._rate_mark[1]) / (now - self._rate_mark[0]))
+            self._rate_mark = (now, consumed)
+        elif self._rate_mark is None:
+            self._rate_mark = (now, consumed)
+        last = [s["last_checkpoint_ms"] for s in snaps.values() if s.get("last_checkpoint_ms") is not None]
+        drops: dict = {}
+        for s in snaps.values():
+            for (reason, _), n in s["drops"].items():
+                drops[reason] = drops.get(reason, 0) + n
+        return {
+            "workers": len(snaps), "consumed": consumed, "rate": self.rate,
+            "lag": sum(n for s in snaps.values() for n in s["lag"].values()),
+            "running": sum(s["tasks"].get("running", 0) for s in snaps.values()),
+            "restoring": sum(s["tasks"].get("restoring", 0) for s in snaps.values()),
+            "last_checkpoint_ms": max(last) if last else None,
+            "drops": drops, "restarts": sum(self.restarts.values()),
+        }
+
+    def status_line(self) -> str:
+        f = self.figures()
+        ck = f"{f['last_checkpoint_ms']:.0f} ms" if f["last_checkpoint_ms"] is not None else "-"
+        drops = ", ".join(f"{n} {r}" for r, n in sorted(f["drops"].items()) if n) or "none"
+        return (f"{self.app_id}: {f['rate']:,.0f} records/s, {f['consumed']:,} consumed, lag {f['lag']:,}, "
+                f"tasks {f['running']} running / {f['restoring']} restoring, last checkpoint {ck}, "
+                f"dropped {drops}" + (f", {f['restarts']} worker restart(s)" if f["restarts"] else ""))
+
+    def tick(self) -> None:
+        """Called by the supervisor's loop: redraw the live line, or log the status line when due."""
+        if self._live is not None:
+            self._live.update(self.status_line())
+            return
+        now = time.monotonic()
+        if now - self._last_status >= self.status_interval_s:
+            self._last_status = now
+            log.info("%s", self.status_line())
+
+
+def _empty() -> dict:
+    return {"consumed": {}, "produced": {}, "drops": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
+            "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "last_checkpoint_ms": None, "lag": {}, "assigned": 0,
+            "tasks": {}, "restore": {}, "store_keys": {}}
+
+
+class _Collector:
+    """The Prometheus view of the observer's snapshots (one family per metric, label ``worker``)."""
+
+    def __init__(self, observer: Observer):
+        self.observer = observer
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        snaps = self.observer.snapshots()
+        restarts = dict(self.observer.restarts)
+
+        def counter(name, doc, labels):
+            return CounterMetricFamily(name, doc, labels=["worker"] + labels)
+
+        def gauge(name, doc, labels):
+            return GaugeMetricFamily(name, doc, labels=["worker"] + labels)
+
+        consumed = counter("streamproc_records_consumed", "Input records processed and committed.",
+                           ["topic", "partition"])
+        produced = counter("streamproc_records_produced", "Records produced and committed.", ["topic"])
+        dropped = counter("streamproc_records_dropped", "Records dropped, by reason and operator.",
+                          ["reason", "operator"])
+        ckpts = counter("streamproc_checkpoints", "Checkpoints committed.", [])
+        rollbacks = counter("streamproc_checkpoint_rollbacks", "Checkpoints rolled back.", [])
+        restarts_f = counter("streamproc_worker_restarts", "Times the worker process was restarted.", [])
+        restored = counter("streamproc_restore_records", "Changelog records restored.", ["store"])
+        duration = HistogramMetricFamily("streamproc_checkpoint_duration_seconds",
+                                         "Time to commit a checkpoint.", labels=["worker"])
+        lag = gauge("streamproc_consumer_lag", "Records between the consumed position and the end.",
+                    ["topic", "partition"])
+        remaining = gauge("streamproc_restore_remaining_records", "Changelog records left to restore.", ["store"])
+        keys = gauge("streamproc_store_keys", "Keys in a store (estimate).", ["store"])
+        assigned = gauge("streamproc_assigned_partitions", "Input partitions assigned to the worker.", [])
+        tasks = gauge("streamproc_tasks", "Tasks of the worker by phase.", ["phase"])
+        for i, s in sorted(snaps.items()):
+            w = str(i)
+            for (t, p), n in s["consumed"].items():
+                consumed.add_metric([w, t, str(p)], n)
+            for t, n in s["produced"].items():
+                produced.add_metric([w, t], n)
+            for (reason, op), n in s["drops"].items():
+                dropped.add_metric([w, reason, op], n)
+            ckpts.add_metric([w], s["checkpoints"])
+            rollbacks.add_metric([w], s["rollbacks"])
+            restarts_f.add_metric([w], restarts.get(i, 0))
+            cum, buckets = 0, []
+            for bound, n in zip(list(CHECKPOINT_BUCKETS) + [float("inf")], s["buckets"]):
+                cum += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cum))
+            duration.add_metric([w], buckets, s["duration_sum"])
+            for (t, p), n in s["lag"].items():
+                lag.add_metric([w, t, str(p)], n)
+            for store, (done, left) in s["restore"].items():
+                restored.add_metric([w, store], done)
+                remaining.add_metric([w, store], left)
+            for store, n in s["store_keys"].items():
+                keys.add_metric([w, store], n)
+            assigned.add_metric([w], s["assigned"])
+            for phase, n in s["tasks"].items():
+                tasks.add_metric([w, phase], n)
+        return [consumed, produced, dropped, ckpts, rollbacks, restarts_f, restored, duration, lag, remaining,
+                keys, assigned, tasks]
