@@ -9,6 +9,7 @@ results to its own output topic:
       count+sum, final results on close, offsets committed every 200 ms (no changelog, no EOS)
   (c) streamproc run --guarantee at-least-once
   (d) streamproc run --guarantee exactly-once
+  (m) (d) with --metrics-port, scraped once a second (the cost of serving metrics)
 
 msgs/s is measured between the group's first and last committed offset progress (so group
 joins, imports and topic creation are left out); CPU µs/msg is the CPU time of the variant's
@@ -44,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -436,6 +438,42 @@ def _orphan_guard() -> None:
         time.sleep(1)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Scraper:
+    """GETs /metrics once a second, as Prometheus would (its own CPU is not measured)."""
+
+    def __init__(self, port: int):
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.ok = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "_Scraper":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(1.0):
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                self.ok += 1
+            except Exception:  # noqa: BLE001 - not up yet, or stopped
+                self.failed += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(3)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap-servers", default=os.environ.get("STREAMPROC_BOOTSTRAP_SERVERS"))
@@ -459,6 +497,7 @@ def main(argv=None) -> int:
         "b": ("(b) hand-written dict-state windowed loop", "windowed"),
         "c": ("(c) streamproc run, at-least-once", "at-least-once"),
         "d": ("(d) streamproc run, exactly-once", "exactly-once"),
+        "m": ("(m) (d) + --metrics-port, scraped 1/s", "exactly-once"),
     }
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in variants]
@@ -503,8 +542,18 @@ def main(argv=None) -> int:
                 if what == "at-least-once":
                     cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
                 env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}
-            results.append(measure(name, cmd, env, bootstrap, topic, group, args.messages, console, args.timeout,
-                                   cleanup))
+            scraper = None
+            if key == "m":
+                port = _free_port()
+                cmd += ["--metrics-port", str(port)]
+                scraper = _Scraper(port).start()
+            try:
+                results.append(measure(name, cmd, env, bootstrap, topic, group, args.messages, console,
+                                       args.timeout, cleanup))
+            finally:
+                if scraper is not None:
+                    scraper.stop()
+                    console.print(f"  /metrics scraped {scraper.ok} times ({scraper.failed} failed)")
         by = {r["name"][:3]: r for r in results}
         ref = by.get("(b)")
         table = Table(title=f"{args.messages:,} JSON events, {PARTITIONS} partitions, {KEYS} keys, "

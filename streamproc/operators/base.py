@@ -102,10 +102,14 @@ class TaskContext:
         """A user function raised on the record at ``seq``: apply the processing-error policy."""
         policy = self.on_processing_error
         err = exc if isinstance(exc, ProcessingError) else operator._fail(exc, key)
+        pos = self.position(seq)
         if policy == "fail":
+            if pos is not None:
+                raise ProcessingError(f"{err}; the input record is {pos[0]}[{pos[1]}] at offset {pos[2]} "
+                                      f"(on_processing_error='fail': skip or dead-letter such records with "
+                                      f"Topology(..., on_processing_error='skip'|'dead-letter'))") from exc
             raise err
         label = operator.metric_label
-        pos = self.position(seq)
         if policy == "dead-letter":
             self.drop("dead_letter", label, 1, seq)
             if pos is not None:

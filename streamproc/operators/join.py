@@ -55,6 +55,7 @@ from .table import TableView, view_of
 from ._fold import BackendSweep
 
 _MAXSEQ = np.iinfo(np.int64).max
+_SKIP = object()        # a joiner raised and the processing-error policy dropped the result
 
 
 def default_joiner(left, right):
@@ -68,11 +69,14 @@ class _JoinBase(Operator):
         self.how = p["how"]
         self.joiner = p["joiner"] or default_joiner
 
-    def _join(self, k, lv, rv):
+    def _join(self, k, lv, rv, seq=None):
+        """``joiner(lv, rv)``; if it raises, the processing-error policy applies to the record at ``seq``
+        (``fail`` raises; otherwise this result is dropped: ``_SKIP``)."""
         try:
             return self.joiner(lv, rv)
         except Exception as e:  # noqa: BLE001 - a user function
-            raise self._fail(e, k) from e
+            self.ctx.processing_error(self, e, k, seq)
+            return _SKIP
 
     def _drop_none_keys(self, b: Batch | None) -> Batch | None:
         if b is None or not len(b):
@@ -86,21 +90,19 @@ class _JoinBase(Operator):
     def _lookup_join(self, b: Batch, keys: list, rows: list) -> Batch:
         """``b``'s records joined with one looked-up row each (``None``: no row)."""
         joiner = self.joiner
+        if self.how == "inner":
+            keep = [r is not None for r in rows]
+            if not all(keep):
+                b = b.select(keep)
+                rows = [r for r in rows if r is not None]
         try:
-            if self.how == "inner":
-                keep = [r is not None for r in rows]
-                if not all(keep):
-                    b = b.select(keep)
-                    rows = [r for r in rows if r is not None]
-                values = [joiner(v, r[1]) for v, r in zip(b.values, rows)]
-            else:
-                values = [joiner(v, None if r is None else r[1]) for v, r in zip(b.values, rows)]
-        except Exception:  # noqa: BLE001 - find the record and name it
-            for k, v, r in zip(b.keys, b.values, rows):
-                if self.how == "inner" and r is None:
-                    continue
-                self._join(k, v, None if r is None else r[1])
-            raise
+            values = [joiner(v, None if r is None else r[1]) for v, r in zip(b.values, rows)]
+        except Exception:  # noqa: BLE001 - record by record: the policy applies to the one that raised
+            values = [self._join(k, v, None if r is None else r[1], sq)
+                      for k, v, r, sq in zip(b.keys, b.values, rows, b.seq.tolist())]
+            keep = [v is not _SKIP for v in values]
+            b = Batch(b.keys, values, b.timestamps, b.stream_times, b.seq).select(keep)
+            return b
         return Batch(b.keys, values, b.timestamps, b.stream_times, b.seq)
 
 
@@ -134,12 +136,18 @@ class StreamGlobalJoinOp(_JoinBase):
         if fn is None:
             keys = b.keys
         else:
-            keys = []
-            for k, v in zip(b.keys, b.values):
+            keys, keep = [], []
+            for k, v, sq in zip(b.keys, b.values, b.seq.tolist()):
                 try:
                     keys.append(fn(k, v))
-                except Exception as e:  # noqa: BLE001 - a user function
-                    raise self._fail(e, k) from e
+                    keep.append(True)
+                except Exception as e:  # noqa: BLE001 - a user function: the policy applies
+                    self.ctx.processing_error(self, e, k, sq)
+                    keep.append(False)
+            if not all(keep):
+                b = b.select(keep)
+                if not len(b):
+                    return Batch.empty()
         try:
             rows = self.ctx.globals[self.name].rows(keys)
         except TypeError as e:      # an unhashable table key from key=
@@ -168,7 +176,8 @@ class TableTableJoinOp(_JoinBase, TableView):
                 out.append(None)
                 continue
             ts = max(x[0] for x in (l, r) if x is not None)
-            out.append([ts, self._join(k, None if l is None else l[1], None if r is None else r[1])])
+            v = self._join(k, None if l is None else l[1], None if r is None else r[1])
+            out.append(None if v is _SKIP else [ts, v])
         return out
 
     def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
@@ -200,9 +209,13 @@ class TableTableJoinOp(_JoinBase, TableView):
             ts = max([c[1] for c in (lc, rc) if c is not None]
                      + [row[0] for row, c in ((l, lc), (r, rc)) if c is None and row is not None])
             last = max((c for c in (lc, rc) if c is not None), key=lambda c: c[3])
+            new = self._join(k, lv, rv, last[3]) if has else None
+            old = self._join(k, lold, rold, last[3]) if had else None
+            if new is _SKIP:
+                continue
             out_k.append(k)
-            out_v.append(self._join(k, lv, rv) if has else None)
-            out_old.append(self._join(k, lold, rold) if had else None)
+            out_v.append(new)
+            out_old.append(None if old is _SKIP else old)
             out_ts.append(ts)
             out_st.append(last[2])
             out_seq.append(last[3])
@@ -274,8 +287,9 @@ class StreamStreamJoinOp(_JoinBase):
                 for e in entries:
                     et = e[0]
                     if lo <= et <= hi and st < et + oreach:
-                        res = self._join(k, v, e[1]) if side == 0 else self._join(k, e[1], v)
-                        out.add(k, res, t if t > et else et, st, sq)
+                        res = self._join(k, v, e[1], sq) if side == 0 else self._join(k, e[1], v, sq)
+                        if res is not _SKIP:
+                            out.add(k, res, t if t > et else et, st, sq)
                         matched = 1
                         if not e[2]:
                             e[2] = 1
@@ -336,7 +350,8 @@ class StreamStreamJoinOp(_JoinBase):
                 if e[0] + reach <= st:
                     if not e[2] and self.emit_unmatched[side]:
                         res = self._join(k, e[1], None) if side == 0 else self._join(k, None, e[1])
-                        out.add(k, res, e[0], out_st, out_seq)
+                        if res is not _SKIP:
+                            out.add(k, res, e[0], out_st, out_seq)
                 else:
                     keep.append(e)
             entries[:] = keep

@@ -98,22 +98,30 @@ class Task:
                 out[n.id] = self._process(ops[n.id], Batch.concat(inputs))
 
     def _process(self, op, batch: Batch):
-        """``op.process(batch)``; when a user function raised and the policy is not ``fail``, the batch is
-        processed again record by record and each failing record gets the policy (operators change no
-        state before their user functions have run for the whole batch, so a failed call left none)."""
+        """``op.process(batch)`` with the processing-error policy (``TaskContext.processing_error``).
+
+        When a user function raised, the batch is processed again record by record: under ``skip`` /
+        ``dead-letter`` each failing record gets the policy and the others go on (operators change no
+        state before their user functions ran for the whole batch, so the failed call left none); under
+        ``fail`` the first failing record is found so the error names it, and the task stops.
+        """
         try:
             return op.process(batch)
         except ProcessingError as e:
-            if self.ctx.on_processing_error == "fail" or len(batch) == 0:
+            if len(batch) == 0:
                 raise
+            if self.ctx.on_processing_error == "fail":
+                i, e = (0, e) if len(batch) == 1 else _first_failing(op, batch, e)
+                if i is None:
+                    raise
+                self.ctx.processing_error(op, e, batch.keys[i], batch.seq[i])      # raises
             if len(batch) == 1:
                 self.ctx.processing_error(op, e, batch.keys[0], batch.seq[0])
                 return op.process(Batch.empty()) if op.node.kind == "aggregate" else _empty_like(op)
         outs = []
         for i in range(len(batch)):
-            one = batch.take(np.asarray([i], dtype=np.int64))
             try:
-                outs.append(op.process(one))
+                outs.append(op.process(batch.take(np.asarray([i], dtype=np.int64))))
             except ProcessingError as e:
                 self.ctx.processing_error(op, e, batch.keys[i], batch.seq[i])
         if op.node.kind == "branch":
@@ -140,6 +148,17 @@ class Task:
                 name = DROP_REASONS[reason]
                 out[name] = out.get(name, 0) + n
         return out
+
+
+def _first_failing(op, batch: Batch, error: ProcessingError):
+    """``(index, error)`` of the first record of ``batch`` that ``op`` fails on alone; ``(None, error)``
+    if none does (the failure needs several records together)."""
+    for i in range(len(batch)):
+        try:
+            op.process(batch.take(np.asarray([i], dtype=np.int64)))
+        except ProcessingError as e:
+            return i, e
+    return None, error
 
 
 def _empty_like(op):
