@@ -58,6 +58,13 @@ def run(
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", envvar="STREAMPROC_METRICS_PORT",
         help="Serve Prometheus metrics of every worker on http://0.0.0.0:PORT/metrics."),
+    http_port: Optional[int] = typer.Option(
+        None, "--http-port", envvar="STREAMPROC_HTTP_PORT",
+        help="Serve interactive queries (/stores/...), live changes (SSE), /health, /ready, /metrics and a live "
+             "page on this port. No authentication: keep it private or behind a proxy."),
+    advertised_url: Optional[str] = typer.Option(
+        None, "--advertised-url", envvar="STREAMPROC_ADVERTISED_URL",
+        help="URL other instances use to reach this one's --http-port (default: http://<hostname>:<port>)."),
     log_level: str = typer.Option("info", "--log-level", envvar="STREAMPROC_LOG_LEVEL",
                                   help="debug, info (default: status every 30 s, drop summaries), warning, error."),
     log_format: Optional[str] = typer.Option(
@@ -85,7 +92,7 @@ def run(
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
         batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend,
         restore_stall_timeout_s=restore_timeout, no_partitions_warning_s=no_partitions_warning,
-        metrics_port=metrics_port)
+        metrics_port=metrics_port, http_port=http_port, advertised_url=advertised_url)
     if bootstrap_servers:
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker

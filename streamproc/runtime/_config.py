@@ -39,6 +39,8 @@ class RunOptions:
     state_backend: str = "rocksdb"                # "rocksdb" (local disk, the default) or "memory"
     metrics_port: int | None = None               # serve Prometheus metrics on this port (all workers)
     live_status: bool | None = None               # live status line; None: when stderr is a terminal
+    http_port: int | None = None                  # interactive queries, live changes, health (runtime/http.py)
+    advertised_url: str | None = None             # how other instances reach this one (default: hostname:port)
 
     @property
     def eos(self) -> bool:

@@ -65,21 +65,31 @@ def run_app(plan, options: RunOptions) -> int:
             f"pass RunOptions(topology='path/to/file.py:name')")
     ref = absolute_ref(ref)
     check_assignor(consumer_config(options.bootstrap_servers, plan.app_id, options.client("consumer")))
-    prepare_topics(plan, options)
+    counts = prepare_topics(plan, options)
     lock = StateDirLock(options.state_dir, plan.app_id).acquire()
     try:
         pid = process_id(options.state_dir, plan.app_id)
         observer = Observer(plan.app_id, multiprocessing.get_context("spawn"), metrics_port=options.metrics_port,
                             live=options.live_status if options.live_status is not None else sys.stderr.isatty())
         observer.start()
-        sup = Supervisor(ref, plan.app_id, options, pid, observer=observer)
-        restore = _install_signals(sup)
+        server = None
         try:
-            log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
-                     options.guarantee, pid)
-            return sup.run()
+            if options.http_port is not None:
+                from .http import QueryServer
+
+                server = QueryServer(plan, options, counts, observer, pid, port=options.http_port,
+                                     advertised_url=options.advertised_url).start()
+            sup = Supervisor(ref, plan.app_id, options, pid, observer=observer)
+            restore = _install_signals(sup)
+            try:
+                log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
+                         options.guarantee, pid)
+                return sup.run()
+            finally:
+                restore()
         finally:
-            restore()
+            if server is not None:
+                server.stop()
             observer.stop()
     finally:
         lock.release()
@@ -124,7 +134,8 @@ def window_retention_ms(spec) -> int | None:
     return life + RETENTION_MARGIN_MS
 
 
-def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
+def internal_topic_specs(plan, counts: dict, *, instances: bool = False) -> list[TopicSpec]:
+    """The internal topics of ``plan``; ``instances``: also ``<app-id>-instances`` (``--http-port``)."""
     specs = []
     for st in plan.subtopologies:
         n = counts[("task", st.id)]
@@ -137,6 +148,8 @@ def internal_topic_specs(plan, counts: dict) -> list[TopicSpec]:
             specs.append(TopicSpec(store.changelog, n, config))
     for t in plan.repartition_topics:
         specs.append(TopicSpec(t, counts[t], {"cleanup.policy": "delete", "retention.ms": "-1"}))
+    if instances:
+        specs.append(TopicSpec(f"{plan.app_id}-instances", 1, {"cleanup.policy": "compact"}))
     if _uses_dlq(plan):
         specs.append(TopicSpec(f"{plan.app_id}-dlq", max(counts[t] for t in plan.source_topics),
                                {"cleanup.policy": "delete"}))
@@ -198,7 +211,8 @@ def prepare_topics(plan, options: RunOptions) -> dict:
     check_changelog_definitions(restore_consumer_config(options.bootstrap_servers, plan.app_id,
                                                         options.client("restore")),
                                 [s for s in plan.stores if s.internal_changelog])
-    created = ensure_internal_topics(admin, internal_topic_specs(plan, counts))
+    created = ensure_internal_topics(admin, internal_topic_specs(plan, counts,
+                                                                 instances=options.http_port is not None))
     if created:
         log.info("created internal topic(s): %s", ", ".join(created))
     return counts

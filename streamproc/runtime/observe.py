@@ -183,6 +183,11 @@ class Observer:
             "drops": drops, "restarts": sum(self.restarts.values()),
         }
 
+    def running_tasks(self) -> set:
+        """``(sub-topology id, partition)`` of every task this instance's workers run now."""
+        with self._lock:
+            return {tuple(k) for s in self._latest.values() for k in s.get("task_keys", ())}
+
     def status_line(self) -> str:
         f = self.figures()
         ck = f"{f['last_checkpoint_ms']:.0f} ms" if f["last_checkpoint_ms"] is not None else "-"
@@ -205,7 +210,7 @@ class Observer:
 def _empty() -> dict:
     return {"consumed": {}, "produced": {}, "drops": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
             "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "last_checkpoint_ms": None, "lag": {}, "assigned": 0,
-            "tasks": {}, "restore": {}, "store_keys": {}}
+            "tasks": {}, "restore": {}, "store_keys": {}, "task_keys": []}
 
 
 class _Collector:

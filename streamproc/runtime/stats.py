@@ -47,6 +47,7 @@ class WorkerStats:
         self.tasks = {"running": 0, "restoring": 0}
         self.restore: dict = {}           # store -> [records restored, records remaining]
         self.store_keys: dict = {}        # store -> estimated keys
+        self.task_keys: list = []         # (sub-topology id, partition) of the running tasks
         # drop summaries
         self._unlogged: dict = {}         # (reason, operator) -> count not yet in a summary
         self._examples: dict = {}         # (reason, operator) -> "topic[p]@offset"
@@ -113,6 +114,7 @@ class WorkerStats:
             "last_checkpoint_ms": self.last_checkpoint_ms,
             "lag": dict(self.lag), "assigned": self.assigned, "tasks": dict(self.tasks),
             "restore": {k: list(v) for k, v in self.restore.items()}, "store_keys": dict(self.store_keys),
+            "task_keys": list(self.task_keys),
             "time": time.time(),
         }
 

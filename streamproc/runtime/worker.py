@@ -441,6 +441,7 @@ class Worker:
         mgr = self.task_manager
         counts = mgr.counts()
         st.tasks = {"running": counts["running"], "restoring": counts["restoring"]}
+        st.task_keys = sorted(mgr.running_tasks())
         lag = {}
         if self.consumer is not None:
             try:

@@ -255,14 +255,18 @@ class RocksDBBackend(Backend):
     ``lock_timeout``: seconds to wait for another process to release the task directory.
     ``sync``: fsync every write batch (default: WAL written, not fsynced; see the module doc).
     ``read_only``: open without the lock for inspection (``streamproc state``) while a worker
-    may be running; sees the state as of the open; writes are refused.
+    may be running; sees the state as of the open; writes are refused. ``secondary``: a directory
+    of its own for a RocksDB *secondary* instance that follows the running worker's database
+    (``catch_up()`` sees its newest committed writes): the interactive queries' read path.
     """
 
     def __init__(self, path, stores: list | tuple = (), *, fingerprints: dict[str, str] | None = None,
                  descriptions: dict[str, str] | None = None, lock_timeout: float = 0.0, sync: bool = False,
-                 read_only: bool = False):
+                 read_only: bool = False, secondary: str | None = None):
         self.path = os.path.abspath(os.fspath(path))
         self.db_path = os.path.join(self.path, DB_DIR)
+        self.secondary = secondary
+        read_only = read_only or secondary is not None
         self.read_only = read_only
         self._db = None
         self._lock = None
@@ -321,7 +325,11 @@ class RocksDBBackend(Backend):
             names = list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)
                                        + [_index_cf(n) for n, k in kinds.items() if k in INDEXED_KINDS]))
         cfs = {n: _cf_options(data=n != META_CF) for n in names}
-        access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
+        if self.secondary is not None:       # follows a running worker's database (catch_up)
+            os.makedirs(self.secondary, exist_ok=True)
+            access = AccessType.secondary(self.secondary)
+        else:
+            access = AccessType.read_only(False) if self.read_only else AccessType.read_write()
         try:
             self._db = Rdict(self.db_path, options=_db_options(), column_families=cfs, access_type=access)
         except Exception as e:  # noqa: BLE001
@@ -487,6 +495,20 @@ class RocksDBBackend(Backend):
         for k, v in cf.items(from_key=lower, read_opt=ropt):
             yield dec(k), decode_value(v)
 
+    def iter_raw_items(self, store, lower: bytes | None = None, upper: bytes | None = None):
+        """``(encoded key, key, value)`` like :meth:`iter_items` (the encoded key orders entries across tasks)."""
+        self._readable()
+        cf = self._cf.get(store)
+        if cf is None or store == META_CF:
+            return
+        dec = self._dec[store]
+        ropt = None
+        if upper is not None:
+            ropt = ReadOptions()
+            ropt.set_iterate_upper_bound(upper)
+        for k, v in cf.items(from_key=lower, read_opt=ropt):
+            yield k, dec(k), decode_value(v)
+
     def keys(self, store) -> list:
         """Every key of ``store`` (values are not decoded: cheaper than ``items`` for rebuilding indexes)."""
         self._readable()
@@ -566,6 +588,12 @@ class RocksDBBackend(Backend):
             raise StateError(f"the state backend of {self.path} is closed")
         if self.read_only:
             raise StateError(f"the state in {self.path} was opened read-only")
+
+    def catch_up(self) -> None:
+        """A secondary instance (``secondary=``): see what the worker owning the database committed since."""
+        if self.secondary is None:
+            raise StateError("catch_up() is for a backend opened with secondary=")
+        self._db.try_catch_up_with_primary()
 
     def estimate_keys(self, store):
         cf = self._cf.get(store)

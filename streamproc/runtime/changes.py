@@ -1,0 +1,129 @@
+"""A store's committed changes as a feed: the source of ``GET /stores/<store>/changes`` (SSE).
+
+The changelog of a store is, by construction, its committed changes: a checkpoint writes one
+record per changed key in its transaction, and a ``read_committed`` consumer sees a
+transaction's records only once it committed - never a change that is later rolled back. So
+the feed follows the changelog (all partitions: every instance's changes), from its end when
+the first client subscribes, decodes each record with the internal codec (untrusted bytes: a
+record that does not decode is skipped and logged; metadata records are not changes), and
+presents the value as the operators emit it. A table's feed follows its source topic.
+
+Events get increasing ids; the last :data:`BUFFER` events are kept so a client reconnecting
+with ``Last-Event-ID`` gets what it missed (an id older than the buffer: it gets everything
+buffered, and a ``reset`` event says some changes were lost).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+
+from ..errors import SerdeError
+from ..state.codec import decode_store_key, decode_value
+from ._changelog import META_KEY
+from .queries import to_json_key
+
+log = logging.getLogger("streamproc.changes")
+
+BUFFER = 10_000
+
+
+class ChangeFeed:
+    """The committed changes of one store, fanned out to subscribers (callables taking an event)."""
+
+    def __init__(self, consumer_config: dict, spec, present, partitions: int):
+        self.spec = spec
+        self._present = present
+        self._partitions = partitions
+        self._conf = {**consumer_config, "isolation.level": "read_committed", "enable.partition.eof": False}
+        self.events: collections.deque = collections.deque(maxlen=BUFFER)
+        self.next_id = 1
+        self._subs: set = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def subscribe(self, callback, last_id: int | None = None) -> list:
+        """Add ``callback(event)``; returns the buffered events after ``last_id`` (None: nothing)."""
+        self._ensure_started()
+        with self._lock:
+            self._subs.add(callback)
+            if last_id is None:
+                return []
+            missed = [e for e in self.events if e["id"] > last_id]
+            if self.events and self.events[0]["id"] > last_id + 1:
+                missed.insert(0, {"id": None, "event": "reset",
+                                  "data": {"reason": "changes older than the buffer were not kept"}})
+            return missed
+
+    def unsubscribe(self, callback) -> None:
+        with self._lock:
+            self._subs.discard(callback)
+
+    def _ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._follow, daemon=True,
+                                                name=f"streamproc-changes-{self.spec.name}")
+                self._thread.start()
+        self._ready.wait(10)
+
+    def _follow(self) -> None:
+        c = Consumer(self._conf)
+        try:
+            c.assign([TopicPartition(self.spec.changelog, p, OFFSET_END) for p in range(self._partitions)])
+            self._ready.set()
+            while not self._stop.is_set():
+                for m in c.consume(500, 0.2):
+                    if m.error() is not None:
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            log.debug("changes of %s: %s", self.spec.name, m.error().str())
+                        continue
+                    self._record(m)
+        finally:
+            self._ready.set()
+            c.close()
+
+    def _record(self, m) -> None:
+        kb, vb = m.key(), m.value()
+        src = self.spec.source
+        try:
+            if src is not None:               # a table: its source topic, user serdes
+                key = src.key_serde.deserialize(kb)
+                value = None if vb is None else src.value_serde.deserialize(vb)
+                if key is None:
+                    return
+                shown = value
+            else:
+                if kb == META_KEY:
+                    return
+                key = decode_store_key(self.spec.kind, kb)
+                value = None if vb is None else decode_value(vb)
+                shown = None if value is None else self._present(key, value)
+        except SerdeError as e:
+            log.warning("changes of store %s: skipping the record of %s[%d] at offset %d: %s", self.spec.name,
+                        m.topic(), m.partition(), m.offset(), e)
+            return
+        windowed = self.spec.kind == "window"
+        data = {"key": to_json_key(key[0] if windowed else key), "value": shown,
+                "partition": m.partition(), "offset": m.offset(), "timestamp": m.timestamp()[1]}
+        if windowed:
+            data["window_start"] = key[1]
+        with self._lock:
+            event = {"id": self.next_id, "event": "change", "data": data}
+            self.next_id += 1
+            self.events.append(event)
+            subs = list(self._subs)
+        for cb in subs:
+            try:
+                cb(event)
+            except Exception as e:  # noqa: BLE001 - a gone client must not stop the feed
+                log.debug("change subscriber: %s", e)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(3)

@@ -1,0 +1,341 @@
+"""The HTTP server of an instance (``streamproc run --http-port``): queries, live changes, health, metrics.
+
+Design. The server runs in the supervisor, in a thread with its own asyncio loop (aiohttp),
+never in a worker: the processing loops are not slowed by requests, and one port serves the
+whole instance. It reads committed state only - local task databases through RocksDB
+secondary instances (``queries.py``), changes from the changelogs (``changes.py``) - and it
+learns which instance runs which task from ``<app-id>-instances`` (``directory.py``), where it
+publishes its own tasks as its workers report them.
+
+Endpoints (keys in URLs: a string key as it is, anything else as JSON; ``?as=string|json``
+forces one reading):
+
+* ``GET /health``: 200 while the instance runs. ``GET /ready``: 200 once every task of the
+  instance is restored and running, else 503.
+* ``GET /stores``: the stores. ``GET /stores/<store>/<key>`` (or ``?key=``): the key's value
+  from the instance that holds it - this one, or a ``307`` redirect to the owner (``curl -L``
+  follows it); windowed stores answer the key's windows. 404 for a missing key or store, 400
+  for a bad request, 503 while no instance runs the key's task (a rebalance).
+* ``GET /stores/<store>?from=&to=&limit=&after=``: entries in key order across all instances,
+  ``{"items": [{"key", "value"}...], "next": cursor}``; pass ``after=<next>`` for the next page.
+* ``GET /stores/<store>/changes``: Server-Sent Events, one ``change`` event per committed
+  change (``Last-Event-ID`` resumes within a bounded buffer).
+* ``GET /status``: the status figures as JSON; ``GET /metrics``: Prometheus text format.
+* ``GET /``: a small built-in page (``static/live.html``): the stores, one as a live table.
+
+There is no authentication: keep the port on a private network or behind a proxy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from urllib.parse import urlencode
+
+import orjson
+
+from ..errors import StreamprocError
+from .changes import ChangeFeed
+from .queries import QueryError, Stores, key_candidates, presenter, to_json_key
+
+log = logging.getLogger("streamproc.http")
+
+_STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+MAX_LIMIT = 1000
+
+
+def default_url(port: int) -> str:
+    return f"http://{socket.getfqdn() or socket.gethostname()}:{port}"
+
+
+class QueryServer:
+    def __init__(self, plan, options, counts: dict, observer, process_id: str, *, port: int,
+                 advertised_url: str | None = None):
+        from ..kafka.config import restore_consumer_config
+        from .directory import InstanceDirectory
+
+        self.plan = plan
+        self.observer = observer
+        self.port = port
+        self.url = (advertised_url or default_url(port)).rstrip("/")
+        self.stores = Stores(plan, options.state_dir, counts, state_backend=options.state_backend)
+        self.directory = InstanceDirectory(options.bootstrap_servers, plan.app_id, process_id, self.url,
+                                           options.client("admin"))
+        self._consumer_conf = restore_consumer_config(options.bootstrap_servers, plan.app_id, options.client("restore"))
+        self._counts = counts
+        self._feeds: dict[str, ChangeFeed] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._runner = None
+        self._announcer = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "QueryServer":
+        self.directory.start()
+        self._thread = threading.Thread(target=self._serve, name="streamproc-http", daemon=True)
+        self._thread.start()
+        self._started.wait(15)
+        if self._error is not None:
+            raise StreamprocError(f"cannot serve HTTP on port {self.port}: {self._error} (is the port in use? "
+                                  f"pick another --http-port)")
+        log.info("HTTP queries at %s (advertised as %s)", f"http://0.0.0.0:{self.port}/", self.url)
+        return self
+
+    def _serve(self) -> None:
+        from aiohttp import web
+
+        loop = self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        app = web.Application()
+        app.add_routes([
+            web.get("/", self._page), web.get("/health", self._health), web.get("/ready", self._ready),
+            web.get("/status", self._status), web.get("/metrics", self._metrics), web.get("/stores", self._list),
+            web.get("/stores/{store}", self._range), web.get("/stores/{store}/changes", self._changes),
+            web.get("/stores/{store}/{key:.+}", self._get),
+        ])
+        self._runner = web.AppRunner(app, access_log=None)
+        try:
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.TCPSite(self._runner, "0.0.0.0", self.port, reuse_address=True).start())
+            self._announcer = loop.create_task(self._announce())
+        except BaseException as e:  # noqa: BLE001 - reported by start()
+            self._error = e
+            self._started.set()
+            return
+        self._started.set()
+        loop.run_forever()
+
+    async def _announce(self) -> None:
+        """Publish this instance's tasks in the directory whenever they change."""
+        while True:
+            try:
+                self.directory.publish(self.observer.running_tasks())
+            except Exception as e:  # noqa: BLE001 - routing goes on with what others know
+                log.debug("directory publish: %s", e)
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        for f in self._feeds.values():
+            f.close()
+        if self._loop is not None and self._runner is not None:
+            if self._announcer is not None:
+                self._loop.call_soon_threadsafe(self._announcer.cancel)
+            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            try:
+                fut.result(5)
+            except Exception:  # noqa: BLE001
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+        self.directory.close()
+        self.stores.close()
+
+    # ------------------------------------------------------------------ handlers
+    async def _page(self, request):
+        from aiohttp import web
+
+        with open(os.path.join(_STATIC, "live.html"), "rb") as f:
+            return web.Response(body=f.read(), content_type="text/html")
+
+    async def _health(self, request):
+        return _json({"status": "alive", "app": self.plan.app_id})
+
+    async def _ready(self, request):
+        f = self.observer.figures()
+        ready = f["workers"] > 0 and f["restoring"] == 0 and f["running"] > 0
+        return _json({"ready": ready, "running": f["running"], "restoring": f["restoring"]}, 200 if ready else 503)
+
+    async def _status(self, request):
+        return _json({**self.observer.figures(), "app": self.plan.app_id, "url": self.url})
+
+    async def _metrics(self, request):
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from .observe import _Collector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self.observer))
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _list(self, request):
+        return _json({"app": self.plan.app_id, "stores": self.stores.names()})
+
+    async def _get(self, request):
+        store = request.match_info["store"]
+        return await self._lookup(request, store, request.match_info["key"])
+
+    async def _lookup(self, request, store: str, text: str):
+        from aiohttp import web
+
+        try:
+            self.stores.spec(store)
+            cands = _candidates(text, request.query.get("as"))
+            local = self.observer.running_tasks()
+            for i, key in enumerate(cands):
+                task = self.stores.task_of(store, key)
+                if task in local:
+                    try:
+                        value = await asyncio.to_thread(self.stores.get, store, key)
+                    except QueryError as e:
+                        if e.status == 404:
+                            continue
+                        raise
+                    return _json({"key": to_json_key(key), "value": value, "instance": self.url})
+                owner = self.directory.owner(task)
+                if owner is None:
+                    raise QueryError(503, f"no instance runs task {task[0]}_{task[1]} of store {store!r} right now "
+                                          f"(a rebalance?); retry shortly")
+                if owner == self.url:     # the directory is ahead of the workers' reports: retry shortly
+                    raise QueryError(503, f"task {task[0]}_{task[1]} is being assigned to this instance; retry")
+                as_ = "string" if isinstance(key, str) else "json"       # the owner reads the key the same way
+                raise web.HTTPTemporaryRedirect(f"{owner}/stores/{store}?{urlencode({'key': text, 'as': as_})}")
+            raise QueryError(404, f"key {text!r} is not in store {store!r}")
+        except QueryError as e:
+            return _error(e.status, str(e))
+
+    async def _range(self, request):
+        store = request.match_info["store"]
+        q = request.query
+        if "key" in q:
+            return await self._lookup(request, store, q["key"])
+        try:
+            self.stores.spec(store)
+            try:
+                limit = int(q.get("limit", "100"))
+            except ValueError:
+                raise QueryError(400, f"limit must be an integer, got {q.get('limit')!r}") from None
+            if not 1 <= limit <= MAX_LIMIT:
+                raise QueryError(400, f"limit must be 1..{MAX_LIMIT}, got {limit}")
+            lo = _bound(q.get("from"), q.get("as"))
+            hi = _bound(q.get("to"), q.get("as"))
+            try:
+                after = bytes.fromhex(q["after"]) if q.get("after") else None
+            except ValueError:
+                raise QueryError(400, "after must be the 'next' cursor of a previous page") from None
+            local = self.observer.running_tasks()
+            entries = await asyncio.to_thread(self.stores.range, store, local, lo, hi, after, limit)
+            if q.get("scope") == "local":
+                return _json({"items": [{**item, "sort": kb.hex()} for kb, item in entries]})
+            merged = [(kb.hex(), item) for kb, item in entries]
+            for url in self.directory.urls():
+                if url != self.url:
+                    merged += await self._remote_range(url, store, request.query, limit)
+            merged.sort(key=lambda e: e[0])
+            page = merged[:limit]
+            nxt = page[-1][0] if len(merged) > limit or len(page) == limit else None
+            return _json({"items": [item for _, item in page], "next": nxt})
+        except QueryError as e:
+            return _error(e.status, str(e))
+
+    async def _remote_range(self, url: str, store: str, query, limit: int) -> list:
+        import aiohttp
+
+        params = {k: v for k, v in query.items() if k in ("from", "to", "after", "as")}
+        params.update(scope="local", limit=str(limit))
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+                async with s.get(f"{url}/stores/{store}", params=params) as r:
+                    if r.status != 200:
+                        raise QueryError(503, f"instance {url} answered {r.status} for its part of {store!r}")
+                    body = await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise QueryError(503, f"instance {url} did not answer for its part of store {store!r}: {e}") from None
+        return [(item.pop("sort"), item) for item in body["items"]]
+
+    async def _changes(self, request):
+        from aiohttp import web
+
+        store = request.match_info["store"]
+        try:
+            spec = self.stores.spec(store)
+        except QueryError as e:
+            return _error(e.status, str(e))
+        feed = self._feed(spec)
+        last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+        try:
+            last_id = int(last) if last else None
+        except ValueError:
+            return _error(400, f"Last-Event-ID must be an event id, got {last!r}")
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
+        loop = asyncio.get_running_loop()
+
+        def push(event):
+            loop.call_soon_threadsafe(_offer, queue, event)
+
+        missed = await asyncio.to_thread(feed.subscribe, push, last_id)
+        try:
+            await resp.write(b": streamproc changes of " + store.encode() + b"\n\n")
+            for event in missed:
+                await resp.write(_sse(event))
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 15)
+                except asyncio.TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                await resp.write(_sse(event))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            feed.unsubscribe(push)
+        return resp
+
+    def _feed(self, spec) -> ChangeFeed:
+        feed = self._feeds.get(spec.name)
+        if feed is None:
+            st = next(s for s in self.plan.subtopologies if spec in s.stores)
+            feed = self._feeds[spec.name] = ChangeFeed(self._consumer_conf, spec, presenter(st, spec),
+                                                      self._counts[("task", st.id)])
+        return feed
+
+
+def _offer(queue: asyncio.Queue, event) -> None:
+    try:
+        queue.put_nowait(event)
+    except asyncio.QueueFull:        # a client that does not read: it misses changes (it can resume by id)
+        pass
+
+
+def _sse(event: dict) -> bytes:
+    head = f"id: {event['id']}\n" if event.get("id") is not None else ""
+    return (head + f"event: {event['event']}\ndata: ").encode() + orjson.dumps(event["data"], default=repr) + b"\n\n"
+
+
+def _candidates(text: str, as_: str | None) -> list:
+    if as_ == "string":
+        return [text]
+    if as_ == "json":
+        try:
+            v = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise QueryError(400, f"the key {text!r} is not JSON (as=json)") from None
+        return [tuple(v) if isinstance(v, list) else v]
+    if as_ is not None:
+        raise QueryError(400, f"as= must be 'string' or 'json', got {as_!r}")
+    return key_candidates(text)
+
+
+def _bound(text: str | None, as_: str | None):
+    if text is None:
+        return None
+    return _candidates(text, as_ or "string" if as_ != "json" else "json")[0]
+
+
+def _json(data, status: int = 200):
+    from aiohttp import web
+
+    return web.Response(body=orjson.dumps(data, default=repr, option=orjson.OPT_NON_STR_KEYS), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str):
+    return _json({"error": message, "status": status}, status)

@@ -1,0 +1,235 @@
+"""Interactive queries: read a store's committed state on this instance, and say which task owns a key.
+
+Read path. A worker applies a checkpoint's changes to its RocksDB only after the checkpoint
+committed (``checkpoint.py``), so what its database holds is committed state. The HTTP server
+(in the supervisor, ``http.py``) never touches a worker's write path: it opens each local task
+database as a RocksDB *secondary* instance (``RocksDBBackend(secondary=...)``) and catches up
+with the worker before reading (at most every :data:`CATCH_UP_S`). With ``--state-backend
+memory`` there is nothing on disk to follow: stores answer 503 and say so.
+
+Routing. A key lives in the task whose input partition it was hashed to: the store's
+sub-topology reads either a repartition topic (keys in the internal codec) or a source topic
+(keys in the source's serde), partitioned by Kafka's murmur2 partitioner. :meth:`Stores.task_of`
+gives that task; the instance directory (``directory.py``) gives the instance running it.
+
+Keys in URLs: a string key as it is; any other key as JSON (``/stores/counts/42`` finds the
+string ``"42"`` first, then the int ``42``). Values are shown as the operators emit them
+(aggregations as ``{<agg>: ...}``, windows with ``window_start``/``window_end``, tables as
+their value, join stores as the records waiting in their window).
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+
+import orjson
+
+from ..errors import StreamprocError
+from ..partitioner import partition_for
+from ..state import codec
+
+#: Seconds between two catch-ups of a secondary instance with its worker's database.
+CATCH_UP_S = 0.05
+
+
+class QueryError(StreamprocError):
+    """A query that cannot be answered: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def key_candidates(text: str) -> list:
+    """The keys a URL segment may mean: the string itself, then its JSON reading if that differs."""
+    out = [text]
+    try:
+        v = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return out
+    if isinstance(v, list):
+        v = tuple(v)
+    if v != text and _hashable(v):
+        out.append(v)
+    return out
+
+
+def _hashable(v) -> bool:
+    try:
+        hash(v)
+        return True
+    except TypeError:
+        return False
+
+
+def to_json_key(k):
+    """A store key as JSON data (tuples become lists)."""
+    return list(k) if isinstance(k, tuple) else k
+
+
+class Stores:
+    """The stores of ``plan`` as this instance can read them (see the module doc)."""
+
+    def __init__(self, plan, state_dir: str, counts: dict, *, state_backend: str = "rocksdb"):
+        self.plan = plan
+        self.state_dir = state_dir
+        self.counts = counts
+        self.memory = state_backend == "memory"
+        self._specs = {s.name: s for s in plan.stores}
+        self._st_of = {s.name: st for st in plan.subtopologies for s in st.stores}
+        self._views: dict = {}              # (sub-topology id, partition) -> _View
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ catalogue
+    def names(self) -> list[dict]:
+        out = []
+        for s in self.plan.stores:
+            st = self._st_of[s.name]
+            out.append({"name": s.name, "kind": s.kind, "windowed": s.kind in ("window", "sliding", "session"),
+                        "window": s.window.describe() if s.window is not None else None,
+                        "partitions": self.counts.get(("task", st.id)), "changelog": s.changelog})
+        return out
+
+    def spec(self, store: str):
+        spec = self._specs.get(store)
+        if spec is None:
+            raise QueryError(404, f"no store named {store!r} (stores: {', '.join(self._specs) or 'none'})")
+        return spec
+
+    # ------------------------------------------------------------------ routing
+    def task_of(self, store: str, key) -> tuple:
+        """``(sub-topology id, partition)`` of the task that holds ``key`` of ``store``."""
+        st = self._st_of[self.spec(store).name]
+        n = self.counts.get(("task", st.id))
+        if not n:
+            raise QueryError(503, f"the partition count of store {store!r} is not known yet")
+        if st.repartition_sources:
+            kb = codec.encode_key(key)
+        else:
+            node = next(x for x in st.nodes if x.kind in ("source", "table_source"))
+            kb = node.params["key_serde"].serialize(key)
+        return st.id, partition_for(kb, n)
+
+    # ------------------------------------------------------------------ reads
+    def _view(self, task: tuple) -> "_View":
+        if self.memory:
+            raise QueryError(503, "this instance runs with --state-backend memory: its stores live in the "
+                                  "workers' memory and cannot be queried; use the rocksdb backend")
+        with self._lock:
+            v = self._views.get(task)
+            if v is None:
+                st = next(s for s in self.plan.subtopologies if s.id == task[0])
+                v = self._views[task] = _View(self.plan, st, task[1], self.state_dir)
+            return v
+
+    def get(self, store: str, key) -> object:
+        """The presented value of ``key`` (windowed stores: the list of its windows); ``QueryError(404)``."""
+        spec = self.spec(store)
+        view = self._view(self.task_of(store, key))
+        found = view.get(spec, key)
+        if found is _NOTHING:
+            raise QueryError(404, f"key {to_json_key(key)!r} is not in store {store!r}")
+        return found
+
+    def range(self, store: str, tasks, lo=None, hi=None, after: bytes | None = None, limit: int = 100) -> list:
+        """Entries of ``store`` in ``tasks`` (local tasks) in key order: ``[(sort_bytes, item)]`` with
+        ``lo <= key <= hi`` (keys; None: unbounded) and ``sort_bytes > after``."""
+        spec = self.spec(store)
+        st = self._st_of[store]
+        streams = [self._view(t).iter_range(spec, lo, hi, after) for t in sorted(tasks) if t[0] == st.id]
+        out = []
+        for entry in heapq.merge(*streams, key=lambda e: e[0]):
+            out.append(entry)
+            if len(out) >= limit:
+                break
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            for v in self._views.values():
+                v.close()
+            self._views.clear()
+
+
+_NOTHING = object()
+
+
+class _View:
+    """One local task's database, followed as a RocksDB secondary instance."""
+
+    def __init__(self, plan, st, partition: int, state_dir: str):
+        from ..state.rocksdb import DB_DIR, RocksDBBackend, task_dir
+
+        self.st = st
+        path = task_dir(state_dir, plan.app_id, f"{st.id}_{partition}")
+        if not os.path.exists(os.path.join(path, DB_DIR, "CURRENT")):
+            raise QueryError(503, f"task {st.id}_{partition} has no local state yet (restoring?)")
+        secondary = os.path.join(state_dir, plan.app_id, "queries", f"{st.id}_{partition}-{os.getpid()}")
+        self.backend = RocksDBBackend(path, list(st.stores), secondary=secondary)
+        self._caught_up = 0.0
+        self._lock = threading.Lock()
+        self._windows = {s.name: presenter(st, s) for s in st.stores}
+
+    def _fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._caught_up >= CATCH_UP_S:
+            self.backend.catch_up()
+            self._caught_up = now
+
+    def get(self, spec, key):
+        with self._lock:
+            self._fresh()
+            present = self._windows[spec.name]
+            if spec.kind == "window":
+                wins = self.backend.windows(spec.name, key)
+                return [present(k, v) for k, v in wins] if wins else _NOTHING
+            value = self.backend.get(spec.name, key)
+            if value is None:
+                return _NOTHING
+            return present(key, value)
+
+    def iter_range(self, spec, lo, hi, after):
+        """``(sort bytes, item)`` of the entries with ``lo <= group key <= hi``, after ``after``."""
+        with self._lock:
+            self._fresh()
+            present = self._windows[spec.name]
+            windowed = spec.kind == "window"
+            lower = (codec.key_prefix(lo) if windowed else codec.encode_key(lo)) if lo is not None else None
+            if after is not None and (lower is None or after >= lower):
+                lower = after + b"\x00"
+            upper = None
+            if hi is not None:
+                upper = codec.prefix_end(codec.key_prefix(hi)) if windowed else codec.encode_key(hi) + b"\x00"
+            items = list(self.backend.iter_raw_items(spec.name, lower, upper))
+        for kb, k, v in items:
+            gk = k[0] if spec.kind == "window" else k
+            item = {"key": to_json_key(gk), "value": present(k, v)}
+            yield kb, item
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def presenter(st, spec):
+    """``present(store_key, stored_value)`` for store ``spec`` of sub-topology ``st``: the value as the
+    operator would emit it."""
+    node = next(n for n in st.nodes if any(s.name == spec.name for s in n.params.get("stores", ())))
+    if spec.kind == "table":
+        return lambda k, v: v[1]
+    if spec.kind == "join":
+        return lambda k, v: [{"timestamp": e[0], "value": e[1]} for e in v[1:]]
+    aggs = node.params["aggs"]
+    names, fns = list(aggs), list(aggs.values())
+
+    def results(state):
+        return {n: a.result(s) for n, a, s in zip(names, fns, state[1:])}
+
+    if spec.kind == "kv":
+        return lambda k, v: results(v)
+    if spec.kind == "window":
+        size = spec.window.size
+        return lambda k, v: {"window_start": k[1], "window_end": k[1] + size, **results(v)}
+    # sliding / session: the key's windows as the operator keeps them
+    return lambda k, v: v
