@@ -16,28 +16,25 @@ _TASK_DIR = re.compile(r"^(\d+)_(\d+)$")
 _GLOBAL_DIR = re.compile(r"^global-(\d+)$")
 
 
-def _task_dirs(state_dir: str, app_id: str) -> list[tuple[int, int, str]]:
-    """``(subtopology, partition, path)`` of every local task directory of the app."""
+def _dirs(state_dir: str, app_id: str, pattern) -> list[tuple[re.Match, str]]:
     root = os.path.join(state_dir, app_id)
     out = []
     if os.path.isdir(root):
         for name in sorted(os.listdir(root)):
-            m = _TASK_DIR.match(name)
+            m = pattern.match(name)
             if m and os.path.isdir(os.path.join(root, name)):
-                out.append((int(m.group(1)), int(m.group(2)), os.path.join(root, name)))
+                out.append((m, os.path.join(root, name)))
     return out
+
+
+def _task_dirs(state_dir: str, app_id: str) -> list[tuple[int, int, str]]:
+    """``(sub-topology id, partition, path)`` of the local task directories."""
+    return [(int(m.group(1)), int(m.group(2)), path) for m, path in _dirs(state_dir, app_id, _TASK_DIR)]
 
 
 def _global_dirs(state_dir: str, app_id: str) -> list[tuple[None, int, str]]:
     """``(None, worker, path)`` of the workers' global-table directories."""
-    root = os.path.join(state_dir, app_id)
-    out = []
-    if os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            m = _GLOBAL_DIR.match(name)
-            if m and os.path.isdir(os.path.join(root, name)):
-                out.append((None, int(m.group(1)), os.path.join(root, name)))
-    return out
+    return [(None, int(m.group(1)), path) for m, path in _dirs(state_dir, app_id, _GLOBAL_DIR)]
 
 
 def _pick_store(plan, store: Optional[str]):

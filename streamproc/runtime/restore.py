@@ -194,22 +194,10 @@ class Restorer:
             meta = acc[2]
             kb, off = m.key(), m.offset()
             if part.spec.source is not None:                  # a table's source topic: user records
-                if off < part.end:
-                    d = data.get(id(part))
-                    if d is None:
-                        d = data[id(part)] = (part, [], [], [], [])
-                    d[1].append(kb)
-                    d[2].append(m.value())
-                    d[3].append(off)
-                    d[4].append(m.timestamp()[1])
+                if off < part.end:                            # (beyond the committed offset: not yet)
+                    _collect(data, part, kb, m.value(), off, m.timestamp()[1])
                     meta["offsets"][part.store] = off
-                part.position = off + 1
-                part.restored += 1
-                part.last_progress = now
-                part.retries = 0
-                self.records_restored += 1
-                continue
-            if kb is None or kb[:1] == b"\x00":                # reserved: the partition's metadata record
+            elif kb is None or kb[:1] == b"\x00":            # reserved: the partition's metadata record
                 if kb != META_KEY:
                     raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
                                      f"key {kb[:40] if kb is not None else None!r} is not one streamproc writes")
@@ -217,14 +205,10 @@ class Restorer:
                 check_meta(pmeta, part.spec, part.topic, part.partition)
                 if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
                     meta["stream_time"] = pmeta["stream_time"]
+                meta["offsets"][part.store] = off
             else:
-                d = data.get(id(part))
-                if d is None:
-                    d = data[id(part)] = (part, [], [], [], None)
-                d[1].append(kb)
-                d[2].append(m.value())
-                d[3].append(off)
-            meta["offsets"][part.store] = off
+                _collect(data, part, kb, m.value(), off, None)
+                meta["offsets"][part.store] = off
             part.position = off + 1
             part.restored += 1
             part.last_progress = now
@@ -373,6 +357,18 @@ def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tup
                          f"form streamproc writes (it decodes, but to a key whose encoding differs): the changelog "
                          f"was written by something else")
     return decoded, values_out
+
+
+def _collect(data: dict, part: _Part, kb, vb, off: int, ts) -> None:
+    """Add a record to ``data[id(part)] = (part, keys, values, offsets, timestamps or None)``."""
+    d = data.get(id(part))
+    if d is None:
+        d = data[id(part)] = (part, [], [], [], [] if ts is not None else None)
+    d[1].append(kb)
+    d[2].append(vb)
+    d[3].append(off)
+    if ts is not None:
+        d[4].append(ts)
 
 
 def _decode_table(part: _Part, keys: list, values: list, offsets: list, stamps: list):

@@ -483,17 +483,8 @@ class RocksDBBackend(Backend):
 
     def iter_items(self, store, lower: bytes | None = None, upper: bytes | None = None):
         """``(key, value)`` of ``store`` in key order, optionally within the encoded key range ``[lower, upper)``."""
-        self._readable()
-        cf = self._cf.get(store)
-        if cf is None or store == META_CF:
-            return
-        dec = self._dec[store]
-        ropt = None
-        if upper is not None:
-            ropt = ReadOptions()
-            ropt.set_iterate_upper_bound(upper)
-        for k, v in cf.items(from_key=lower, read_opt=ropt):
-            yield dec(k), decode_value(v)
+        for _, k, v in self.iter_raw_items(store, lower, upper):
+            yield k, v
 
     def iter_raw_items(self, store, lower: bytes | None = None, upper: bytes | None = None):
         """``(encoded key, key, value)`` like :meth:`iter_items` (the encoded key orders entries across tasks)."""
