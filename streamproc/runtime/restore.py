@@ -125,8 +125,10 @@ class Restorer:
             topic = spec.changelog
             low, high = self._watermarks(topic, partition)
             if spec.source is not None:          # restore a table up to where its task's input resumes
+                # the committed offset, not the end: processing resumes there. Never less (a broker whose
+                # end offset lags would cut the table short); records that never come are a stall error
                 committed = (ends or {}).get(spec.name)
-                high = low if committed is None or committed < 0 else min(high, committed)
+                high = low if committed is None or committed < 0 else committed
             stored = offsets.get(spec.name)
             start = low if stored is None else stored + 1
             if start < low:
