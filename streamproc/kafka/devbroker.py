@@ -6,8 +6,13 @@ free loopback port. Everything is lost when it stops.
 
 Tansu is not Apache Kafka: among other things it delivers records of aborted
 transactions to read_committed consumers, never aborts timed-out transactions,
-never compacts, and forgets everything on restart. Use it to develop and to
-run the test suite quickly, never to judge exactly-once behaviour.
+never compacts, and forgets everything on restart. Also seen: it reports a
+multi-record batch's end offset as its first offset + 1; it drops the offsets
+sent in a transaction that produced no records (an exactly-once checkpoint that
+only read table updates does not move the committed offset); it does not fence
+static members and never assigns partitions to a new static member after
+another one left. Use it to develop and to run the test suite quickly, never to
+judge exactly-once behaviour.
 """
 from __future__ import annotations
 
