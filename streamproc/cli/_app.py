@@ -44,13 +44,27 @@ def guarded(fn):
         try:
             return fn(*args, **kwargs)
         except (UnrecoverableError, TopologyLoadError) as e:      # restarting cannot help: exit 2
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            say("ERROR", str(e))
             raise typer.Exit(2) from None
         except StreamprocError as e:
-            err.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            say("ERROR", str(e))
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def say(level: str, message: str) -> None:
+    """One paragraph on stderr (``error:``/``warning:``), or one JSON line under ``--log-format json``."""
+    from ..runtime import logs
+
+    if logs.current_format() == "json":
+        import sys
+
+        sys.stderr.write(logs.json_line(level, message, "streamproc.cli") + "\n")
+        sys.stderr.flush()
+        return
+    style = "bold red" if level == "ERROR" else "bold yellow"
+    err.print(f"[{style}]{level.lower()}:[/] {message}", soft_wrap=True)
 
 
 def compile_file(spec: str):
@@ -68,4 +82,4 @@ def compile_file(spec: str):
 def warn_generated_names(plan) -> None:
     """One warning per store or repartition topic whose name was generated (DESIGN section 3)."""
     for g in plan.generated_names:
-        err.print(f"[bold yellow]warning:[/] {g.warning()}", soft_wrap=True)
+        say("WARNING", g.warning())

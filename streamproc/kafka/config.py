@@ -28,6 +28,9 @@ Choices that matter for correctness (see the librdkafka CONFIGURATION.md):
 """
 from __future__ import annotations
 
+import logging
+import time
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,8 +64,32 @@ DEFAULT_LINGER_MS = 10
 DEFAULT_LOG_LEVEL = 3
 
 
+class _OncePer(logging.Filter):
+    """Lets one record of each kind through per ``interval_s``: a broker that is down makes librdkafka
+    log the same connection failure many times a second."""
+
+    def __init__(self, interval_s: float = 30.0):
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, record.getMessage().split("]:")[-1][:48])
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval_s) < self.interval_s:
+            return False
+        self._last[key] = now
+        return True
+
+
+#: Where librdkafka's own log lines go (Python logging, so the run's log format holds), rate-limited.
+CLIENT_LOG = logging.getLogger("streamproc.kafka.client")
+CLIENT_LOG.addFilter(_OncePer())
+
+
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     base.setdefault("log_level", DEFAULT_LOG_LEVEL)
+    base.setdefault("logger", CLIENT_LOG)
     if overrides:
         base.update(overrides)
     return base

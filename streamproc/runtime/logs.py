@@ -19,6 +19,18 @@ import time
 import orjson
 
 FORMATS = ("text", "json")
+_current: str | None = None         # the format configure() set (None: not configured)
+
+
+def current_format() -> str | None:
+    """The format :func:`configure` chose for this process's stderr (None before it ran)."""
+    return _current
+
+
+def json_line(level: str, message: str, logger: str = "streamproc") -> str:
+    """One stderr line in the json format, for messages printed outside logging (CLI errors)."""
+    return JsonFormatter().format(logging.LogRecord(logger, getattr(logging, level, logging.INFO), "", 0,
+                                                    message, None, None))
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,9 +73,11 @@ def default_format() -> str:
 
 def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     """Send the root logger to stderr in one format (``text`` | ``json``; default by terminal). Returns it."""
+    global _current
     fmt = fmt or default_format()
     if fmt not in FORMATS:
         raise ValueError(f"log format must be 'text' or 'json', got {fmt!r}")
+    _current = fmt
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -80,7 +80,8 @@ class Observer:
         except OSError as e:
             raise StreamprocError(f"cannot serve metrics on port {port}: {e.strerror or e} (is another "
                                   f"instance on this machine using it? pick another --metrics-port)") from None
-        log.info("metrics at http://0.0.0.0:%d/metrics", port)
+        server = self._server[0] if isinstance(self._server, tuple) else self._server
+        log.info("metrics at http://0.0.0.0:%d/metrics", getattr(server, "server_port", port))
 
     def stop(self) -> None:
         self._stop.set()
@@ -114,6 +115,9 @@ class Observer:
                     base[k] += last[k]
                 base.setdefault("buckets", [0] * (len(CHECKPOINT_BUCKETS) + 1))
                 base["buckets"] = [a + b for a, b in zip(base["buckets"], last["buckets"])]
+                restored = base.setdefault("restored", {})
+                for store, (done, _) in last.get("restore", {}).items():
+                    restored[store] = restored.get(store, 0) + done
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -157,6 +161,10 @@ class Observer:
                     for k in _SCALARS:
                         snap[k] = snap[k] + base[k]
                     snap["buckets"] = [a + b for a, b in zip(snap["buckets"], base["buckets"])]
+                    restore = {k: list(v) for k, v in snap.get("restore", {}).items()}
+                    for store, done in base.get("restored", {}).items():
+                        restore.setdefault(store, [0, 0])[0] += done
+                    snap["restore"] = restore
                 out[i] = snap
             return out
 

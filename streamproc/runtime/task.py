@@ -127,7 +127,10 @@ class Task:
         if op.node.kind == "branch":
             n = len(op.node.params["predicates"])
             return [Batch.concat([o[j] for o in outs if o is not None]) for j in range(n)]
-        return Batch.concat([o for o in outs if o is not None])
+        out = Batch.concat([o for o in outs if o is not None])
+        if op.node.kind == "aggregate" and op.node.params.get("emit") == "update":
+            out = _last_per_key(out)            # still one update per key (and window) per batch
+        return out
 
     def operator(self, store_name: str):
         for n in self._nodes:
@@ -148,6 +151,26 @@ class Task:
                 name = DROP_REASONS[reason]
                 out[name] = out.get(name, 0) + n
         return out
+
+
+def _last_per_key(b: Batch) -> Batch:
+    """The last record per key (per key and window for windowed results), with the first one's old value."""
+    def wkey(k, v):
+        return (k, v["window_start"]) if isinstance(v, dict) and "window_start" in v else k
+
+    last: dict = {}
+    first_old: dict = {}
+    for i, (k, v) in enumerate(zip(b.keys, b.values)):
+        w = wkey(k, v)
+        last[w] = i
+        if b.olds is not None:
+            first_old.setdefault(w, b.olds[i])
+    if len(last) == len(b):
+        return b
+    out = b.take(np.asarray(sorted(last.values()), dtype=np.int64))
+    if b.olds is not None:
+        out.olds = [first_old[wkey(k, v)] for k, v in zip(out.keys, out.values)]
+    return out
 
 
 def _first_failing(op, batch: Batch, error: ProcessingError):

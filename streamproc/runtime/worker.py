@@ -132,6 +132,7 @@ class Worker:
         self.records_in = 0
         self._idle_since: float | None = time.monotonic()
         self._idle_warned_at = 0.0
+        self._transport_warned_at = -60.0
 
     def _default_backend(self, st, partition: int):
         """``RocksDBBackend`` of task (st, partition) under the state dir (``state_backend="rocksdb"``),
@@ -320,7 +321,10 @@ class Worker:
         if err.fatal():
             self._fatal = cp.fatal_error(err, "Kafka client")
         elif err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            log.warning("worker %s: %s", self.id, err.str())
+            now = time.monotonic()               # a broker that is down says so many times a second
+            if now - self._transport_warned_at >= 30.0:
+                self._transport_warned_at = now
+                log.warning("worker %s: %s", self.id, err.str())
         else:
             log.info("worker %s: Kafka client: %s", self.id, err.str())
 
@@ -432,6 +436,7 @@ class Worker:
         self._watch_idle()
         if time.monotonic() >= self._observe_at:
             self.observe()
+            self.stats.log_drops()          # summaries held back by the 30 s limit, also when idle
 
     def observe(self) -> dict:
         """Refresh the gauges of ``stats`` (lag, assignment, tasks, restore progress, store sizes) and send
@@ -828,6 +833,12 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
         _report(errors, index, _describe(e))
     sys.stdout.flush()
     sys.stderr.flush()
+    if observe_queue is not None:          # the last log records and stats reach the supervisor
+        try:
+            observe_queue.close()
+            observe_queue.join_thread()
+        except Exception:  # noqa: BLE001
+            pass
     os._exit(code)
 
 

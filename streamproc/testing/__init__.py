@@ -116,18 +116,24 @@ class TopologyTestDriver:
             self._global_of_topic[topic].apply([raw])
             return
         task = self._task(self.plan.subtopology_of(topic), partition)
-        produced = task.process(raw)
+        try:
+            produced = task.process(raw)
+        except Exception:
+            self._roll_back(task)              # as a worker would: nothing of the failed batch remains
+            raise
         task.state.changes()
         task.state.apply()
         task.ctx.commit_counts()                    # each pipe is one committed checkpoint
-        self._consumed += len(recs)
+        if topic not in self.plan.repartition_topics:
+            self._consumed += len(recs)
         for dl in task.ctx.dead_letters:
             self._outputs.setdefault(f"{self.plan.app_id}-dlq", []).append((dl.key, dl.value, dl.timestamp))
             self._dead.append(dl)
         self._produced += len(task.ctx.dead_letters)
         task.ctx.dead_letters.clear()
         for out_topic, kb, vb, ts, *_ in produced:
-            self._produced += len(kb)
+            if out_topic not in self.plan.repartition_topics:
+                self._produced += len(kb)
             if out_topic in self.plan.repartition_topics:
                 n = self._partitions[out_topic]
                 by_p: dict[int, list] = {}
@@ -137,6 +143,13 @@ class TopologyTestDriver:
                     self._deliver(out_topic, p, rs)
             else:
                 self._outputs.setdefault(out_topic, []).extend(zip(kb, vb, ts))
+
+    def _roll_back(self, task: Task) -> None:
+        """Discard what a failed batch did to ``task`` (state, stream time, pending counts)."""
+        task.state.discard()
+        key = (task.subtopology.id, task.partition)
+        fresh = self._tasks[key] = Task(task.subtopology, task.partition, task.state.backend, globals=self._globals)
+        fresh.ctx.metrics = task.ctx.metrics
 
     # -- output -------------------------------------------------------------------------
     def read_output(self, topic: str) -> list[Record]:
