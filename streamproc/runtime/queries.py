@@ -7,7 +7,7 @@ database as a RocksDB *secondary* instance (``RocksDBBackend(secondary=...)``). 
 with the worker costs about 1.5 ms of CPU whatever changed, so it is kept off the request
 path: a background thread catches up every :data:`CATCH_UP_S` the views queried in the last
 :data:`KEEP_FRESH_S`, and only when the worker's write-ahead log or manifest changed since.
-A read therefore sees the committed state of at most ``CATCH_UP_S`` ago. With
+A read therefore sees the committed state of at most ``CATCH_UP_S`` (0.5 s) ago. With
 ``--state-backend memory`` there is nothing on disk to follow: stores answer 503 and say so.
 
 Routing. A key lives in the task whose input partition it was hashed to: the store's
@@ -37,7 +37,7 @@ from ..state import codec
 log = logging.getLogger("streamproc.queries")
 
 #: Seconds between two catch-ups of a secondary instance with its worker's database.
-CATCH_UP_S = 0.2
+CATCH_UP_S = 0.5
 #: A view not queried for this long is not caught up any more (until it is queried again).
 KEEP_FRESH_S = 30.0
 
