@@ -80,7 +80,7 @@ def run_app(plan, options: RunOptions) -> int:
                 server = QueryServer(plan, options, counts, observer, pid, port=options.http_port,
                                      advertised_url=options.advertised_url).start()
             sup = Supervisor(ref, plan.app_id, options, pid, observer=observer)
-            restore = _install_signals(sup)
+            restore = _install_signals(sup, on_stop=server.withdraw if server is not None else None)
             try:
                 log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
                          options.guarantee, pid)
@@ -95,7 +95,7 @@ def run_app(plan, options: RunOptions) -> int:
         lock.release()
 
 
-def _install_signals(sup: Supervisor):
+def _install_signals(sup: Supervisor, on_stop=None):
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     old = {}
@@ -103,6 +103,8 @@ def _install_signals(sup: Supervisor):
     def handler(signum, frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
         sup.stop()
+        if on_stop is not None:       # e.g. leave the instance directory before the workers stop
+            threading.Thread(target=on_stop, daemon=True).start()
 
     for s in (signal.SIGINT, signal.SIGTERM):
         old[s] = signal.signal(s, handler)

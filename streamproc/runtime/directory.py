@@ -41,6 +41,7 @@ class InstanceDirectory:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._published: set | None = None
+        self._withdrawn = False
         self._bad = 0
         self._thread = threading.Thread(target=self._follow, name="streamproc-directory", daemon=True)
 
@@ -54,19 +55,26 @@ class InstanceDirectory:
     # ------------------------------------------------------------------ writing
     def publish(self, tasks: set) -> None:
         """Record this instance's URL and tasks (only when they changed)."""
-        if tasks == self._published:
+        if tasks == self._published or self._withdrawn:
             return
         value = orjson.dumps({"url": self.url, "tasks": sorted([list(t) for t in tasks]), "time": int(time.time() * 1000)})
         self._producer.produce(self.topic, value, self.instance.encode())
         self._producer.poll(0)
         self._published = set(tasks)
 
-    def close(self) -> None:
+    def withdraw(self) -> None:
+        """This instance is leaving: a tombstone, so no one routes to it any more (once)."""
+        if self._withdrawn:
+            return
+        self._withdrawn = True
         try:
-            self._producer.produce(self.topic, None, self.instance.encode())     # gone: a tombstone
+            self._producer.produce(self.topic, None, self.instance.encode())
             self._producer.flush(5)
         except Exception as e:  # noqa: BLE001 - best effort on the way out
             log.debug("directory tombstone: %s", e)
+
+    def close(self) -> None:
+        self.withdraw()
         self._stop.set()
         self._thread.join(3)
         try:

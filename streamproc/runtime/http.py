@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from urllib.parse import urlencode
 
 import orjson
@@ -44,6 +45,9 @@ log = logging.getLogger("streamproc.http")
 
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 MAX_LIMIT = 1000
+#: Seconds a stopping instance keeps its port open after leaving the directory (others follow it
+#: within a fraction of a second; a client they redirected just before must still get an answer).
+WITHDRAW_GRACE_S = 1.5
 
 
 def default_url(port: int) -> str:
@@ -72,6 +76,7 @@ class QueryServer:
         self._error: BaseException | None = None
         self._runner = None
         self._announcer = None
+        self._withdrawn_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "QueryServer":
@@ -118,7 +123,19 @@ class QueryServer:
                 log.debug("directory publish: %s", e)
             await asyncio.sleep(0.5)
 
+    def withdraw(self) -> None:
+        """The instance is stopping: tell the others (a directory tombstone) so they stop sending clients
+        here; this server keeps answering from what it holds until :meth:`stop`."""
+        if self._withdrawn_at is None:
+            self._withdrawn_at = time.monotonic()
+        self.directory.withdraw()
+
     def stop(self) -> None:
+        self.withdraw()
+        # a client redirected here just before the others read the tombstone still gets an answer
+        left = WITHDRAW_GRACE_S - (time.monotonic() - self._withdrawn_at)
+        if left > 0:
+            time.sleep(left)
         for f in self._feeds.values():
             f.close()
         if self._loop is not None and self._runner is not None:
@@ -171,14 +188,25 @@ class QueryServer:
         return await self._lookup(request, store, request.match_info["key"])
 
     async def _lookup(self, request, store: str, text: str):
+        """Find ``text`` read as each key it may mean (``key_candidates``): a local hit answers; a candidate
+        held by another instance is redirected there (``307``, with ``as=`` fixing the reading) - when
+        several readings are possible and one is remote, the owner is asked first (``probe=1``: it answers
+        from its own state only) so the client is never sent to a 404 while another reading exists."""
         from aiohttp import web
 
         try:
             self.stores.spec(store)
             cands = _candidates(text, request.query.get("as"))
+            probe = request.query.get("probe") == "1"
             local = self.observer.running_tasks()
             for i, key in enumerate(cands):
-                task = self.stores.task_of(store, key)
+                try:
+                    task = self.stores.task_of(store, key)
+                except QueryError as e:
+                    if e.status == 404:         # this reading cannot be a key of the store (its serde refuses it)
+                        continue
+                    raise
+                as_ = "string" if isinstance(key, str) else "json"
                 if task in local:
                     try:
                         value = self.stores.get(store, key)      # a few µs: no thread hand-off
@@ -187,17 +215,32 @@ class QueryServer:
                             continue
                         raise
                     return _json({"key": to_json_key(key), "value": value, "instance": self.url})
+                if probe:                       # asked for this instance's own state only: not here (yet)
+                    raise QueryError(503, f"task {task[0]}_{task[1]} does not run on this instance now")
                 owner = self.directory.owner(task)
                 if owner is None:
                     raise QueryError(503, f"no instance runs task {task[0]}_{task[1]} of store {store!r} right now "
                                           f"(a rebalance?); retry shortly")
                 if owner == self.url:     # the directory is ahead of the workers' reports: retry shortly
                     raise QueryError(503, f"task {task[0]}_{task[1]} is being assigned to this instance; retry")
-                as_ = "string" if isinstance(key, str) else "json"       # the owner reads the key the same way
-                raise web.HTTPTemporaryRedirect(f"{owner}/stores/{store}?{urlencode({'key': text, 'as': as_})}")
+                target = f"{owner}/stores/{store}?{urlencode({'key': text, 'as': as_})}"
+                if i < len(cands) - 1 and not await self._has(target):
+                    continue
+                raise web.HTTPTemporaryRedirect(target)
             raise QueryError(404, f"key {text!r} is not in store {store!r}")
         except QueryError as e:
             return _error(e.status, str(e))
+
+    async def _has(self, url: str) -> bool:
+        """Does the owner at ``url`` (a lookup URL) hold the key? (``probe=1``: it never redirects)."""
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+                async with s.get(url + "&probe=1", allow_redirects=False) as r:
+                    return r.status != 404      # 503 (not running there yet): let the client ask it
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return True             # unknown: let the client ask the owner itself
 
     async def _range(self, request):
         store = request.match_info["store"]
@@ -206,6 +249,8 @@ class QueryServer:
             return await self._lookup(request, store, q["key"])
         try:
             self.stores.spec(store)
+            if q.get("as") not in (None, "string", "json"):
+                raise QueryError(400, f"as= must be 'string' or 'json', got {q.get('as')!r}")
             try:
                 limit = int(q.get("limit", "100"))
             except ValueError:

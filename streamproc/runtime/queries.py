@@ -30,7 +30,7 @@ import time
 
 import orjson
 
-from ..errors import StreamprocError
+from ..errors import SerdeError, StreamprocError
 from ..partitioner import partition_for
 from ..state import codec
 
@@ -128,11 +128,16 @@ class Stores:
         n = self.counts.get(("task", st.id))
         if not n:
             raise QueryError(503, f"the partition count of store {store!r} is not known yet")
-        if st.repartition_sources:
-            kb = codec.encode_key(key)
-        else:
-            node = next(x for x in st.nodes if x.kind in ("source", "table_source"))
-            kb = node.params["key_serde"].serialize(key)
+        try:
+            if st.repartition_sources:
+                kb = codec.encode_key(key)
+            else:
+                node = next(x for x in st.nodes if x.kind in ("source", "table_source"))
+                kb = node.params["key_serde"].serialize(key)
+        except SerdeError:      # not a key this store can hold (its input's serde refuses it)
+            raise QueryError(404, f"{to_json_key(key)!r} cannot be a key of store {store!r}") from None
+        if kb is None:
+            raise QueryError(404, f"store {store!r} holds no None key")
         return st.id, partition_for(kb, n)
 
     # ------------------------------------------------------------------ reads
