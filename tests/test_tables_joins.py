@@ -365,3 +365,25 @@ def test_aggregate_table_joins_a_stream_in_one_task():
         d.pipe("payments", "c", {"amount": 7}, timestamp=3)
         d.pipe("orders", "c", {"id": 2}, timestamp=4)
         assert [r.value for r in d.read_output("out")] == [{"id": 1}, {"id": 2, "total": 12}]
+
+
+def test_join_records_of_a_key_emptied_and_refilled_within_one_checkpoint_reach_the_store():
+    """Several batches, one checkpoint: a key whose records all expire (deleted from the store) and
+    then get a new one must be stored with the new one (its working list is a new object)."""
+    st = _stream_stream(how="inner")
+    backend = MemoryBackend()
+    task = Task(st, 0, backend)
+
+    def batch(topic, recs):
+        task.process(RawBatch(topic, 0, [S.serialize(k) for k, _, _ in recs], [J.serialize(v) for _, v, _ in recs],
+                              [ts for _, _, ts in recs], list(range(len(recs)))))
+
+    batch("l", [("a", 1, 100)])
+    batch("r", [("z", 0, 200)])          # stream time 200: a's record (closes after 115) expires
+    batch("l", [("a", 2, 201)])
+    task.state.changes()
+    task.state.apply()
+    assert [[e[0], e[1]] for e in backend.get("j-left", "a")[1:]] == [[201, 2]]
+    fresh = Task(st, 0, backend)
+    out = fresh.process(RawBatch("r", 0, [S.serialize("a")], [J.serialize("x")], [205], [0]))
+    assert [J.deserialize(v) for _, _, vs, _ in out for v in vs] == [{"left": 2, "right": "x"}]

@@ -63,7 +63,8 @@ class TaskContext:
     views: dict = field(default_factory=dict)          # table node id -> TableView (operators.table)
     globals: dict = field(default_factory=dict)        # global table name -> GlobalStore (lookups)
     on_processing_error: str = "fail"
-    source: tuple | None = None                        # (RawBatch, kept raw indices or None) being processed
+    source: object = None      # the input being processed: (RawBatch, kept raw indices or None), or an object
+                               # whose locate(seq) gives (RawBatch, index) (several inputs merged)
 
     def drop(self, reason: str, operator: str, n: int = 1, seq=None) -> None:
         """Count ``n`` records dropped by ``operator`` for ``reason`` (one of ``DROP_REASONS``)."""
@@ -81,15 +82,24 @@ class TaskContext:
         being processed (None for records an aggregation produced)."""
         if self.source is None or seq is None:
             return None
-        raw, kept = self.source
-        i = int(seq)
-        if kept is not None:
-            if not 0 <= i < len(kept):
+        if not isinstance(self.source, tuple):          # several inputs merged into one batch
+            found = self.source.locate(int(seq))
+            if found is None:
                 return None
-            i = kept[i]
+            raw, i = found
+        else:
+            raw, kept = self.source
+            i = int(seq)
+            if kept is not None:
+                if not 0 <= i < len(kept):
+                    return None
+                i = kept[i]
         if not 0 <= i < len(raw.keys):
             return None
         return raw.topic, raw.partition, (raw.offsets[i] if raw.offsets is not None else None), i
+
+    def _raw_at(self, seq):
+        return self.source[0] if isinstance(self.source, tuple) else self.source.locate(int(seq))[0]
 
     def commit_counts(self) -> dict:
         """The open checkpoint committed: its drops join the committed counts. Returns them."""
@@ -113,7 +123,7 @@ class TaskContext:
         if policy == "dead-letter":
             self.drop("dead_letter", label, 1, seq)
             if pos is not None:
-                raw = self.source[0]
+                raw = self._raw_at(seq)
                 i = pos[3]
                 self.dead_letters.append(DeadLetter(raw.topic, raw.partition, pos[2], raw.keys[i], raw.values[i],
                                                     int(raw.timestamps[i]), str(err), operator.where_label))

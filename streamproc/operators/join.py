@@ -48,6 +48,7 @@ from itertools import count
 import numpy as np
 
 from ..errors import CodecError
+from ..state import Deferred
 from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
@@ -228,7 +229,12 @@ class TableTableJoinOp(_JoinBase, TableView):
 
 
 class StreamStreamJoinOp(_JoinBase):
-    """``stream.join(stream, window=JoinWindow(...))`` (see the module doc for the rules)."""
+    """``stream.join(stream, window=JoinWindow(...))`` (see the module doc for the rules).
+
+    Working form: each side's records of a key live in a list the operator keeps across batches
+    (``_live``; bounded like the stores, by window + grace). The store gets them as a
+    ``Deferred`` (:class:`_Records`): encoded once per checkpoint, not once per batch.
+    """
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -244,18 +250,18 @@ class StreamStreamJoinOp(_JoinBase):
 
     def _start_index(self) -> None:
         """Expiry index: a heap of (close time, n, side, key) for the records this operator stored, and
-        each store's backend time index for what was stored before it was built (``BackendSweep``)."""
+        each store's backend time index for what was stored before it was built (``BackendSweep``).
+        Also forgets the working copies (the write caches they mirrored may have been discarded)."""
         self._heap: list = []
+        self._live: tuple[dict, dict] = ({}, {})       # side -> key -> [[ts, value, matched], ...]
+        self._expired_to: int | None = None
         self._generation = tuple(s.generation for s in self.stores)
         self._sweeps = [BackendSweep(s, "join") for s in self.stores]
         for side, (store, sweep) in enumerate(zip(self.stores, self._sweeps)):
             if not sweep.indexed:                 # a backend without a time index: read the store once
                 for k, value in store.items():
-                    self._push_value(side, k, value)
-
-    def _push_value(self, side: int, k, value) -> None:
-        if value:
-            heapq.heappush(self._heap, (value[0], next(self._tick), side, k))
+                    if value:
+                        heapq.heappush(self._heap, (value[0], next(self._tick), side, k))
 
     # ------------------------------------------------------------------ batch
     def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
@@ -264,26 +270,33 @@ class StreamStreamJoinOp(_JoinBase):
         left, right = self._drop_none_keys(left), self._drop_none_keys(right)
         st_now = self.ctx.state.stream_time          # the batch's last stream time (its sources stamped it)
         out = _Out()
-        cur: tuple[dict, dict] = ({}, {})            # side -> key -> entries (copies) this batch changed or read
         dirty: tuple[set, set] = (set(), set())
-        self._prefetch(left, right, cur)
-        for side, i, b in _in_order(left, right):
-            k = b.keys[i]
-            t = int(b.timestamps[i])
-            st = int(b.stream_times[i])
-            self._expire(st, cur, dirty, out, st, int(b.seq[i]))
-            if st >= t + self.reach[side]:
-                self.ctx.drop("late", self.metric_label, 1, b.seq[i])
+        self._prefetch(left, right)
+        live = self._live
+        reach = self.reach
+        w = self.window
+        cols = [None if b is None else (b.keys, b.values, b.timestamps.tolist(), b.stream_times.tolist(),
+                                        b.seq.tolist()) for b in (left, right)]
+        for side, i in _in_order(left, right):
+            keys, values, ts_l, st_l, seq_l = cols[side]
+            k = keys[i]
+            t = ts_l[i]
+            st = st_l[i]
+            sq = seq_l[i]
+            if self._expired_to is None or st > self._expired_to:
+                self._expire(st, dirty, out, st, sq)
+            if st >= t + reach[side]:
+                self.ctx.drop("late", self.metric_label, 1, sq)
                 continue
             other = 1 - side
-            entries = self._entries(other, k, cur)
-            v = b.values[i]
+            v = values[i]
             matched = 0
+            entries = live[other].get(k)
+            if entries is None:
+                entries = self._load(other, k)
             if entries:
-                w = self.window
                 lo, hi = (t - w.before, t + w.after) if side == 0 else (t - w.after, t + w.before)
-                oreach = self.reach[other]
-                sq = int(b.seq[i])
+                oreach = reach[other]
                 for e in entries:
                     et = e[0]
                     if lo <= et <= hi and st < et + oreach:
@@ -294,36 +307,46 @@ class StreamStreamJoinOp(_JoinBase):
                         if not e[2]:
                             e[2] = 1
                             dirty[other].add(k)
-            mine = self._entries(side, k, cur)
+            if type(v) not in _PLAIN:
+                self._storable(k, v)
+            mine = live[side].get(k)
+            if mine is None:
+                mine = self._load(side, k)
             mine.append([t, v, matched])
             dirty[side].add(k)
-            heapq.heappush(self._heap, (t + self.reach[side], next(self._tick), side, k))
-        self._expire(st_now, cur, dirty, out, st_now, _MAXSEQ)
-        self._write_back(cur, dirty)
+            heapq.heappush(self._heap, (t + reach[side], next(self._tick), side, k))
+        if self._expired_to is None or st_now > self._expired_to:
+            self._expire(st_now, dirty, out, st_now, _MAXSEQ)
+        self._write_back(dirty)
         return out.batch()
 
-    def _prefetch(self, left, right, cur) -> None:
-        """Read both sides' stored records of every key of the batch at once (one ``get_many`` each)."""
+    def _prefetch(self, left, right) -> None:
+        """Load both sides' stored records of the batch's keys not in the working copies (one ``get_many`` each)."""
         keys = list(dict.fromkeys((left.keys if left is not None else []) + (right.keys if right is not None else [])))
-        if not keys:
-            return
         for side in (0, 1):
-            c = cur[side]
-            for k, value in zip(keys, self.stores[side].get_many(keys)):
-                c[k] = [] if value is None else [list(e) for e in value[1:]]
+            live = self._live[side]
+            missing = [k for k in keys if k not in live]
+            if missing:
+                for k, value in zip(missing, self.stores[side].get_many(missing)):
+                    live[k] = [] if value is None else [list(e) for e in value[1:]]
 
-    def _entries(self, side: int, k, cur) -> list:
-        """The stored records of ``k`` on ``side`` (a private copy, kept in ``cur`` for this batch)."""
-        c = cur[side]
-        entries = c.get(k)
-        if entries is None:
-            value = self.stores[side].get(k)
-            entries = c[k] = [] if value is None else [list(e) for e in value[1:]]
+    def _load(self, side: int, k) -> list:
+        value = self.stores[side].get(k)
+        entries = self._live[side][k] = [] if value is None else [list(e) for e in value[1:]]
         return entries
 
-    def _expire(self, st: int, cur, dirty, out: "_Out", out_st: int, out_seq: int) -> None:
+    def _storable(self, k, v) -> None:
+        try:
+            check_value(v)
+        except CodecError as e:
+            where = f" (defined at {self.node.where})" if self.node.where else ""
+            raise CodecError(f"join {self.node.label!r}{where} cannot store the record of key {k!r}: "
+                             f"{e.reason}") from None
+
+    def _expire(self, st: int, dirty, out: "_Out", out_st: int, out_seq: int) -> None:
         """Remove every stored record whose window is closed at stream time ``st``; emit the unmatched
         ones under left/outer (timestamp: their own)."""
+        self._expired_to = st
         heap = self._heap
         due: list = []
         while heap and heap[0][0] <= st:
@@ -340,10 +363,12 @@ class StreamStreamJoinOp(_JoinBase):
             if (side, k) in seen:
                 continue
             seen.add((side, k))
-            entries = self._entries(side, k, cur)
+            entries = self._live[side].get(k)
+            if entries is None:
+                entries = self._load(side, k)
             reach = self.reach[side]
             if all(e[0] + reach > st for e in entries):     # nothing of it closes yet (a stale heap entry)
-                self._push_entries(side, k, entries, st)
+                self._push_entries(side, k, entries)
                 continue
             keep = []
             for e in entries:
@@ -356,36 +381,28 @@ class StreamStreamJoinOp(_JoinBase):
                     keep.append(e)
             entries[:] = keep
             dirty[side].add(k)
-            self._push_entries(side, k, keep, st)
+            self._push_entries(side, k, keep)
 
-    def _push_entries(self, side: int, k, entries: list, st: int) -> None:
+    def _push_entries(self, side: int, k, entries: list) -> None:
         """Make sure the heap holds the key's earliest remaining close time (records found through the
         backend sweep are in the heap only from now on)."""
         if entries:
             heapq.heappush(self._heap, (min(e[0] for e in entries) + self.reach[side], next(self._tick), side, k))
 
-    def _write_back(self, cur, dirty) -> None:
+    def _write_back(self, dirty) -> None:
         for side in (0, 1):
             if not dirty[side]:
                 continue
-            store = self.stores[side]
-            reach = self.reach[side]
-            puts_k, puts_v, dels = [], [], []
+            store, live, reach = self.stores[side], self._live[side], self.reach[side]
+            dels = []
             for k in dirty[side]:
-                entries = cur[side][k]
+                entries = live[k]
                 if entries:
-                    puts_k.append(k)
-                    puts_v.append([min(e[0] for e in entries) + reach] + entries)
+                    if not store.holds_deferred(k):      # else the one put already reads this list
+                        store.put_deferred(k, _Records(entries, reach))
                 else:
                     dels.append(k)
-            for k, value in zip(puts_k, puts_v):
-                try:
-                    check_value(value)
-                except CodecError as e:
-                    where = f" (defined at {self.node.where})" if self.node.where else ""
-                    raise CodecError(f"join {self.node.label!r}{where} cannot store the records of key {k!r}: "
-                                     f"{e.reason}") from None
-            store.put_many(puts_k, puts_v)
+                    del live[k]
             if dels:
                 store.delete_many(dels)
 
@@ -394,27 +411,34 @@ class StreamStreamJoinOp(_JoinBase):
         return {k: [[e[0], e[1]] for e in value[1:]] for k, value in self.stores[side].items()}
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes})
+
+
+class _Records(Deferred):
+    """A key's records of one join side as the store holds them: ``[due, [ts, value, matched], ...]``,
+    built from the operator's working list when the store is read or checkpointed."""
+
+    __slots__ = ("entries", "reach")
+
+    def __init__(self, entries: list, reach: int):
+        self.entries = entries
+        self.reach = reach
+
+    def state(self):
+        entries = self.entries
+        return [min(e[0] for e in entries) + self.reach] + [[e[0], e[1], e[2]] for e in entries]
+
+
 def _in_order(left: Batch | None, right: Batch | None):
-    """``(side, index, batch)`` of both sides' records in processing order (by ``seq``; a record that
-    reaches both sides - a self-join - is processed as left first)."""
+    """``(side, index)`` of both sides' records in processing order (by ``seq``; a record that reaches
+    both sides - a self-join - is processed as left first)."""
     if right is None:
-        if left is not None:
-            for i in range(len(left)):
-                yield 0, i, left
-        return
+        return [] if left is None else [(0, i) for i in range(len(left))]
     if left is None:
-        for i in range(len(right)):
-            yield 1, i, right
-        return
+        return [(1, i) for i in range(len(right))]
     ls, rs = left.seq.tolist(), right.seq.tolist()
-    i = j = 0
-    while i < len(ls) or j < len(rs):
-        if j >= len(rs) or (i < len(ls) and ls[i] <= rs[j]):
-            yield 0, i, left
-            i += 1
-        else:
-            yield 1, j, right
-            j += 1
+    order = sorted([(q, 0, i) for i, q in enumerate(ls)] + [(q, 1, i) for i, q in enumerate(rs)])
+    return [(side, i) for _, side, i in order]
 
 
 class _Out:

@@ -55,7 +55,14 @@ class Task:
         return produced
 
     def process_many(self, raws: list[RawBatch]) -> list[tuple]:
-        """Run the batches of several input partitions, their records in event-time order (module doc)."""
+        """Run the batches of several input partitions, their records in event-time order (module doc).
+
+        Consecutive runs of *stream* inputs go through the sub-topology together, as one batch whose
+        records keep the merged order (``seq``) and the stream time of their place in it: operators
+        with several inputs (a stream-stream join, a merge) interleave them by ``seq``, so the result
+        is that of processing the runs one by one, without a pass of the whole graph per run. A run of
+        a *table* input goes alone: its updates must be applied before the records that follow it.
+        """
         if len(raws) == 1:
             return self.process(raws[0])
         decoded = []
@@ -65,17 +72,60 @@ class Task:
             if len(b):
                 offs = raw.offsets if raw.offsets is not None else list(range(len(raw.keys)))
                 decoded.append((src, b, raw, kept, offs if kept is None else [offs[i] for i in kept]))
-        for i, start, end in _runs([(b.timestamps.tolist(), offs) for _, b, _, _, offs in decoded]):
-            src, b, raw, kept, _ = decoded[i]
-            part = b if (start == 0 and end == len(b)) else b.take(np.arange(start, end, dtype=np.int64))
-            self.ctx.source = (raw, kept)          # part.seq still indexes the whole decoded batch
-            self._run(src, self._ops[src].ingest(part))
+        segment: list = []
+        for run in _runs([(b.timestamps.tolist(), offs) for _, b, _, _, offs in decoded]):
+            table = self._ops[decoded[run[0]][0]].node.kind == "table_source"
+            if table or (segment and self._ops[decoded[segment[-1][0]][0]].node.kind == "table_source"):
+                self._run_segment(decoded, segment)
+                segment = []
+            segment.append(run)
+        self._run_segment(decoded, segment)
         self.ctx.source = None
         produced, self.ctx.outputs = self.ctx.outputs, []
         return produced
 
+    def _run_segment(self, decoded: list, runs: list) -> None:
+        if not runs:
+            return
+        if len(runs) == 1:
+            i, start, end = runs[0]
+            src, b, raw, kept, _ = decoded[i]
+            part = b if (start == 0 and end == len(b)) else b.take(np.arange(start, end, dtype=np.int64))
+            self.ctx.source = (raw, kept)          # part.seq still indexes the whole decoded batch
+            self._run(src, self._ops[src].ingest(part))
+            return
+        # several runs of stream inputs: one pass, records numbered in the merged order
+        n = sum(end - start for _, start, end in runs)
+        ts = np.empty(n, dtype=np.int64)
+        origin = _Origins(n)
+        picks: dict[int, list] = {}               # decoded index -> [(start, end, first merged position)]
+        pos = 0
+        for i, start, end in runs:
+            _, b, raw, kept, _ = decoded[i]
+            ts[pos:pos + end - start] = b.timestamps[start:end]
+            origin.add(pos, raw, kept, start, end)
+            picks.setdefault(i, []).append((start, end, pos))
+            pos += end - start
+        st = np.maximum.accumulate(ts)
+        np.maximum(st, self.state.stream_time, out=st)
+        self.state.stream_time = int(st[-1])
+        starts: dict[int, Batch] = {}
+        for i, spans in picks.items():
+            src, b, _, _, _ = decoded[i]
+            idx = np.concatenate([np.arange(a, e, dtype=np.int64) for a, e, _ in spans])
+            seq = np.concatenate([np.arange(p, p + e - a, dtype=np.int64) for a, e, p in spans])
+            part = b.take(idx)
+            part.seq = seq
+            part.stream_times = st[seq]
+            starts[src] = part
+        self.ctx.source = origin
+        self._run_all(starts)
+
     def _run(self, src: int, batch: Batch) -> None:
-        out: dict[int, object] = {src: batch}
+        self._run_all({src: batch})
+
+    def _run_all(self, starts: dict) -> None:
+        out: dict[int, object] = dict(starts)
         ops = self._ops
         for n in self._nodes:
             if n.id in out or n.kind in _SOURCE_KINDS:
@@ -151,6 +201,26 @@ class Task:
                 name = DROP_REASONS[reason]
                 out[name] = out.get(name, 0) + n
         return out
+
+
+class _Origins:
+    """Where each record of a merged segment came from: ``locate(seq) -> (raw, index in raw)``."""
+
+    def __init__(self, n: int):
+        self.raws: list = []
+        self.which = np.empty(n, dtype=np.int64)      # merged position -> index in raws
+        self.index = np.empty(n, dtype=np.int64)      # merged position -> record index in that raw
+
+    def add(self, pos: int, raw, kept, start: int, end: int) -> None:
+        self.raws.append(raw)
+        self.which[pos:pos + end - start] = len(self.raws) - 1
+        self.index[pos:pos + end - start] = (np.arange(start, end) if kept is None
+                                             else np.asarray(kept[start:end], dtype=np.int64))
+
+    def locate(self, seq: int):
+        if not 0 <= seq < len(self.which):
+            return None
+        return self.raws[int(self.which[seq])], int(self.index[seq])
 
 
 def _last_per_key(b: Batch) -> Batch:

@@ -55,20 +55,33 @@ class Store:
 
     def put(self, key, value) -> None:
         self._cache[key] = value
+        if self._deferred:
+            self._deferred.discard(key)
 
     def put_deferred(self, key, value: Deferred) -> None:
         """Put ``value``, whose ``state()`` is taken only when the value is read or checkpointed."""
         self._cache[key] = value
         self._deferred.add(key)
 
+    def holds_deferred(self, key) -> bool:
+        """True if ``key``'s value in the write cache is a ``Deferred`` put since the last checkpoint (its
+        ``state()`` will be taken then: an operator that mutates the working form need not put it again)."""
+        return key in self._deferred
+
     def put_many(self, keys: list, values: list) -> None:
         self._cache.update(zip(keys, values))
+        if self._deferred:
+            self._deferred.difference_update(keys)
 
     def delete_many(self, keys: list) -> None:
         self._cache.update(dict.fromkeys(keys, DELETED))
+        if self._deferred:
+            self._deferred.difference_update(keys)
 
     def delete(self, key) -> None:
         self._cache[key] = DELETED
+        if self._deferred:
+            self._deferred.discard(key)
 
     def items(self) -> list:
         """Current contents: backend overlaid with the write cache."""
