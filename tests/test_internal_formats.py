@@ -180,7 +180,8 @@ def cli_env(**extra) -> dict:
 
 def streamproc_run(ref, bootstrap, state_dir, *extra):
     return [sys.executable, "-m", "streamproc", "run", ref, "--bootstrap-servers", bootstrap,
-            "--state-dir", str(state_dir), "--config", "consumer.session.timeout.ms=6000", *extra]
+            "--state-dir", str(state_dir), "--config", "consumer.session.timeout.ms=6000",
+            "--log-format", "text", *extra]      # the paragraphs people read (json is the default off a tty)
 
 
 # ------------------------------------------------------------------------------------------ 1. tuple keys

@@ -249,7 +249,8 @@ def test_changed_topology_is_refused_by_streamproc_run(tmp_path, kafka):
     changed = h.write_topology(tmp_path / "changed.py", TOPO_WINDOW.format(**{**names, "size": "500ms"}))
     env = dict(os.environ, PYTHONPATH=h.ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="300")
     p = subprocess.run([sys.executable, "-m", "streamproc", "run", changed, "--bootstrap-servers", bootstrap,
-                        "--state-dir", opts.state_dir, "--config", "consumer.session.timeout.ms=6000"],
+                        "--state-dir", opts.state_dir, "--config", "consumer.session.timeout.ms=6000",
+                        "--log-format", "text"],
                        env=env, capture_output=True, text=True, timeout=90)
     assert p.returncode != 0
     assert "was written by a different definition of its operator" in p.stderr, p.stderr

@@ -106,7 +106,8 @@ def test_a_record_failing_under_fail_stops_the_instance_at_once_with_exit_2(tmp_
     h.produce(bootstrap, names["src"], [("k", {"x": 1}, 1), ("k", {"x": 0}, 2)], key_serde=STR, value_serde=JSON)
     t0 = time.monotonic()
     p = subprocess.run([sys.executable, "-m", "streamproc", "run", ref, "-b", bootstrap,
-                        "--state-dir", str(tmp_path / "s"), "--config", "consumer.session.timeout.ms=6000"],
+                        "--state-dir", str(tmp_path / "s"), "--config", "consumer.session.timeout.ms=6000",
+                        "--log-format", "text"],
                        env=_env(), capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
     assert p.returncode == 2, p.stderr
