@@ -37,10 +37,13 @@ wall time and the best CPU time (``time.process_time``, all threads: RocksDB's b
 counts). "ckpt" is the share of the wall time spent in checkpoints; "faults" the minor page faults
 per record (``getrusage``): glibc gives freed heap memory back to the OS, and each new
 ``orjson.dumps`` result may then fault a page in (about 2 µs here; ``MALLOC_TRIM_THRESHOLD_=1000000000``
-in the environment shows the difference). The results column checks that
-every case produced what it should (and the same on both backends: count and checksum).
+in the environment shows the difference). The results are counted and check-summed per poll, then
+dropped (that bookkeeping is timed apart and not counted); the results column checks that every case
+produced what it should (and the same on both backends: count and checksum). records/s is wall
+time: on a shared machine it varies more than CPU µs/record, the figure to compare versions by.
 
-    python benchmarks/joins.py [--records 1000000] [--backend memory|rocksdb|both] [--quick]
+    python benchmarks/joins.py [--records 1000000] [--backend memory|rocksdb|both]
+    python benchmarks/joins.py --quick          # smoke run: 100k records, 10k table keys
     python benchmarks/joins.py --cases ss --how left --backend rocksdb --profile
 
 ``--profile`` then runs the slowest case once more under cProfile and prints the top functions by
