@@ -191,9 +191,12 @@ def prepare_topics(plan, options: RunOptions) -> dict:
     conf = admin_config(options.bootstrap_servers, plan.app_id, options.client("admin"))
     wait_for_broker(conf, timeout_s=options.broker_timeout_s)
     admin = make_admin(options.bootstrap_servers, plan.app_id, options.client("admin"))
+    tables = plan.table_topics
     external = list(dict.fromkeys(plan.source_topics + plan.sink_topics))
     if options.create_topics:
-        made = _create_topics(admin, external, options.create_topics_partitions)
+        # a table's topic is its changelog: created compacted
+        made = _create_topics(admin, tables, options.create_topics_partitions, config={"cleanup.policy": "compact"})
+        made += _create_topics(admin, [t for t in external if t not in tables], options.create_topics_partitions)
         if made:
             log.warning("created topic(s) %s with %d partition(s) (--create-topics)", ", ".join(made),
                         options.create_topics_partitions)
