@@ -83,6 +83,7 @@ import orjson  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from rich.console import Console  # noqa: E402
+from e2e import _err, _tree, _unsupported, create_topic, stop_process  # noqa: E402,F401 - shared with e2e.py
 from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -114,32 +115,6 @@ topology = Topology(os.environ["QUERIES_APP_ID"])
 def _key(i: int) -> str:
     return f"user-{i}"
 
-
-def _err(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
-
-
-def _unsupported(err: KafkaError | None) -> bool:
-    return err is not None and err.code() in (
-        KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION, KafkaError.INVALID_REQUEST,
-        KafkaError._NOT_IMPLEMENTED, KafkaError.TOPIC_DELETION_DISABLED)
-
-
-def create_topic(admin: AdminClient, name: str, partitions: int, timeout_s: float = 30) -> None:
-    """Create ``name`` with :data:`TOPIC_CONFIG` and wait until its partitions are in the metadata."""
-    admin.create_topics([NewTopic(name, partitions, config=dict(TOPIC_CONFIG))],
-                        operation_timeout=timeout_s, request_timeout=timeout_s)[name].result(timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        md = admin.list_topics(timeout=10).topics.get(name)
-        if md is not None and md.error is None and len(md.partitions) == partitions:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"topic {name} was created but its {partitions} partitions did not show up "
-                             f"in the metadata within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _producer(bootstrap: str, **extra) -> Producer:
@@ -261,19 +236,6 @@ class LoadProducer(threading.Thread):
 
 
 # --------------------------------------------------------------------------- measuring
-def _tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        q = todo.pop()
-        out.append(q)
-        try:
-            for tid in os.listdir(f"/proc/{q}/task"):
-                with open(f"/proc/{q}/task/{tid}/children") as f:
-                    todo += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
-
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """CPU seconds of ``pid``'s whole process tree, and of ``pid`` itself (all its threads)."""
@@ -399,16 +361,6 @@ def _free_port() -> int:
 
 
 # --------------------------------------------------------------------------- instances
-def stop_process(proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    """SIGTERM (``streamproc run`` finishes or aborts its checkpoint, closes its clients, exits), then SIGKILL."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()                     # streamproc workers die with it (parent-death signal)
-            proc.wait(10)
-
 
 class Instance:
     """One ``streamproc run --http-port`` process tree; stderr in a log file."""

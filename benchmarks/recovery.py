@@ -78,6 +78,7 @@ import orjson  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from rich.console import Console  # noqa: E402
+from e2e import _err, _unsupported  # noqa: E402 - shared with e2e.py
 from rich.table import Table  # noqa: E402
 
 PARTITIONS = 4
@@ -118,17 +119,6 @@ RESTORED_RE = re.compile(r"^worker (?P<wid>\S+): task (?P<task>.+?) restored\b")
 class BenchError(Exception):
     """A measurement could not be taken (timeout, an instance exited): reported with what was measured."""
 
-
-def _err(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
-
-
-def _unsupported(err: KafkaError | None) -> bool:
-    return err is not None and err.code() in (
-        KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION, KafkaError.INVALID_REQUEST,
-        KafkaError._NOT_IMPLEMENTED, KafkaError.TOPIC_DELETION_DISABLED)
 
 
 def wall_to_mono(wall: float) -> float:
