@@ -30,6 +30,17 @@ DROP_REASONS = {
 }
 
 
+def counts_by_name(*drops: dict, zeros: bool = True) -> dict:
+    """Drop counts ``{(reason, operator): n}`` (several dicts summed) as counters named by ``DROP_REASONS``
+    (``late_records``...), summed over operators; ``zeros``: every counter present."""
+    out = dict.fromkeys(DROP_REASONS.values(), 0) if zeros else {}
+    for d in drops:
+        for (reason, _), n in d.items():
+            name = DROP_REASONS[reason]
+            out[name] = out.get(name, 0) + n
+    return out
+
+
 class ProcessingError(StreamprocError):
     """A user function raised while processing a record. Names the operator and the record's key."""
 

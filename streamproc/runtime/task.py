@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
-from ..operators.base import DROP_REASONS
+from ..operators.base import counts_by_name
 from ..state import Backend, TaskState
 
 _SOURCE_KINDS = ("source", "table_source", "repartition_source")
@@ -195,12 +195,7 @@ class Task:
     @property
     def metrics(self) -> dict:
         """Drop counters by name (``late_records``...), committed and pending, for inspection."""
-        out: dict = {}
-        for d in (self.ctx.metrics, self.ctx.pending):
-            for (reason, _), n in d.items():
-                name = DROP_REASONS[reason]
-                out[name] = out.get(name, 0) + n
-        return out
+        return counts_by_name(self.ctx.metrics, self.ctx.pending, zeros=False)
 
 
 class _Origins:

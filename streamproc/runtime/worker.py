@@ -38,7 +38,7 @@ from ..errors import BrokerError, StateBusyError, StateError, StreamprocError, U
 from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
                             restore_consumer_config, transactional_producer_config)
 from ..operators import RawBatch
-from ..operators.base import DROP_REASONS
+from ..operators.base import counts_by_name
 from ..state import MemoryBackend
 from . import checkpoint as cp
 from ._config import RunOptions
@@ -680,10 +680,7 @@ class Worker:
     def metrics(self) -> dict:
         """Committed drop counters by name (``late_records``, ``dropped_none_key``, ``skipped_records``,
         ``dead_lettered_records``, ``processing_errors``), zeros included, as the test driver names them."""
-        out = dict.fromkeys(DROP_REASONS.values(), 0)
-        for (reason, _), n in self.drops().items():
-            out[DROP_REASONS[reason]] += n
-        return out
+        return counts_by_name(self.drops())
 
 
 class _Purger:

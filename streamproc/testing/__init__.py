@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 from ..errors import StreamprocError
 from ..operators import RawBatch
-from ..operators.base import DROP_REASONS
+from ..operators.base import counts_by_name
 from ..operators.global_table import GlobalStore
 from ..partitioner import partition_for
 from ..plan import compile_topology
@@ -206,11 +206,8 @@ class TopologyTestDriver:
         """Every counter, zeros included: ``records_consumed``, ``records_produced`` and one per drop
         reason (``late_records``, ``dropped_none_key``, ``skipped_records``, ``dead_lettered_records``,
         ``processing_errors``), summed over operators (per operator: :meth:`drops`)."""
-        out = {"records_consumed": self._consumed, "records_produced": self._produced}
-        out.update(dict.fromkeys(DROP_REASONS.values(), 0))
-        for (reason, _), n in self.drops().items():
-            out[DROP_REASONS[reason]] += n
-        return out
+        return {"records_consumed": self._consumed, "records_produced": self._produced,
+                **counts_by_name(self.drops())}
 
     # -- lifecycle ------------------------------------------------------------------------
     def _check_open(self):
