@@ -1,17 +1,25 @@
-"""Kafka's default key partitioner, as the Java client computes it.
+"""How Kafka producers place a keyed record: the two key partitioners in use.
 
-``partition_for(key, n) == (murmur2(key) & 0x7fffffff) % n`` is what the Java
-producer's built-in partitioner (``Utils.toPositive(Utils.murmur2(keyBytes)) %
-numPartitions``) and Kafka Streams do for a non-null key, and what librdkafka
-does with ``partitioner=murmur2`` / ``murmur2_random`` (librdkafka's own
-default, ``consistent_random``, is CRC32-based and places keys differently).
-Null keys have no hash partition: the producers pick a (sticky) partition.
+- ``"murmur2"``: ``(murmur2(key) & 0x7fffffff) % n``, what the Java producer's built-in
+  partitioner (``Utils.toPositive(Utils.murmur2(keyBytes)) % numPartitions``) and Kafka Streams
+  do for a non-null key, and what librdkafka does with ``partitioner=murmur2`` /
+  ``murmur2_random``.
+- ``"crc32"``: ``crc32(key) % n`` (unsigned CRC-32, zlib's), librdkafka's ``consistent`` /
+  ``consistent_random``: the default of confluent-kafka and every other librdkafka client.
+
+A topic read by a topology declares which of them its producers use
+(``topology.stream(..., partitioner=...)``); streamproc itself always writes with murmur2.
+Null keys have no hash partition: the producers pick a (sticky or random) partition.
 """
 from __future__ import annotations
 
 from struct import Struct, unpack_from
+from zlib import crc32
 
-__all__ = ["murmur2", "partition_for"]
+__all__ = ["PARTITIONERS", "murmur2", "partition_for", "partitions_for", "check_partitioner"]
+
+#: The partitioners a topic may declare.
+PARTITIONERS = ("murmur2", "crc32")
 
 _SEED = 0x9747B28C  # the mixing constant m = 0x5BD1E995 is inlined below
 # struct unpackers for keys of up to 256 bytes, by number of 4-byte blocks
@@ -46,11 +54,36 @@ def murmur2(data: bytes) -> int:
     return h - 0x100000000 if h & 0x80000000 else h
 
 
-def partition_for(key_bytes: bytes, num_partitions: int) -> int:
-    """The partition Kafka's default partitioner gives a serialized, non-null key."""
+def check_partitioner(name, where: str = "") -> str:
+    """``name`` if it is a known partitioner, else ``ValueError`` saying which exist."""
+    if name not in PARTITIONERS:
+        raise ValueError(f"{where}partitioner must be 'murmur2' (Java clients, librdkafka murmur2/murmur2_random) "
+                         f"or 'crc32' (librdkafka consistent/consistent_random, confluent-kafka's default), "
+                         f"got {name!r}")
+    return name
+
+
+def partition_for(key_bytes: bytes, num_partitions: int, partitioner: str = "murmur2") -> int:
+    """The partition ``partitioner`` gives a serialized, non-null key among ``num_partitions``."""
     if key_bytes is None:
         raise TypeError("a null key has no hash partition (Kafka's producer picks a sticky "
                         "partition for null keys); pass the serialized key bytes")
     if num_partitions <= 0:
         raise ValueError(f"num_partitions must be positive, got {num_partitions}")
-    return (murmur2(key_bytes) & 0x7FFFFFFF) % num_partitions
+    if partitioner == "murmur2":
+        return (murmur2(key_bytes) & 0x7FFFFFFF) % num_partitions
+    if partitioner == "crc32":
+        return crc32(key_bytes) % num_partitions
+    raise ValueError(check_partitioner(partitioner))
+
+
+def partitions_for(keys_bytes: list, num_partitions: int, partitioner: str = "murmur2") -> list:
+    """:func:`partition_for` of each key of ``keys_bytes``; ``-1`` for a null key (the producer picks)."""
+    if num_partitions <= 0:
+        raise ValueError(f"num_partitions must be positive, got {num_partitions}")
+    n = num_partitions
+    if partitioner == "murmur2":
+        return [-1 if k is None else (murmur2(k) & 0x7FFFFFFF) % n for k in keys_bytes]
+    if partitioner == "crc32":
+        return [-1 if k is None else crc32(k) % n for k in keys_bytes]
+    raise ValueError(check_partitioner(partitioner))

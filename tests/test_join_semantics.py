@@ -19,8 +19,11 @@ Kinds: ``ss`` stream-stream join; ``ss_tab`` the same task also holding a stream
 (so that a table record advances the task's stream time); ``st`` stream-table join;
 ``global`` stream-global-table join; ``tt`` table-table join (optionally behind filter /
 map_values); ``table`` a table, a filtered or mapped table, or ``to_stream`` written to a topic.
-Inputs have one partition (one task) except in ``test_stream_stream_join_three_partitions``,
-where the model keeps one task per partition (keys placed with streamproc's murmur2 partitioner).
+Inputs have one partition (one task) except in ``test_stream_stream_join_three_partitions`` and the
+``*_rekeyed_four_partitions`` tests, where the model keeps one task per partition: keys placed with
+the declared partitioner (murmur2 or crc32) over the String key; a re-keyed side (``map(by_k)``)
+goes through its upstream task first and then to the partition the other side's topic gives its
+new key (:func:`_route`).
 
 Values carry a unique ``id`` so that two updates are never equal (DESIGN does not say whether
 an update to an identical value is a change) and every result names the records it came from.
@@ -51,9 +54,11 @@ import join_reference as jr
 
 from streamproc import Topology, serdes, windows
 from streamproc.partitioner import partition_for
+from streamproc.state import codec
 from streamproc.testing import TopologyTestDriver
 
 KEYS = ["a", "b", "c"]
+ORIGINAL_KEYS = ["o1", "o2", "o3", "o4", "o5"]     # keys of re-keyed topics before their re-key
 SEL = ("late_records", "dropped_none_key")
 
 
@@ -99,20 +104,30 @@ class Scenario:
     partitions: int = 1               # of every input topic (each partition is one task)
 
 
+def by_k(k, v):
+    """The re-key of the re-keyed scenarios: the join key travels in the value as ``k``."""
+    return v["k"], v
+
+
 def build(kind: str, p: dict) -> Topology:
     t = Topology("app")
     joiner = JOINERS[p.get("joiner")]
+    part = p.get("partitioner", "murmur2")
+    rekey = p.get("rekey", ())
     if kind in ("ss", "ss_tab"):
-        s = t.stream("left", key=serdes.String(), value=serdes.Json())
-        r = t.stream("right", key=serdes.String(), value=serdes.Json())
+        s = t.stream("left", key=serdes.String(), value=serdes.Json(), partitioner=part)
+        r = t.stream("right", key=serdes.String(), value=serdes.Json(), partitioner=part)
+        s = s.map(by_k) if "left" in rekey else s
+        r = r.map(by_k) if "right" in rekey else r
         w = windows.JoinWindow(p["before"], after=p.get("after"), grace=p.get("grace", 0))
         s.join(r, joiner, how=p["how"], window=w, name="j").to("out", value=serdes.Json())
         if kind == "ss_tab":
             tab = t.table("tab", key=serdes.String(), value=serdes.Json(), name="tab")
             s.join(tab, how="left").to("out2", value=serdes.Json())
     elif kind == "st":
-        s = t.stream("left", key=serdes.String(), value=serdes.Json())
-        tab = t.table("tab", key=serdes.String(), value=serdes.Json(), name="tab")
+        s = t.stream("left", key=serdes.String(), value=serdes.Json(), partitioner=part)
+        s = s.map(by_k) if "left" in rekey else s
+        tab = t.table("tab", key=serdes.String(), value=serdes.Json(), name="tab", partitioner=part)
         s.join(tab, joiner, how=p["how"]).to("out", value=serdes.Json())
     elif kind == "global":
         s = t.stream("left", key=serdes.String(), value=serdes.Json())
@@ -234,19 +249,41 @@ def _canon(rows) -> list:
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
 
 
-def _partition(key, n: int) -> int:
-    return 0 if n == 1 else partition_for(serdes.String().serialize(key), n)
+def _partition(key, n: int, partitioner: str = "murmur2") -> int:
+    return 0 if n == 1 else partition_for(serdes.String().serialize(key), n, partitioner)
+
+
+def _route(sc: Scenario, topic: str, recs: list) -> dict:
+    """``{partition: records}``: where a pipe's records reach the join tasks. A source topic's record
+    goes to its key's partition (the declared partitioner over the String key). A re-keyed topic's
+    records first go to the upstream task of their original key; each upstream task's share is one
+    batch, handed on in the order the upstream partitions first appear; a re-keyed record then goes
+    to the partition the *other side's topic* gives its new key (DESIGN section 3: co-partitioned)."""
+    n, part = sc.partitions, sc.params.get("partitioner", "murmur2")
+    rekey = sc.params.get("rekey", ())
+    place = lambda k: _partition(k, n, part)                             # noqa: E731
+    if topic in rekey:
+        upstream: dict = {}
+        for k, v, ts in recs:
+            upstream.setdefault(place(k), []).append((v["k"], v, ts))
+        recs = [r for rs in upstream.values() for r in rs]
+        if len(rekey) == len(STREAM_TOPICS[sc.kind]):
+            # every input re-keyed: no topic to follow, streamproc's own placement (murmur2 of the
+            # internal key encoding) - the one rule this model takes from streamproc
+            place = lambda k: 0 if n == 1 else partition_for(codec.encode_key(k), n)   # noqa: E731
+    by_p: dict = {}
+    for r in recs:
+        by_p.setdefault(place(r[0]), []).append(r)
+    return by_p
 
 
 def run_model(sc: Scenario):
-    """One model per task (input partition); a pipe's records go to their key's partition,
+    """One model per task (input partition); a pipe's records go where :func:`_route` says,
     each partition's share of a pipe_many being one batch."""
     models = [Model(sc.kind, sc.params) for _ in range(sc.partitions)]
     per_pipe = []
     for topic, recs, _ in sc.pipes:
-        by_p: dict = {}
-        for r in recs:
-            by_p.setdefault(_partition(r[0], sc.partitions), []).append(r)
+        by_p = _route(sc, topic, recs)
         out = {t: [] for t in OUTPUTS[sc.kind]}
         for p, rs in by_p.items():
             for t, rows in models[p].feed(topic, rs).items():
@@ -371,8 +408,14 @@ def _drop_repeated_tombstones(chunk, present: dict):
 @st.composite
 def scenarios(draw, kind, params, *, mode, partitions=1, **kw):
     """mode "single": one pipe per record; "batch": runs of one topic cut at random, each a
-    pipe_many (a run of length one included)."""
+    pipe_many (a run of length one included). Topics in ``params["rekey"]`` are re-keyed by the
+    topology: their records get a random original key and carry the join key in the value."""
     evs = draw(events(kind, **kw))
+    rekey = params.get("rekey", ())
+    if rekey:
+        orig = draw(st.lists(st.sampled_from(ORIGINAL_KEYS), min_size=len(evs), max_size=len(evs)))
+        evs = [(topic, o, {**v, "k": k}, ts) if topic in rekey else (topic, k, v, ts)
+               for (topic, k, v, ts), o in zip(evs, orig)]
     if mode == "single":
         pipes = [(topic, [(k, v, ts)], True) for topic, k, v, ts in evs]
     else:
@@ -427,6 +470,38 @@ def test_stream_stream_join_three_partitions():
     @prop(250)
     @given(st.sampled_from(["single", "batch"]).flatmap(
         lambda mode: with_params(ss_params(), "ss", mode, partitions=3, none_keys=False)))
+    def run(sc):
+        check(sc)
+
+    run()
+
+
+@pytest.mark.parametrize("rekey", [("left",), ("right",), ("left", "right")])
+@pytest.mark.parametrize("partitioner", ["murmur2", "crc32"])
+def test_stream_stream_join_rekeyed_four_partitions(rekey, partitioner):
+    """A re-keyed side meets the other side's records of its key in one task: its repartition places
+    each record like the other side's topic does (its key serde, its partitioner), 4 partitions."""
+    assert len({_partition(k, 4, partitioner) for k in KEYS}) > 1
+
+    @prop(120)
+    @given(st.sampled_from(["single", "batch"]).flatmap(lambda mode: with_params(
+        ss_params().map(lambda p: {**p, "rekey": rekey, "partitioner": partitioner}), "ss", mode,
+        partitions=4, none_keys=False)))
+    def run(sc):
+        check(sc)
+
+    run()
+
+
+@pytest.mark.parametrize("how", ["inner", "left"])
+@pytest.mark.parametrize("partitioner", ["murmur2", "crc32"])
+def test_stream_table_join_rekeyed_four_partitions(how, partitioner):
+    """A re-keyed stream joined with a table topic of 4 partitions finds every row of its key."""
+    @prop(120)
+    @given(st.sampled_from(["single", "batch"]).flatmap(lambda mode: with_params(
+        st.fixed_dictionaries({"how": st.just(how), "joiner": st.sampled_from([None, "compact"]),
+                               "rekey": st.just(("left",)), "partitioner": st.just(partitioner)}),
+        "st", mode, partitions=4, none_keys=False)))
     def run(sc):
         check(sc)
 

@@ -60,13 +60,15 @@ class Table(Stream):
 class GlobalTable:
     """A table every task holds whole (all partitions), joined by ``stream.join(table, key=...)``."""
 
-    def __init__(self, topology, name: str, topic: str, key_serde, value_serde, where: str):
+    def __init__(self, topology, name: str, topic: str, key_serde, value_serde, where: str,
+                 partitioner: str = "murmur2"):
         self.topology = topology
         self.name = name
         self.topic = topic
         self.key_serde = key_serde
         self.value_serde = value_serde
         self.where = where
+        self.partitioner = partitioner
 
     def __repr__(self):
         return f"GlobalTable({self.name!r}, topic={self.topic!r})"

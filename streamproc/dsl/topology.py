@@ -38,24 +38,31 @@ class Topology:
         self.nodes.append(node)
         return node
 
-    def stream(self, topic: str, *, key=None, value=None, timestamp=None, on_error: str = "fail"):
+    def stream(self, topic: str, *, key=None, value=None, timestamp=None, on_error: str = "fail",
+               partitioner: str = "murmur2"):
         """A stream of the records of ``topic``.
 
         ``key``/``value`` are serdes (default ``Bytes``); ``timestamp(key, value, record_ts) -> ms``
         extracts event time (default: the record's timestamp). ``on_error`` is the policy for a
         record that fails to deserialize: ``fail`` (stop), ``skip`` (count and log) or
-        ``dead-letter`` (to ``<app-id>-dlq``).
+        ``dead-letter`` (to ``<app-id>-dlq``). ``partitioner`` says how the topic's producers place
+        keys: ``"murmur2"`` (Java clients; librdkafka ``murmur2``/``murmur2_random``) or ``"crc32"``
+        (librdkafka ``consistent``/``consistent_random``, confluent-kafka's default); joins, key
+        lookups and the test driver place keys the same way.
         """
         from .stream import Stream
 
-        node = self._source_node("stream", topic, key, value, timestamp, on_error, kind="source")
+        node = self._source_node("stream", topic, key, value, timestamp, on_error, kind="source",
+                                 partitioner=partitioner)
         return Stream(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
 
-    def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: str) -> Node:
+    def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: str,
+                     partitioner: str = "murmur2") -> Node:
         from .. import serdes
 
         if not isinstance(topic, str) or not topic:
             raise TopologyError(f"{call}() needs a topic name, got {topic!r}")
+        _check_partitioner(partitioner, call, topic)
         if on_error not in ("fail", "skip", "dead-letter"):
             raise TopologyError(f"on_error must be 'fail', 'skip' or 'dead-letter', got {on_error!r}")
         if timestamp is not None and not callable(timestamp):
@@ -72,22 +79,27 @@ class Topology:
             "value_serde": value or serdes.Bytes(),
             "timestamp": timestamp,
             "on_error": on_error,
+            "partitioner": partitioner,
         })
 
-    def table(self, topic: str, *, key=None, value=None, name: str | None = None, on_error: str = "fail"):
+    def table(self, topic: str, *, key=None, value=None, name: str | None = None, on_error: str = "fail",
+              partitioner: str = "murmur2"):
         """The latest value per key of ``topic`` as a ``Table`` (a ``None`` value deletes the key).
 
         The topic is the table store's changelog: no other topic is written, and a restore reads
         the topic itself up to the committed offset. It should be compacted (``run`` warns if not).
-        ``name`` names the store (default: the topic name). ``on_error`` as for :meth:`stream`.
+        ``name`` names the store (default: the topic name). ``on_error`` and ``partitioner`` as for
+        :meth:`stream`.
         """
         from .table import Table
 
-        node = self._source_node("table", topic, key, value, None, on_error, kind="table_source")
+        node = self._source_node("table", topic, key, value, None, on_error, kind="table_source",
+                                 partitioner=partitioner)
         node.params["store"] = name
         return Table(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
 
-    def global_table(self, topic: str, *, key=None, value=None, name: str | None = None):
+    def global_table(self, topic: str, *, key=None, value=None, name: str | None = None,
+                     partitioner: str = "murmur2"):
         """A table of ``topic`` that every task holds whole, all partitions, for ``stream.join(table, key=...)``.
 
         Each worker keeps it in one store (default name: the topic name), reads the topic to its end
@@ -98,6 +110,7 @@ class Topology:
 
         if not isinstance(topic, str) or not topic:
             raise TopologyError(f"global_table() needs a topic name, got {topic!r}")
+        _check_partitioner(partitioner, "global_table", topic)
         for what, s in (("key", key), ("value", value)):
             if s is not None and not isinstance(s, serdes.Serde):
                 raise TopologyError(
@@ -110,9 +123,19 @@ class Topology:
         for g in self.global_tables:
             if g.topic == topic:
                 raise TopologyError(f"topic {topic!r} is read twice as a global table ({g.where} and {where})")
-        g = GlobalTable(self, name or topic, topic, key or serdes.Bytes(), value or serdes.Bytes(), where)
+        g = GlobalTable(self, name or topic, topic, key or serdes.Bytes(), value or serdes.Bytes(), where,
+                        partitioner)
         self.global_tables.append(g)
         return g
 
     def __repr__(self):
         return f"Topology({self.app_id!r}, {len(self.nodes)} nodes)"
+
+
+def _check_partitioner(partitioner, call: str, topic) -> None:
+    from ..partitioner import check_partitioner
+
+    try:
+        check_partitioner(partitioner)
+    except ValueError as e:
+        raise TopologyError(f"{call}({topic!r}): {e}") from None

@@ -70,10 +70,11 @@ class TaskContext:
     pending: dict = field(default_factory=dict)        # drops of the open checkpoint
     examples: dict = field(default_factory=dict)       # (reason, operator) -> "topic[p]@offset" of one drop
     dead_letters: list = field(default_factory=list)   # DeadLetter records (dead-letter policy)
-    outputs: list = field(default_factory=list)        # (topic, key_bytes, value_bytes, timestamps[, headers])
+    outputs: list = field(default_factory=list)        # (topic, keys, values, timestamps[, headers[, partitions]])
     views: dict = field(default_factory=dict)          # table node id -> TableView (operators.table)
     globals: dict = field(default_factory=dict)        # global table name -> GlobalStore (lookups)
     on_processing_error: str = "fail"
+    partition_count: object = None     # callable(topic) -> its number of partitions (the feeder knows)
     source: object = None      # the input being processed: (RawBatch, kept raw indices or None), or an object
                                # whose locate(seq) gives (RawBatch, index) (several inputs merged)
 

@@ -184,12 +184,17 @@ class SinkOp(Operator):
         p = self.node.params
         topic = p["topic"]
         if self.node.kind == "repartition_sink":
+            where = f" (defined at {self.node.where})" if self.node.where else ""
             try:
                 kb, vb = codec.encode_keys(b.keys), codec.encode_values(b.values)
             except CodecError as e:
-                where = f" (defined at {self.node.where})" if self.node.where else ""
                 raise CodecError(f"the record cannot be written to repartition topic {topic!r}{where}: "
                                  f"{e.reason}") from None
+            placement = p["placement"]
+            if not placement.by_producer:           # placed like the source topic it meets (plan.placement)
+                parts = placement.partitions(b.keys, self.ctx.partition_count(topic), where=where)
+                self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist(), None, parts))
+                return None
         else:
             try:
                 kb = p["key_serde"].serialize_many(b.keys)

@@ -13,6 +13,7 @@ from ..dsl import Topology
 from ..errors import TopologyError
 from ..fingerprint import digest
 from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology, TableSource
+from .placement import check_join_inputs, placements
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -57,7 +58,8 @@ def compile_topology(topology: Topology) -> Plan:
             params["stores"] = [store]
         elif n.kind == "table_source":
             name = c.store_name(params.get("store"), params["topic"], n.where)
-            src = TableSource(params["topic"], params["key_serde"], params["value_serde"], params["on_error"])
+            src = TableSource(params["topic"], params["key_serde"], params["value_serde"], params["on_error"],
+                              params.get("partitioner", "murmur2"))
             store = _table_store(name, src, n.id)
             c.add_store(store, n.where, "table(..., name=...)")
             params["store"] = store
@@ -70,7 +72,7 @@ def compile_topology(topology: Topology) -> Plan:
     subs = _split(all_nodes)
     for st in subs:
         st.on_processing_error = topology.on_processing_error
-    return Plan(
+    plan = Plan(
         app_id=c.app,
         subtopologies=subs,
         source_topics=[n.params["topic"] for n in all_nodes if n.kind in ("source", "table_source")],
@@ -84,6 +86,12 @@ def compile_topology(topology: Topology) -> Plan:
         global_tables=[_global_store(g) for g in topology.global_tables],
         on_processing_error=topology.on_processing_error,
     )
+    check_join_inputs(plan)
+    plan.placements = placements(plan)
+    for n in c.extra:
+        if n.kind == "repartition_sink":
+            n.params["placement"] = plan.placements[n.params["topic"]]
+    return plan
 
 
 class _Names:
@@ -174,7 +182,8 @@ def _table_store(name: str, src: TableSource, node_id: int, generated: bool = Fa
 
 
 def _global_store(g) -> StoreSpec:
-    return _table_store(g.name, TableSource(g.topic, g.key_serde, g.value_serde), -1)
+    return _table_store(g.name, TableSource(g.topic, g.key_serde, g.value_serde,
+                                            partitioner=getattr(g, "partitioner", "murmur2")), -1)
 
 
 def _policy_upstream(node) -> str:

@@ -14,11 +14,14 @@ def node_detail(n: PlanNode) -> str:
     p = n.params
     if n.kind == "source":
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}" + (
-            "  timestamp=extractor" if p.get("timestamp") else "") + (
+            "  timestamp=extractor" if p.get("timestamp") else "") + _partitioner(p) + (
             f"  on_error={p['on_error']}" if p.get("on_error", "fail") != "fail" else "")
     if n.kind == "sink":
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}"
-    if n.kind in ("repartition_sink", "repartition_source"):
+    if n.kind == "repartition_sink":
+        return (p["topic"] + (_GENERATED if p.get("generated_name") else "")
+                + (f"  partitioned {p['placement'].describe()}" if p.get("placement") else ""))
+    if n.kind == "repartition_source":
         return p["topic"] + (_GENERATED if p.get("generated_name") else "")
     if n.kind == "aggregate":
         store = p["store"]
@@ -28,8 +31,8 @@ def node_detail(n: PlanNode) -> str:
                 f"store={store.name}{_GENERATED if store.generated_name else ''} changelog={store.changelog}")
     if n.kind == "table_source":
         store = p["store"]
-        return (f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}  store={store.name}  "
-                f"(the topic is the store's changelog)")
+        return (f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}{_partitioner(p)}  "
+                f"store={store.name}  (the topic is the store's changelog)")
     if n.kind == "join":
         return _join_detail(n)
     if n.kind == "branch":
@@ -38,6 +41,10 @@ def node_detail(n: PlanNode) -> str:
         return f"#{p['index']}"
     fn = p.get("fn")
     return getattr(fn, "__name__", "") if fn is not None else ""
+
+
+def _partitioner(p: dict) -> str:
+    return f"  partitioner={p['partitioner']}" if p.get("partitioner", "murmur2") != "murmur2" else ""
 
 
 def _join_detail(n: PlanNode) -> str:
@@ -103,7 +110,8 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
         globs = root.add(Text("Global tables (every worker holds all partitions)", style="bold"))
         for g in plan.global_tables:
             globs.add(f"{g.name}  topic={g.source.topic}  key={g.source.key_serde.name} "
-                      f"value={g.source.value_serde.name}")
+                      f"value={g.source.value_serde.name}"
+                      + (f"  partitioner={g.source.partitioner}" if g.source.partitioner != "murmur2" else ""))
     return root
 
 
@@ -137,6 +145,7 @@ def to_dict(plan: Plan) -> dict:
              "generated_name": s.generated_name}
             for s in plan.stores
         ],
+        "partitioning": {t: pl.describe() for t, pl in plan.placements.items()},
         "generated_names": [{"what": g.what, "name": g.name, "defined_at": g.where}
                             for g in plan.generated_names],
         "global_tables": [{"name": g.name, "topic": g.source.topic, "fingerprint": g.fingerprint}

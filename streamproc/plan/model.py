@@ -51,6 +51,7 @@ class TableSource:
     key_serde: object
     value_serde: object
     on_error: str = "fail"
+    partitioner: str = "murmur2"
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Plan:
     generated_names: list["GeneratedName"] = field(default_factory=list)
     global_tables: list[StoreSpec] = field(default_factory=list)   # kind "table", one store per worker
     on_processing_error: str = "fail"
+    placements: dict = field(default_factory=dict)     # input topic -> Placement (plan.placement)
 
     @property
     def changelog_topics(self) -> list[str]:
@@ -120,6 +122,10 @@ class Plan:
     def copartition_groups(self) -> list[list[str]]:
         """Input topics that must have equal partition counts (they feed the same stateful tasks)."""
         return [st.input_topics for st in self.subtopologies if st.stateful and len(st.input_topics) > 1]
+
+    def placement(self, topic: str):
+        """How the records of input or repartition topic ``topic`` are partitioned (``plan.placement``)."""
+        return self.placements[topic]
 
     def subtopology_of(self, topic: str) -> SubTopology:
         for st in self.subtopologies:

@@ -10,10 +10,10 @@ path: a background thread catches up every :data:`CATCH_UP_S` the views queried 
 A read therefore sees the committed state of at most ``CATCH_UP_S`` (0.5 s) ago. With
 ``--state-backend memory`` there is nothing on disk to follow: stores answer 503 and say so.
 
-Routing. A key lives in the task whose input partition it was hashed to: the store's
-sub-topology reads either a repartition topic (keys in the internal codec) or a source topic
-(keys in the source's serde), partitioned by Kafka's murmur2 partitioner. :meth:`Stores.task_of`
-gives that task; the instance directory (``directory.py``) gives the instance running it.
+Routing. A key lives in the task whose input partition it was placed in: every input of a
+store's sub-topology places a key alike, by the rule of ``plan.placement`` (a source topic's key
+serde and declared partitioner; a repartition topic's, that of the source topic it meets, or
+murmur2 of the internal codec). :meth:`Stores.task_of` gives that task; the instance directory (``directory.py``) gives the instance running it.
 
 Keys in URLs: a string key as it is; any other key as JSON (``/stores/counts/42`` finds the
 string ``"42"`` first, then the int ``42``). Values are shown as the operators emit them
@@ -31,7 +31,6 @@ import time
 import orjson
 
 from ..errors import SerdeError, StreamprocError
-from ..partitioner import partition_for
 from ..state import codec
 
 log = logging.getLogger("streamproc.queries")
@@ -129,16 +128,12 @@ class Stores:
         if not n:
             raise QueryError(503, f"the partition count of store {store!r} is not known yet")
         try:
-            if st.repartition_sources:
-                kb = codec.encode_key(key)
-            else:
-                node = next(x for x in st.nodes if x.kind in ("source", "table_source"))
-                kb = node.params["key_serde"].serialize(key)
+            partition = self.plan.placement(st.input_topics[0]).partition_of(key, n)
         except SerdeError:      # not a key this store can hold (its input's serde refuses it)
             raise QueryError(404, f"{to_json_key(key)!r} cannot be a key of store {store!r}") from None
-        if kb is None:
+        if partition is None:
             raise QueryError(404, f"store {store!r} holds no None key")
-        return st.id, partition_for(kb, n)
+        return st.id, partition
 
     # ------------------------------------------------------------------ reads
     def _view(self, task: tuple) -> "_View":

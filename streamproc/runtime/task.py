@@ -24,13 +24,17 @@ _SOURCE_KINDS = ("source", "table_source", "repartition_source")
 
 
 class Task:
-    def __init__(self, subtopology, partition: int, backend: Backend, globals: dict | None = None):
+    def __init__(self, subtopology, partition: int, backend: Backend, globals: dict | None = None,
+                 partition_count=None):
+        """``partition_count(topic)``: how many partitions an output topic has (a repartition topic placed
+        like a source topic needs it, see ``plan.placement``)."""
         self.subtopology = subtopology
         self.partition = partition
         self.id = f"{subtopology.id}_{partition}"
         self.state = TaskState(backend, [s.name for s in subtopology.stores])
         self.ctx = TaskContext(self.id, partition, self.state, globals=globals if globals is not None else {},
-                               on_processing_error=getattr(subtopology, "on_processing_error", "fail"))
+                               on_processing_error=getattr(subtopology, "on_processing_error", "fail"),
+                               partition_count=partition_count)
         self._nodes = subtopology.nodes
         self._ops = {n.id: make_operator(n, self.ctx) for n in self._nodes}
         self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in _SOURCE_KINDS}
@@ -42,8 +46,8 @@ class Task:
     def process(self, raw: RawBatch) -> list[tuple]:
         """Run one input batch through the sub-topology.
 
-        Returns the produced records as ``(topic, keys, values, timestamps)`` column groups
-        (keys/values serialized). Dead-letter records collect in ``ctx.dead_letters``.
+        Returns the produced records as ``(topic, keys, values, timestamps[, headers[, partitions]])``
+        column groups (keys/values serialized; ``partitions`` where the plan places records itself). Dead-letter records collect in ``ctx.dead_letters``.
         """
         src = self._source_of[raw.topic]
         op = self._ops[src]

@@ -72,10 +72,13 @@ class ManagedTask:
 class TaskManager:
     """The tasks of one worker. ``backend_factory(subtopology, partition)`` opens a backend;
     ``keep_suspended(backend)`` says whether a revoked task's backend is kept open (memory);
-    ``global_stores``: the worker's global tables by name, handed to every task it builds."""
+    ``global_stores``: the worker's global tables by name, handed to every task it builds;
+    ``partition_count(topic)``: the partition count of an output topic, handed to every task."""
 
-    def __init__(self, subtopology_of_topic: dict, backend_factory, keep_suspended, global_stores: dict | None = None):
+    def __init__(self, subtopology_of_topic: dict, backend_factory, keep_suspended, global_stores: dict | None = None,
+                 partition_count=None):
         self._st_of_topic = subtopology_of_topic
+        self._partition_count = partition_count
         self._open_backend = backend_factory
         self._keep = keep_suspended
         self._globals = global_stores if global_stores is not None else {}   # shared by every task
@@ -160,7 +163,7 @@ class TaskManager:
 
     def _build(self, mt: ManagedTask) -> None:
         self._move(mt, Phase.RUNNING)
-        mt.task = Task(mt.subtopology, mt.partition, mt.backend, self._globals)
+        mt.task = Task(mt.subtopology, mt.partition, mt.backend, self._globals, self._partition_count)
         mt.task.ctx.metrics = self._metrics.setdefault(mt.key, {})
 
     def rebuild(self, keys) -> None:

@@ -72,7 +72,8 @@ class TopologyTestDriver:
         key = (st.id, partition)
         t = self._tasks.get(key)
         if t is None:
-            t = self._tasks[key] = Task(st, partition, MemoryBackend(), globals=self._globals)
+            t = self._tasks[key] = Task(st, partition, MemoryBackend(), globals=self._globals,
+                                        partition_count=self._partitions.__getitem__)
         return t
 
     # -- input --------------------------------------------------------------------------
@@ -97,15 +98,21 @@ class TopologyTestDriver:
                 raise StreamprocError(f"negative timestamp {ts}: timestamps are epoch milliseconds >= 0")
             self._last_ts = ts
             kb, vb = kser.serialize(key), vser.serialize(value)
-            per_partition.setdefault(self._partition(kb, n), []).append((kb, vb, ts))
+            per_partition.setdefault(self._partition(topic, kb, n), []).append((kb, vb, ts))
         for p, recs in per_partition.items():
             self._deliver(topic, p, recs)
 
-    def _partition(self, key_bytes, n: int) -> int:
+    def _partition(self, topic: str, key_bytes, n: int, given: int = -1) -> int:
+        """Where a producer puts a record of ``topic``: ``given`` (chosen by a repartition sink, see
+        ``plan.placement``), else the topic's partitioner over the record's key bytes; a null key
+        goes round robin."""
+        if given >= 0:
+            return given
         if key_bytes is None:
             self._null_key_rr += 1
             return (self._null_key_rr - 1) % n
-        return partition_for(key_bytes, n)
+        placement = self.plan.placements.get(topic)
+        return partition_for(key_bytes, n, placement.partitioner if placement is not None else "murmur2")
 
     def _deliver(self, topic: str, partition: int, recs: list) -> None:
         off = self._offsets.get((topic, partition), 0)
@@ -131,14 +138,16 @@ class TopologyTestDriver:
             self._dead.append(dl)
         self._produced += len(task.ctx.dead_letters)
         task.ctx.dead_letters.clear()
-        for out_topic, kb, vb, ts, *_ in produced:
+        for out in produced:
+            out_topic, kb, vb, ts = out[:4]
             if out_topic not in self.plan.repartition_topics:
                 self._produced += len(kb)
             if out_topic in self.plan.repartition_topics:
                 n = self._partitions[out_topic]
+                parts = out[5] if len(out) > 5 else [-1] * len(kb)
                 by_p: dict[int, list] = {}
-                for rec in zip(kb, vb, ts):
-                    by_p.setdefault(self._partition(rec[0], n), []).append(rec)
+                for rec, given in zip(zip(kb, vb, ts), parts):
+                    by_p.setdefault(self._partition(out_topic, rec[0], n, given), []).append(rec)
                 for p, rs in by_p.items():
                     self._deliver(out_topic, p, rs)
             else:
@@ -148,7 +157,8 @@ class TopologyTestDriver:
         """Discard what a failed batch did to ``task`` (state, stream time, pending counts)."""
         task.state.discard()
         key = (task.subtopology.id, task.partition)
-        fresh = self._tasks[key] = Task(task.subtopology, task.partition, task.state.backend, globals=self._globals)
+        fresh = self._tasks[key] = Task(task.subtopology, task.partition, task.state.backend, globals=self._globals,
+                                        partition_count=self._partitions.__getitem__)
         fresh.ctx.metrics = task.ctx.metrics
 
     # -- output -------------------------------------------------------------------------
