@@ -30,7 +30,7 @@ log = logging.getLogger("streamproc.status")
 #: Seconds between two status lines when stderr is not a terminal.
 STATUS_INTERVAL_S = 30.0
 
-_COUNTERS = ("consumed", "produced", "drops")
+_COUNTERS = ("consumed", "produced", "drops", "misplaced")
 _SCALARS = ("checkpoints", "rollbacks", "duration_sum")
 
 
@@ -216,7 +216,7 @@ class Observer:
 
 
 def _empty() -> dict:
-    return {"consumed": {}, "produced": {}, "drops": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
+    return {"consumed": {}, "produced": {}, "drops": {}, "misplaced": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
             "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "last_checkpoint_ms": None, "lag": {}, "assigned": 0,
             "tasks": {}, "restore": {}, "store_keys": {}, "task_keys": []}
 
@@ -244,6 +244,9 @@ class _Collector:
         produced = counter("streamproc_records_produced", "Records produced and committed.", ["topic"])
         dropped = counter("streamproc_records_dropped", "Records dropped, by reason and operator.",
                           ["reason", "operator"])
+        misplaced = counter("streamproc_records_misplaced",
+                            "Source records found in another partition than their key's under the declared "
+                            "partitioner (sampled check: a lower bound).", ["topic"])
         ckpts = counter("streamproc_checkpoints", "Checkpoints committed.", [])
         rollbacks = counter("streamproc_checkpoint_rollbacks", "Checkpoints rolled back.", [])
         restarts_f = counter("streamproc_worker_restarts", "Times the worker process was restarted.", [])
@@ -264,6 +267,8 @@ class _Collector:
                 produced.add_metric([w, t], n)
             for (reason, op), n in s["drops"].items():
                 dropped.add_metric([w, reason, op], n)
+            for t, n in s.get("misplaced", {}).items():
+                misplaced.add_metric([w, t], n)
             ckpts.add_metric([w], s["checkpoints"])
             rollbacks.add_metric([w], s["rollbacks"])
             restarts_f.add_metric([w], restarts.get(i, 0))
@@ -282,5 +287,5 @@ class _Collector:
             assigned.add_metric([w], s["assigned"])
             for phase, n in s["tasks"].items():
                 tasks.add_metric([w, phase], n)
-        return [consumed, produced, dropped, ckpts, rollbacks, restarts_f, restored, duration, lag, remaining,
+        return [consumed, produced, dropped, misplaced, ckpts, rollbacks, restarts_f, restored, duration, lag, remaining,
                 keys, assigned, tasks]

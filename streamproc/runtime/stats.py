@@ -34,6 +34,7 @@ class WorkerStats:
         self.consumed: dict = {}          # (topic, partition) -> committed records
         self.produced: dict = {}          # topic -> committed records
         self.drops: dict = {}             # (reason, operator) -> committed records
+        self.misplaced: dict = {}         # topic -> records found in the wrong partition (runtime/misplaced.py)
         self._consumed: dict = {}         # pending (open checkpoint)
         self._produced: dict = {}
         self.checkpoints = 0
@@ -109,6 +110,7 @@ class WorkerStats:
         return {
             "worker": self.worker,
             "consumed": dict(self.consumed), "produced": dict(self.produced), "drops": dict(self.drops),
+            "misplaced": dict(self.misplaced),
             "checkpoints": self.checkpoints, "rollbacks": self.rollbacks,
             "buckets": list(self.buckets), "duration_sum": self.duration_sum,
             "last_checkpoint_ms": self.last_checkpoint_ms,

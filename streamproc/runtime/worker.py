@@ -42,6 +42,7 @@ from ..operators.base import counts_by_name
 from ..state import MemoryBackend
 from . import checkpoint as cp
 from ._config import RunOptions
+from .misplaced import MisplacedCheck
 from .checkpoint import Checkpoint
 from .globals import GlobalTables
 from .restore import Restorer
@@ -113,9 +114,12 @@ class Worker:
         self.global_stores: dict = {}                   # name -> GlobalStore, filled when the worker opens
         self.globals: GlobalTables | None = None
         self.task_manager = TaskManager(st_of_topic, backend_factory or self._default_backend,
-                                        self._keep_when_revoked, self.global_stores)
+                                        self._keep_when_revoked, self.global_stores, self.partition_count)
+        self._partition_counts: dict[str, int] = {}
         self.ckpt = Checkpoint(options.commit_interval_s, txn_budget_s=DEFAULT_TRANSACTION_TIMEOUT_MS / 2000)
         self.stats = WorkerStats(self.id)
+        self.misplaced = MisplacedCheck(plan, self.partition_count, self.id)
+        self.stats.misplaced = self.misplaced.counts          # the same dict: counted as checked
         self._report = report                            # callable(snapshot): to the supervisor
         self._observe_at = 0.0
         self._to_restore: list = []                      # ManagedTasks whose restore is not started yet
@@ -564,6 +568,7 @@ class Worker:
             if mgr.running(key) is None:
                 self._dropped.add(tp)        # restoring, or revoked: re-read from the committed offset
                 continue
+            self.misplaced.check(tp[0], tp[1], cols[0])
             by_task.setdefault(key, []).append((tp, cols))
         for key, items in by_task.items():
             task = mgr.running(key)
@@ -578,7 +583,11 @@ class Worker:
             stats = self.stats
             for out in produced:
                 out_topic, kb, vb, ts = out[:4]
-                if len(out) > 4:                       # records with headers (late records)
+                if len(out) > 5:                       # records placed by the plan (plan.placement)
+                    parts = out[5]
+                    for i in range(len(kb)):
+                        self.produce(out_topic, vb[i], kb[i], partition=parts[i], timestamp=ts[i])
+                elif len(out) > 4:                     # records with headers (late records)
                     for i in range(len(kb)):
                         self.produce(out_topic, vb[i], kb[i], timestamp=ts[i], headers=out[4][i])
                 else:
@@ -620,6 +629,18 @@ class Worker:
                     g.append(m)
         return {tp: ([m.key() for m in g], [m.value() for m in g], [m.timestamp()[1] for m in g],
                      [m.offset() for m in g]) for tp, g in by_tp.items()}
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` (an output of this worker's tasks) has, from the cluster's metadata
+        (asked once per topic: ``run`` created or checked every internal topic before the workers started)."""
+        n = self._partition_counts.get(topic)
+        if n is None:
+            t = self.producer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
+            if t is None or t.error is not None or not t.partitions:
+                raise cp.FatalKafkaError(f"topic {topic!r} has no partitions in the cluster's metadata "
+                                         f"({t.error if t is not None else 'unknown topic'}); was it deleted?")
+            n = self._partition_counts[topic] = len(t.partitions)
+        return n
 
     def _produce_fast(self, topic, value, key, ts) -> None:
         try:
