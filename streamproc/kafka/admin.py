@@ -6,13 +6,20 @@ is wrong and what to do about it.
 Metadata is always read with a full listing (``list_topics()`` without a topic):
 a metadata request naming a missing topic can make a broker with
 ``auto.create.topics.enable=true`` create it with default settings.
+
+Every request retries a transient refusal (a leader not yet elected, a topic not yet
+in every broker's metadata, a timeout, a controller move) for up to the call's
+``timeout_s`` with :func:`streamproc.kafka.retry.retrying`; a topic another instance
+creates at the same moment (``TOPIC_ALREADY_EXISTS``) is validated like any existing
+one. Anything else fails at once.
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
@@ -20,8 +27,14 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from streamproc.errors import BrokerError
 
 from .config import admin_config
+from .retry import Pending, RetriesExhausted, describe, is_retriable, is_retriable_error, kafka_error, retrying
 
-#: Default bound for one admin round trip (seconds).
+T = TypeVar("T")
+
+log = logging.getLogger("streamproc.kafka")
+
+#: Default bound (seconds) of each step (a listing, a creation, the wait for new topics' leaders, a
+#: config read), transient refusals retried within it.
 DEFAULT_TIMEOUT_S = 30.0
 
 
@@ -47,51 +60,165 @@ def _bootstrap_of(admin: AdminClient) -> str:
     return getattr(admin, "_streamproc_bootstrap", None) or "the configured bootstrap servers"
 
 
-def _kafka_error(exc: BaseException) -> KafkaError | None:
-    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
-        return exc.args[0]
-    return None
+_kafka_error = kafka_error
+_describe_exc = describe
 
 
-def _describe_exc(exc: BaseException) -> str:
-    err = _kafka_error(exc)
-    if err is not None:
-        return f"{err.name()}: {err.str()}"
-    return str(exc) or type(exc).__name__
+def _attempt_s(timeout_s: float) -> float:
+    """The timeout of one request within a retried step of ``timeout_s`` (several attempts fit)."""
+    return max(1.0, min(10.0, timeout_s / 3))
+
+
+def _retry(admin: AdminClient, what: str, fn: Callable[[], T], timeout_s: float) -> T:
+    """:func:`retrying` with this cluster's address in the message; a non-retriable ``KafkaException``
+    the step did not turn into a ``BrokerError`` itself becomes one (``Kafka at X refused to <what>``)."""
+    try:
+        return retrying(what, fn, timeout_s, where=_bootstrap_of(admin))
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka at {_bootstrap_of(admin)} refused to {what}: {describe(exc)}") from exc
+
+
+def _list_once(admin: AdminClient, timeout_s: float) -> dict[str, Any]:
+    """One full metadata listing: ``{topic: TopicMetadata}`` without the topics the broker reports unknown."""
+    md = admin.list_topics(timeout=timeout_s)
+    return {name: tmd for name, tmd in md.topics.items()
+            if tmd.error is None or tmd.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
+def _metadata(admin: AdminClient, timeout_s: float) -> dict[str, Any]:
+    """Every topic of the cluster (``{name: TopicMetadata}``), the listing retried for up to ``timeout_s``."""
+    return _retry(admin, "answer a metadata request (the list of topics)",
+                  lambda: _list_once(admin, _attempt_s(timeout_s)), timeout_s)
 
 
 def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, int]:
     """Partition count of every topic in the cluster (a full metadata listing)."""
-    try:
-        md = admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerError(
-            f"could not read topic metadata from Kafka at {_bootstrap_of(admin)} "
-            f"within {timeout_s:g} s: {_describe_exc(exc)}") from exc
-    counts: dict[str, int] = {}
-    for name, tmd in md.topics.items():
-        if tmd.error is not None and tmd.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            continue
-        counts[name] = len(tmd.partitions)
-    return counts
+    return {name: len(tmd.partitions) for name, tmd in _metadata(admin, timeout_s).items()}
+
+
+def _unready(admin: AdminClient, name: str, tmd: Any, want: int | None, leaders: bool) -> str | None:
+    """What keeps topic ``name`` (its metadata ``tmd``, None if not listed) from being usable yet, or None.
+
+    ``want``: the partition count it must list (None: any, but at least one); ``leaders``: every
+    partition must have a leader. A topic-level error that is not transient (e.g. not authorized)
+    raises ``BrokerError`` at once.
+    """
+    if tmd is None:
+        return f"topic {name!r} not in its metadata yet"
+    if tmd.error is not None:
+        if is_retriable_error(tmd.error):
+            return f"topic {name!r} reported as {tmd.error.name()} ({tmd.error.str()})"
+        raise BrokerError(f"Kafka at {_bootstrap_of(admin)} reports topic {name!r} as {tmd.error.name()}: "
+                          f"{tmd.error.str()}. Check that the client may describe it (ACLs).")
+    n = len(tmd.partitions)
+    if n == 0 or (want is not None and n < want):
+        return f"topic {name!r} listing {n} partition(s)" + (f" of {want}" if want is not None else "")
+    if leaders:
+        leaderless = sorted(p for p, pmd in tmd.partitions.items()
+                            if pmd.leader < 0 or (pmd.error is not None and pmd.error.code() in (
+                                KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION)))
+        if leaderless:
+            shown = ", ".join(str(p) for p in leaderless[:8]) + (", ..." if len(leaderless) > 8 else "")
+            return f"topic {name!r} without a leader for partition(s) {shown}"
+    return None
+
+
+def _wait_for_partitions(admin: AdminClient, expected: Mapping[str, int | None], timeout_s: float, *,
+                         leaders: bool = True, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Wait until the topics of ``expected`` (``{name: partition count, or None for any}``) are listed with
+    their partitions and (``leaders``) a leader for each: freshly created topics, by this instance or a
+    concurrent one, take a moment to reach every broker's metadata and elect their leaders.
+
+    ``known``: a listing already read (no request when it shows them all ready). Returns the
+    newest listing (``{name: TopicMetadata}``)."""
+    if not expected:
+        return dict(known or {})
+    if known is not None and not any(_unready(admin, n, known.get(n), w, leaders) for n, w in expected.items()):
+        return dict(known)
+
+    def check() -> dict[str, Any]:
+        topics = _list_once(admin, _attempt_s(timeout_s))
+        problems = [why for n, w in expected.items() if (why := _unready(admin, n, topics.get(n), w, leaders))]
+        if problems:
+            raise Pending("; ".join(problems))
+        return topics
+
+    names = ", ".join(repr(n) for n in sorted(expected))
+    return _retry(admin, f"list topic(s) {names} with their partitions"
+                  + (" and a leader for each" if leaders else ""), check, timeout_s)
+
+
+def _create(admin: AdminClient, new_topics: list[NewTopic], timeout_s: float) -> tuple[list[str], list[str]]:
+    """Create topics; returns (created, already_existing). Transient refusals are retried, others raise.
+
+    A topic another instance created concurrently (``TOPIC_ALREADY_EXISTS``) counts as existing:
+    the caller validates it like any existing topic. So does one whose creation timed out on a
+    first attempt and turned out to exist on the next.
+    """
+    if not new_topics:
+        return [], []
+    todo = {t.topic: t for t in new_topics}
+    created: list[str] = []
+    existing: list[str] = []
+    op_s = _attempt_s(timeout_s)
+
+    def attempt() -> None:
+        futures = admin.create_topics(list(todo.values()), operation_timeout=op_s, request_timeout=op_s + 5)
+        failures, transient = [], None
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                created.append(name)
+                del todo[name]
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    existing.append(name)  # created concurrently by another instance
+                    del todo[name]
+                elif is_retriable(exc):
+                    transient = transient or exc
+                else:
+                    failures.append(f"{name!r} ({describe(exc)})")
+        if failures:
+            raise BrokerError(
+                f"Kafka at {_bootstrap_of(admin)} refused to create topic(s) {', '.join(failures)}. "
+                "Check that the client may create topics (ACLs) and that the partition count "
+                "and replication factor are allowed by the cluster.")
+        if transient is not None:
+            raise transient
+
+    _retry(admin, f"create topic(s) {', '.join(repr(n) for n in todo)}", attempt, timeout_s)
+    return created, existing
 
 
 def _topic_configs(admin: AdminClient, names: Iterable[str], timeout_s: float) -> dict[str, dict[str, str]]:
     """The topic configs the broker reports for each name (empty dict if none)."""
-    names = list(names)
-    if not names:
+    todo = list(dict.fromkeys(names))
+    if not todo:
         return {}
-    resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
-    futures = admin.describe_configs(resources, request_timeout=timeout_s)
     out: dict[str, dict[str, str]] = {}
-    for res, fut in futures.items():
-        try:
-            entries = fut.result()
-        except KafkaException as exc:
-            raise BrokerError(
-                f"could not read the configuration of topic {res.name!r} from Kafka at "
-                f"{_bootstrap_of(admin)}: {_describe_exc(exc)}") from exc
-        out[res.name] = {k: v.value for k, v in entries.items() if v.value is not None}
+
+    def attempt() -> None:
+        resources = [ConfigResource(ResourceType.TOPIC, n) for n in todo]
+        futures = admin.describe_configs(resources, request_timeout=_attempt_s(timeout_s))
+        transient = None
+        for res, fut in futures.items():
+            try:
+                entries = fut.result()
+            except KafkaException as exc:
+                if is_retriable(exc):      # e.g. a topic just created, not yet known to the broker asked
+                    transient = transient or exc
+                    continue
+                raise BrokerError(
+                    f"could not read the configuration of topic {res.name!r} from Kafka at "
+                    f"{_bootstrap_of(admin)}: {describe(exc)}") from exc
+            out[res.name] = {k: v.value for k, v in entries.items() if v.value is not None}
+            todo.remove(res.name)
+        if transient is not None:
+            raise transient
+
+    _retry(admin, f"describe the configuration of topic(s) {', '.join(repr(n) for n in todo)}", attempt,
+           timeout_s)
     return out
 
 
@@ -150,46 +277,6 @@ def _check_config(spec: TopicSpec, actual: Mapping[str, str]) -> str | None:
     return None
 
 
-def _wait_for_partitions(admin: AdminClient, expected: Mapping[str, int], timeout_s: float) -> None:
-    """Wait until freshly created topics show up in metadata with their partitions."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        counts = _topic_partitions(admin, max(1.0, min(5.0, deadline - time.monotonic())))
-        pending = [n for n, p in expected.items() if counts.get(n, 0) < p]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise BrokerError(
-                f"Kafka at {_bootstrap_of(admin)} accepted the creation of topic(s) "
-                f"{', '.join(sorted(pending))} but they did not appear in its metadata "
-                f"within {timeout_s:g} s")
-        time.sleep(0.1)
-
-
-def _create(admin: AdminClient, new_topics: list[NewTopic], timeout_s: float) -> tuple[list[str], list[str]]:
-    """Create topics; returns (created, already_existing). Other failures raise."""
-    if not new_topics:
-        return [], []
-    futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
-    created, existing, failures = [], [], []
-    for name, fut in futures.items():
-        try:
-            fut.result()
-            created.append(name)
-        except KafkaException as exc:
-            err = _kafka_error(exc)
-            if err is not None and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                existing.append(name)  # created concurrently by another instance
-            else:
-                failures.append(f"{name!r} ({_describe_exc(exc)})")
-    if failures:
-        raise BrokerError(
-            f"Kafka at {_bootstrap_of(admin)} refused to create topic(s) {', '.join(failures)}. "
-            "Check that the client may create topics (ACLs) and that the partition count "
-            "and replication factor are allowed by the cluster.")
-    return created, existing
-
-
 # --------------------------------------------------------------------------- public API
 
 def make_admin(bootstrap: str, app_id: str | None = None,
@@ -211,28 +298,37 @@ def ensure_internal_topics(admin: AdminClient, specs: Iterable[TopicSpec], *,
     :class:`BrokerError` if an existing topic has a different partition count
     (state would be split differently from its source) or an unsafe
     ``cleanup.policy`` / ``retention.ms``.
+
+    Instances started together all get here: a topic another one creates first
+    (``TOPIC_ALREADY_EXISTS``) is validated like any existing topic. Returns only
+    once every internal topic is listed with a leader for each partition, so the
+    workers do not meet a leader election. Each transient refusal of the cluster is
+    retried for up to ``timeout_s`` (see :mod:`streamproc.kafka.retry`).
     """
     specs = list(specs)
     for spec in specs:
         if spec.partitions < 1:
             raise ValueError(f"internal topic {spec.name!r} needs at least 1 partition, got {spec.partitions}")
-    counts = _topic_partitions(admin, timeout_s)
+    topics = _metadata(admin, timeout_s)
 
-    missing = [s for s in specs if s.name not in counts]
+    missing = [s for s in specs if s.name not in topics]
     created, raced = _create(admin, [
         NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
                  config={k: str(v) for k, v in s.config.items()})
         for s in missing], timeout_s)
-    if created:
-        _wait_for_partitions(admin, {s.name: s.partitions for s in specs if s.name in created}, timeout_s)
     if raced:
-        counts = _topic_partitions(admin, timeout_s)
+        log.info("internal topic(s) %s created by another instance at the same moment: checking them",
+                 ", ".join(raced))
+    # created here: all their partitions; created concurrently or existing: any count (checked below)
+    topics = _wait_for_partitions(admin, {s.name: s.partitions if s.name in created else None for s in specs},
+                                  timeout_s, known=topics)
+    counts = {s.name: len(topics[s.name].partitions) for s in specs}
 
     to_validate = [s for s in specs if s.name not in created]
     problems: list[str] = []
     for spec in to_validate:
-        have = counts.get(spec.name)
-        if have is not None and have != spec.partitions:
+        have = counts[spec.name]
+        if have != spec.partitions:
             problems.append(
                 f"internal topic {spec.name!r} has {have} partition(s) but the topology needs "
                 f"{spec.partitions} (it must match its source topics)")
@@ -264,13 +360,15 @@ def validate_source_topics(admin: AdminClient, topics: Iterable[str],
     Returns ``{topic: partition count}`` for every topic named (sources and
     members of co-partition groups). Raises :class:`BrokerError` naming every
     missing topic, or every group whose topics have different partition counts.
+    A topic listed without partitions or with a transient error (still being
+    created) is waited for, up to ``timeout_s``.
     """
     topics = list(dict.fromkeys(topics))
     groups = [list(dict.fromkeys(g)) for g in co_partition_groups]
     wanted = list(dict.fromkeys([*topics, *(t for g in groups for t in g)]))
-    counts = _topic_partitions(admin, timeout_s)
+    listed = _metadata(admin, timeout_s)
 
-    missing = [t for t in wanted if t not in counts]
+    missing = [t for t in wanted if t not in listed]
     if missing:
         names = ", ".join(repr(t) for t in missing)
         raise BrokerError(
@@ -278,12 +376,8 @@ def validate_source_topics(admin: AdminClient, topics: Iterable[str],
             "Create them with the partition count you want (e.g. kafka-topics --create), "
             "or pass --create-topics to let streamproc create them (development only: it uses "
             "a default partition count).")
-
-    empty = [t for t in wanted if counts[t] == 0]
-    if empty:
-        raise BrokerError(
-            f"topic(s) {', '.join(repr(t) for t in empty)} on Kafka at {_bootstrap_of(admin)} "
-            "report no partitions; the cluster may still be creating them. Retry in a moment.")
+    listed = _wait_for_partitions(admin, dict.fromkeys(wanted), timeout_s, leaders=False, known=listed)
+    counts = {t: len(listed[t].partitions) for t in wanted}
 
     problems = []
     for group in groups:
@@ -296,7 +390,7 @@ def validate_source_topics(admin: AdminClient, topics: Iterable[str],
             "topics that are joined or merged into one state must have the same number of "
             f"partitions (co-partitioning), but: {'; '.join(problems)}. Repartition one side "
             "(e.g. group_by/repartition in the topology, or recreate the topic) so the counts match.")
-    return {t: counts[t] for t in wanted}
+    return counts
 
 
 def create_topics(admin: AdminClient, names: Iterable[str], partitions: int, *,
@@ -304,20 +398,29 @@ def create_topics(admin: AdminClient, names: Iterable[str], partitions: int, *,
                   timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """Create the topics among ``names`` that do not exist yet (the ``--create-topics`` option).
 
-    Existing topics are left alone. Returns the names created by this call.
+    Existing topics are left alone (one created concurrently by another instance too). Returns
+    the names created by this call, once they (and the concurrently created ones) are listed with
+    a leader for each partition.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     names = list(dict.fromkeys(names))
-    counts = _topic_partitions(admin, timeout_s)
-    missing = [n for n in names if n not in counts]
-    created, _ = _create(admin, [
+    listed = _metadata(admin, timeout_s)
+    missing = [n for n in names if n not in listed]
+    created, raced = _create(admin, [
         NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
                  config=dict(config or {}))
         for n in missing], timeout_s)
-    if created:
-        _wait_for_partitions(admin, {n: partitions for n in created}, timeout_s)
+    _wait_for_partitions(admin, {**{n: partitions for n in created}, **dict.fromkeys(raced)}, timeout_s)
     return created
+
+
+def _reachable(exc: BaseException) -> bool:
+    """wait_for_broker's policy: anything but a fatal error may clear up (a broker starting, DNS, ...)."""
+    if isinstance(exc, Pending):
+        return True
+    err = kafka_error(exc)
+    return isinstance(exc, KafkaException) and (err is None or not err.fatal())
 
 
 def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) -> Any:
@@ -350,29 +453,25 @@ def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) ->
     conf["error_cb"] = _on_error
     conf.setdefault("logger", _NullLogger())  # keep librdkafka's retry noise off stderr
     admin = AdminClient(conf)
-
     deadline = time.monotonic() + timeout_s
-    last_exc: BaseException | None = None
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            md = admin.list_topics(timeout=max(0.1, min(2.0, remaining)))
-        except KafkaException as exc:
-            last_exc = exc
-            err = _kafka_error(exc)
-            if err is not None and err.fatal():
-                break
-            admin.poll(0)  # serve error callbacks
-            continue
-        if md.brokers:
-            return md
-        time.sleep(0.1)
 
-    admin.poll(0)
-    reason = _reason(errors, last_exc)
-    raise BrokerError(f"cannot reach Kafka at {bootstrap} after {timeout_s:g} s: {reason}")
+    def attempt() -> Any:
+        try:
+            md = admin.list_topics(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        except KafkaException:
+            admin.poll(0)  # serve error callbacks
+            raise
+        if not md.brokers:
+            raise Pending("no broker in the metadata")
+        return md
+
+    try:
+        return retrying("answer a metadata request", attempt, timeout_s, where=bootstrap, retriable=_reachable)
+    except (RetriesExhausted, KafkaException) as exc:
+        last = exc.last if isinstance(exc, RetriesExhausted) else exc
+        admin.poll(0)
+        reason = _reason(errors, last if isinstance(last, KafkaException) else None)
+        raise BrokerError(f"cannot reach Kafka at {bootstrap} after {timeout_s:g} s: {reason}") from None
 
 
 class _NullLogger:

@@ -19,9 +19,16 @@ import threading
 import time
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from ..errors import BrokerError
+from ..kafka.retry import Pending, is_retriable_error, retrying
 
 log = logging.getLogger("streamproc.directory")
+
+#: How long :meth:`InstanceDirectory.start` waits out a transient refusal (the topic, created just
+#: before by ``run``, not yet in every broker's metadata; a timeout) before start-up fails.
+DEADLINE_S = 30.0
 
 
 def instances_topic(app_id: str) -> str:
@@ -29,8 +36,11 @@ def instances_topic(app_id: str) -> str:
 
 
 class InstanceDirectory:
-    def __init__(self, bootstrap: str, app_id: str, instance: str, url: str, client_config: dict | None = None):
+    def __init__(self, bootstrap: str, app_id: str, instance: str, url: str, client_config: dict | None = None,
+                 deadline_s: float = DEADLINE_S):
         self.topic = instances_topic(app_id)
+        self.bootstrap = bootstrap
+        self.deadline_s = deadline_s
         self.instance = instance
         self.url = url.rstrip("/")
         conf = {"bootstrap.servers": bootstrap, **(client_config or {})}
@@ -46,11 +56,29 @@ class InstanceDirectory:
         self._thread = threading.Thread(target=self._follow, name="streamproc-directory", daemon=True)
 
     def start(self) -> "InstanceDirectory":
-        md = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
-        parts = sorted(md.partitions) if md is not None and md.error is None else [0]
+        try:
+            parts = retrying(f"list the partitions of topic {self.topic!r}", self._partitions, self.deadline_s,
+                             where=self.bootstrap)
+        except KafkaException as e:            # not transient (e.g. not authorized)
+            raise BrokerError(f"cannot read the metadata of topic {self.topic!r} (the directory of instances) "
+                              f"from Kafka at {self.bootstrap}: {e.args[0].str() if e.args else e}") from None
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts])
         self._thread.start()
         return self
+
+    def _partitions(self) -> list[int]:
+        """The topic's partitions (``run`` created it just before: ``Pending`` until every broker lists it)."""
+        md = self._consumer.list_topics(self.topic, timeout=max(1.0, min(10.0, self.deadline_s / 3))).topics.get(
+            self.topic)
+        if md is None or (md.error is not None and md.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            raise Pending(f"topic {self.topic!r} not in the metadata yet")
+        if md.error is not None:
+            if is_retriable_error(md.error):
+                raise Pending(f"topic {self.topic!r} reported as {md.error.name()}")
+            raise KafkaException(md.error)
+        if not md.partitions:
+            raise Pending(f"topic {self.topic!r} listed without partitions")
+        return sorted(md.partitions)
 
     # ------------------------------------------------------------------ writing
     def publish(self, tasks: set) -> None:
