@@ -11,6 +11,12 @@ presents the value as the operators emit it. A table's feed follows its source t
 Events get increasing ids; the last :data:`BUFFER` events are kept so a client reconnecting
 with ``Last-Event-ID`` gets what it missed (an id older than the buffer: it gets everything
 buffered, and a ``reset`` event says some changes were lost).
+
+A feed ends when it is stopped (the instance stops) or when following the changelog fails
+(logged once, as a warning): every subscriber is then called with :data:`END`, after the last
+change it was given, so the streams built on it end rather than wait forever. A stopped or failed
+feed takes no new subscribers (``subscribe`` answers ``[END]``); a failed one can be replaced by a
+new feed that goes on with its ids (``first_id``).
 """
 from __future__ import annotations
 
@@ -28,33 +34,41 @@ from .queries import to_json_key
 log = logging.getLogger("streamproc.changes")
 
 BUFFER = 10_000
+#: What a subscriber is called with when the feed ends (no change follows).
+END = None
 
 
 class ChangeFeed:
     """The committed changes of one store, fanned out to subscribers (callables taking an event)."""
 
-    def __init__(self, consumer_config: dict, spec, present, partitions: int):
+    def __init__(self, consumer_config: dict, spec, present, partitions: int, *, first_id: int = 1):
         self.spec = spec
         self._present = present
         self._partitions = partitions
         self._conf = {**consumer_config, "isolation.level": "read_committed", "enable.partition.eof": False}
         self.events: collections.deque = collections.deque(maxlen=BUFFER)
-        self.next_id = 1
+        self.next_id = first_id
         self._subs: set = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._ended = False         # no subscriber is called any more (under _lock)
+        self.failed = False         # ended because following the changelog failed (not stopped)
 
     def subscribe(self, callback, last_id: int | None = None) -> list:
-        """Add ``callback(event)``; returns the buffered events after ``last_id`` (None: nothing)."""
+        """Add ``callback(event)``; returns the buffered events after ``last_id`` (None: nothing).
+        ``[END]`` if the feed has ended: ``callback`` is never called."""
         self._ensure_started()
         with self._lock:
+            if self._ended:
+                return [END]
             self._subs.add(callback)
             if last_id is None:
                 return []
             missed = [e for e in self.events if e["id"] > last_id]
-            if self.events and self.events[0]["id"] > last_id + 1:
+            first = self.events[0]["id"] if self.events else self.next_id
+            if first > last_id + 1:
                 missed.insert(0, {"id": None, "event": "reset",
                                   "data": {"reason": "changes older than the buffer were not kept"}})
             return missed
@@ -65,6 +79,8 @@ class ChangeFeed:
 
     def _ensure_started(self) -> None:
         with self._lock:
+            if self._ended:
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._follow, daemon=True,
                                                 name=f"streamproc-changes-{self.spec.name}")
@@ -72,8 +88,9 @@ class ChangeFeed:
         self._ready.wait(10)
 
     def _follow(self) -> None:
-        c = Consumer(self._conf)
+        c = None
         try:
+            c = Consumer(self._conf)
             c.assign([TopicPartition(self.spec.changelog, p, OFFSET_END) for p in range(self._partitions)])
             self._ready.set()
             while not self._stop.is_set():
@@ -83,9 +100,30 @@ class ChangeFeed:
                             log.debug("changes of %s: %s", self.spec.name, m.error().str())
                         continue
                     self._record(m)
+        except Exception as e:  # noqa: BLE001 - the streams end; a new client starts a new feed
+            self.failed = True
+            log.warning("changes of store %s: cannot follow %s any more: %s; its change streams end",
+                        self.spec.name, self.spec.changelog, e)
         finally:
+            self._end()
             self._ready.set()
-            c.close()
+            if c is not None:
+                try:
+                    c.close()
+                except Exception as e:  # noqa: BLE001 - on the way out
+                    log.debug("changes of %s: closing the consumer: %s", self.spec.name, e)
+
+    def _end(self) -> None:
+        """Tell every subscriber the feed ended (from the feed's thread: after the last change it was given)."""
+        with self._lock:
+            self._ended = True
+            subs = list(self._subs)
+            self._subs.clear()
+        for cb in subs:
+            try:
+                cb(END)
+            except Exception as e:  # noqa: BLE001 - a gone client (or a closed loop) must not stop the others
+                log.debug("change subscriber: %s", e)
 
     def _record(self, m) -> None:
         kb, vb = m.key(), m.value()
@@ -123,7 +161,15 @@ class ChangeFeed:
             except Exception as e:  # noqa: BLE001 - a gone client must not stop the feed
                 log.debug("change subscriber: %s", e)
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """End the feed without waiting: its thread stops within a poll (0.2 s) and tells the subscribers."""
         self._stop.set()
+        with self._lock:
+            if self._thread is None:        # never started: no subscriber, nothing to follow
+                self._ended = True
+
+    def close(self) -> None:
+        """:meth:`stop`, and wait for the feed's thread (its consumer closed)."""
+        self.stop()
         if self._thread is not None:
             self._thread.join(3)

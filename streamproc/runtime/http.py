@@ -23,6 +23,17 @@ forces one reading):
 * ``GET /status``: the status figures as JSON; ``GET /metrics``: Prometheus text format.
 * ``GET /``: a small built-in page (``static/live.html``): the stores, one as a live table.
 
+A request line longer than :data:`MAX_REQUEST_LINE` bytes answers ``414``, a header field longer
+than :data:`MAX_HEADER_FIELD` bytes (or more than :data:`MAX_HEADERS` headers) ``431``, any other
+request that does not parse ``400`` - each with a JSON body ``{"error": ...}``, logged at debug level
+only (the client's mistake, not the server's).
+
+Stopping (:meth:`QueryServer.stop`, after the workers stopped): the server leaves the directory,
+stops listening, ends every open change stream (the feeds stop; each SSE response ends with a
+``: stopping`` comment and its last chunk), waits up to :data:`SHUTDOWN_TIMEOUT_S` for requests in
+flight, then ends its event loop (``asyncio.run``: leftover tasks cancelled and awaited, the loop
+closed by its own thread) - nothing is left for the interpreter to destroy at exit.
+
 There is no authentication: keep the port on a private network or behind a proxy.
 """
 from __future__ import annotations
@@ -38,7 +49,7 @@ from urllib.parse import urlencode
 import orjson
 
 from ..errors import StreamprocError
-from .changes import ChangeFeed
+from .changes import END, ChangeFeed
 from .queries import QueryError, Stores, key_candidates, presenter, to_json_key
 
 log = logging.getLogger("streamproc.http")
@@ -48,6 +59,14 @@ MAX_LIMIT = 1000
 #: Seconds a stopping instance keeps its port open after leaving the directory (others follow it
 #: within a fraction of a second; a client they redirected just before must still get an answer).
 WITHDRAW_GRACE_S = 1.5
+#: Seconds a stopping server waits for requests in flight (change streams end at once) before cancelling
+#: them, and again for the cancelled ones (aiohttp's ``shutdown_timeout``).
+SHUTDOWN_TIMEOUT_S = 3.0
+#: Longest request line (the URL, with its query) and header field, in bytes; longer answers 414 / 431.
+#: They differ so that aiohttp's ``LineTooLong`` (raised for both) tells which limit was hit.
+MAX_REQUEST_LINE = 8190
+MAX_HEADER_FIELD = 8192
+MAX_HEADERS = 128
 
 
 def default_url(port: int) -> str:
@@ -74,8 +93,7 @@ class QueryServer:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._runner = None
-        self._announcer = None
+        self._stopping: asyncio.Event | None = None     # set (in the loop) by stop(): the server winds down
         self._withdrawn_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,10 +109,24 @@ class QueryServer:
         return self
 
     def _serve(self) -> None:
+        """The server thread: its own event loop, from start to close (``asyncio.run``), so that
+        whatever is still pending when :meth:`_main` returns is cancelled and awaited here, and
+        the loop is closed by the thread that ran it."""
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - before start-up: reported by start(); after: logged
+            if not self._started.is_set():
+                self._error = e
+            else:
+                log.warning("the HTTP server stopped on an error: %s", e)
+        finally:
+            self._started.set()
+
+    async def _main(self) -> None:
         from aiohttp import web
 
-        loop = self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.add_routes([
             web.get("/", self._page), web.get("/health", self._health), web.get("/ready", self._ready),
@@ -102,17 +134,28 @@ class QueryServer:
             web.get("/stores/{store}", self._range), web.get("/stores/{store}/changes", self._changes),
             web.get("/stores/{store}/{key:.+}", self._get),
         ])
-        self._runner = web.AppRunner(app, access_log=None)
+        # aiohttp's graceful stop: stop listening, close idle connections, on_shutdown (end the
+        # change streams: they would otherwise run until shutdown_timeout), wait for the requests in
+        # flight, cancel what is left.
+        app.on_shutdown.append(self._end_streams)
+        runner = _runner_class()(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                                 max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_HEADER_FIELD,
+                                 max_headers=MAX_HEADERS)
+        await runner.setup()
         try:
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "0.0.0.0", self.port, reuse_address=True).start())
-            self._announcer = loop.create_task(self._announce())
-        except BaseException as e:  # noqa: BLE001 - reported by start()
-            self._error = e
-            self._started.set()
-            return
-        self._started.set()
-        loop.run_forever()
+            await web.TCPSite(runner, "0.0.0.0", self.port, reuse_address=True).start()
+            announcer = asyncio.create_task(self._announce(), name="streamproc-http-announce")
+            try:
+                self._started.set()
+                await self._stopping.wait()
+            finally:
+                announcer.cancel()
+                try:
+                    await announcer
+                except asyncio.CancelledError:
+                    pass
+        finally:
+            await runner.cleanup()
 
     async def _announce(self) -> None:
         """Publish this instance's tasks in the directory whenever they change."""
@@ -123,6 +166,11 @@ class QueryServer:
                 log.debug("directory publish: %s", e)
             await asyncio.sleep(0.5)
 
+    async def _end_streams(self, app) -> None:
+        """``on_shutdown``: stop the change feeds; each tells its subscribers, whose streams then end."""
+        for feed in list(self._feeds.values()):
+            feed.stop()
+
     def withdraw(self) -> None:
         """The instance is stopping: tell the others (a directory tombstone) so they stop sending clients
         here; this server keeps answering from what it holds until :meth:`stop`."""
@@ -131,24 +179,24 @@ class QueryServer:
         self.directory.withdraw()
 
     def stop(self) -> None:
+        """Stop serving (after the workers stopped): leave the directory, wait out the grace, end the
+        change streams and the requests in flight, end the server thread and its loop."""
         self.withdraw()
         # a client redirected here just before the others read the tombstone still gets an answer
         left = WITHDRAW_GRACE_S - (time.monotonic() - self._withdrawn_at)
         if left > 0:
             time.sleep(left)
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is not None and thread.is_alive() and loop is not None and stopping is not None:
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:        # the loop ended on its own meanwhile
+                pass
+            thread.join(2 * SHUTDOWN_TIMEOUT_S + 5)
+            if thread.is_alive():
+                log.warning("the HTTP server did not stop within %.0f s; leaving it", 2 * SHUTDOWN_TIMEOUT_S + 5)
         for f in self._feeds.values():
             f.close()
-        if self._loop is not None and self._runner is not None:
-            if self._announcer is not None:
-                self._loop.call_soon_threadsafe(self._announcer.cancel)
-            fut = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
-            try:
-                fut.result(5)
-            except Exception:  # noqa: BLE001
-                pass
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
         self.directory.close()
         self.stores.close()
 
@@ -319,27 +367,38 @@ class QueryServer:
         missed = await asyncio.to_thread(feed.subscribe, push, last_id)
         try:
             await resp.write(b": streamproc changes of " + store.encode() + b"\n\n")
+            ended = END in missed       # the feed had ended already
             for event in missed:
-                await resp.write(_sse(event))
-            while True:
+                if event is not END:
+                    await resp.write(_sse(event))
+            while not ended:
                 try:
                     event = await asyncio.wait_for(queue.get(), 15)
                 except asyncio.TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
-                await resp.write(_sse(event))
-        except (ConnectionResetError, asyncio.CancelledError):
+                if event is END:        # the feed ended (the instance is stopping): after its last change
+                    ended = True
+                else:
+                    await resp.write(_sse(event))
+            # the stream ends here: a comment saying why, then the last chunk (a clean end of the body)
+            await resp.write(b": stopping\n\n")
+            await resp.write_eof()
+        except ConnectionError:         # the client went away
             pass
         finally:
             feed.unsubscribe(push)
         return resp
 
     def _feed(self, spec) -> ChangeFeed:
-        feed = self._feeds.get(spec.name)
-        if feed is None:
-            st = next(s for s in self.plan.subtopologies if spec in s.stores)
-            feed = self._feeds[spec.name] = ChangeFeed(self._consumer_conf, spec, presenter(st, spec),
-                                                      self._counts[("task", st.id)])
+        old = self._feeds.get(spec.name)
+        if old is not None and not old.failed:
+            return old
+        # the first client of the store, or its feed failed (logged): a new one, ids going on from the old
+        st = next(s for s in self.plan.subtopologies if spec in s.stores)
+        feed = self._feeds[spec.name] = ChangeFeed(self._consumer_conf, spec, presenter(st, spec),
+                                                  self._counts[("task", st.id)],
+                                                  first_id=old.next_id if old is not None else 1)
         return feed
 
 
@@ -347,7 +406,67 @@ def _offer(queue: asyncio.Queue, event) -> None:
     try:
         queue.put_nowait(event)
     except asyncio.QueueFull:        # a client that does not read: it misses changes (it can resume by id)
-        pass
+        if event is END:             # ... but it must learn that the stream ends
+            queue.get_nowait()
+            queue.put_nowait(event)
+
+
+_RUNNER = None
+
+
+def _runner_class():
+    """``web.AppRunner`` whose connections answer requests that do not parse (aiohttp raises
+    ``LineTooLong`` / ``BadHttpMessage`` in the protocol, before any handler or middleware) with
+    414 / 431 / 400 and a JSON body, logged at debug level - aiohttp logs them at ERROR with a
+    traceback and answers plain text. aiohttp has no option for its protocol class: the runner's
+    ``_make_server`` hands the server it built to a ``web.Server`` subclass that makes our protocol."""
+    global _RUNNER
+    if _RUNNER is not None:
+        return _RUNNER
+    from aiohttp import web
+    from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.web_protocol import RequestHandler
+
+    class Protocol(RequestHandler):
+        __slots__ = ()
+
+        def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                         message: str | None = None):
+            if status >= 500 or not isinstance(exc, HttpProcessingError):   # a handler failed: aiohttp's 500
+                return super().handle_error(request, status, exc, message)
+            status, text = _refusal(exc, self.max_line_size, self.max_field_size, self.max_headers)
+            log.debug("refused a request from %s: %s (%s)", request.remote, text, exc)
+            resp = _error(status, text)
+            resp.force_close()
+            return resp
+
+    class Server(web.Server):
+        def __call__(self):
+            return Protocol(self, loop=self._loop, **self._kwargs)
+
+    class Runner(web.AppRunner):
+        async def _make_server(self):
+            base = await super()._make_server()
+            return Server(base.request_handler, request_factory=base.request_factory,
+                          handler_cancellation=base.handler_cancellation, loop=base._loop, **base._kwargs)
+
+    _RUNNER = Runner
+    return Runner
+
+
+def _refusal(exc, max_line: int, max_field: int, max_headers: int) -> tuple[int, str]:
+    """The status and message for a request aiohttp could not parse."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == max_line:
+            return 414, f"the request line (URL) is longer than {max_line} bytes"
+        return 431, f"a request header is longer than {max_field} bytes"
+    text = " ".join((getattr(exc, "message", "") or str(exc)).split())     # llhttp's messages span lines
+    if text.startswith("Too many headers"):
+        return 431, f"the request has more than {max_headers} headers"
+    return (exc.code if 400 <= exc.code < 500 else 400), f"bad request: {text}"
 
 
 def _sse(event: dict) -> bytes:
