@@ -86,6 +86,9 @@ def run_app(plan, options: RunOptions) -> int:
                          options.guarantee, pid)
                 return sup.run()
             finally:
+                if server is not None:       # while our handlers still turn a second signal into "stop"
+                    server.stop()
+                    server = None
                 restore()
         finally:
             if server is not None:

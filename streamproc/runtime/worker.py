@@ -37,6 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from ..errors import BrokerError, StateBusyError, StateError, StreamprocError, UnrecoverableError
 from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
                             restore_consumer_config, transactional_producer_config)
+from ..kafka.retry import Pending, retrying
 from ..operators import RawBatch
 from ..operators.base import counts_by_name
 from ..state import MemoryBackend
@@ -635,11 +636,14 @@ class Worker:
         (asked once per topic: ``run`` created or checked every internal topic before the workers started)."""
         n = self._partition_counts.get(topic)
         if n is None:
-            t = self.producer.list_topics(topic, timeout=self.timeout_s).topics.get(topic)
-            if t is None or t.error is not None or not t.partitions:
-                raise cp.FatalKafkaError(f"topic {topic!r} has no partitions in the cluster's metadata "
-                                         f"({t.error if t is not None else 'unknown topic'}); was it deleted?")
-            n = self._partition_counts[topic] = len(t.partitions)
+            def partitions():
+                t = self.producer.list_topics(topic, timeout=10.0).topics.get(topic)
+                if t is None or not t.partitions:
+                    raise Pending(f"topic {topic!r} in the metadata ({t.error if t is not None else 'not listed'})")
+                return len(t.partitions)
+
+            n = self._partition_counts[topic] = retrying(f"list the partitions of {topic!r}", partitions,
+                                                         self.timeout_s)
         return n
 
     def _produce_fast(self, topic, value, key, ts) -> None:
