@@ -11,6 +11,14 @@ Which broker the ``broker`` tests run against, in order of preference:
 The broker starts lazily, once per session, for the first test that asks for it.
 Tests marked ``real_kafka`` are skipped (with the reason) when the broker would
 be Tansu, decided at collection time without starting anything.
+
+Parallel runs (pytest-xdist, ``make test`` runs ``-n 4 --dist loadgroup``): a session is one
+xdist worker process, so every worker starts a Tansu broker (or a container) of its own, on a
+free port, and its tests are isolated from the other workers'. With
+``STREAMPROC_TEST_BOOTSTRAP`` all workers share that cluster: tests name their app ids and
+topics uniquely (``runtime_helpers.unique``, ``topic_factory``). The tests of a module that
+share a module-scoped fixture (e.g. two running instances, set up once) run on one worker, in
+order (an ``xdist_group`` per module), so that fixture is set up once, not once per worker.
 """
 from __future__ import annotations
 
@@ -62,7 +70,33 @@ def _broker_kind() -> str:
     return _kind_cache[0]
 
 
+def _shares_a_broker_fixture(item: pytest.Item) -> bool:
+    """Does ``item`` use a module-scoped fixture that uses the broker (set up once for the module)?"""
+    defs_of = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+
+    def uses_broker(name: str, seen: set) -> bool:
+        if name in ("kafka", "kafka_bootstrap"):
+            return True
+        defs = defs_of.get(name)
+        if not defs or name in seen:
+            return False
+        seen.add(name)
+        return any(uses_broker(arg, seen) for arg in defs[-1].argnames)
+
+    return any(defs and defs[-1].scope == "module" and uses_broker(name, set())
+               for name, defs in defs_of.items() if name in item.fixturenames)
+
+
+@pytest.hookimpl(tryfirst=True)          # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            if item.get_closest_marker("xdist_group") is None and _shares_a_broker_fixture(item):
+                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    _skip_real_kafka(items)
+
+
+def _skip_real_kafka(items: list[pytest.Item]) -> None:
     marked = [item for item in items if item.get_closest_marker("real_kafka") is not None]
     # STREAMPROC_TEST_FORCE_REAL_KAFKA=1 runs them on Tansu anyway (to watch how they fail there)
     if not marked or _broker_kind() != "tansu" or os.environ.get("STREAMPROC_TEST_FORCE_REAL_KAFKA"):

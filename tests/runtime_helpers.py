@@ -91,6 +91,40 @@ def read_topic(bootstrap: str, topic: str, *, quiet_s: float = 2.0, max_s: float
         c.close()
 
 
+def read_to_end(bootstrap: str, topic: str, *, max_s: float = 60.0, read_committed: bool = True) -> list:
+    """Every record of ``topic`` (all partitions, from the start) up to the end of each partition as the
+    broker reports it (a partition-EOF event: for read_committed, the last stable offset), as
+    :func:`read_topic` returns them. For a topic nobody writes to any more (its producers stopped): no
+    quiet time to wait, and a slow fetch cannot cut the read short. Fails after ``max_s``."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"),
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest", "enable.partition.eof": True,
+                  "isolation.level": "read_committed" if read_committed else "read_uncommitted"})
+    try:
+        md = c.list_topics(topic, timeout=10)
+        parts = sorted(md.topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        out, at_end = [], set()
+        end = time.monotonic() + max_s
+        while len(at_end) < len(parts):
+            if time.monotonic() > end:
+                raise AssertionError(f"reading {topic} to its end: partitions {sorted(set(parts) - at_end)} "
+                                     f"not at their end after {max_s:g} s ({len(out)} records read)")
+            for m in c.consume(5000, 0.2):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(m.partition())
+                    continue
+                at_end.discard(m.partition())
+                out.append((m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1], m.headers()))
+        out.sort(key=lambda r: (r[0], r[1]))
+        return out
+    finally:
+        c.close()
+
+
 def decode(records, key_serde, value_serde) -> list:
     return [(key_serde.deserialize(r[2]), value_serde.deserialize(r[3]), r[4]) for r in records]
 
