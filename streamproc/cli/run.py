@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from ..errors import StreamprocError
-from ._app import app, compile_file, err, guarded, warn_generated_names
+from ._app import app, compile_file, err, guarded, say, warn_generated_names
 
 
 def _parse_config(pairs: list[str]) -> dict:
@@ -31,7 +31,9 @@ def run(
     guarantee: str = typer.Option("exactly-once", "--guarantee", envvar="STREAMPROC_GUARANTEE",
                                   help="exactly-once (Kafka transactions) or at-least-once."),
     state_dir: str = typer.Option("./state", "--state-dir", envvar="STREAMPROC_STATE_DIR",
-                                  help="Local state: stores, process id, lock."),
+                                  help="Local state: stores, process id, cluster record, lock (see "
+                                       "streamproc/state/layout.py). Without --bootstrap-servers: "
+                                       "<state-dir>/dev-broker, cleared at start."),
     commit_interval: Optional[int] = typer.Option(
         None, "--commit-interval", envvar="STREAMPROC_COMMIT_INTERVAL",
         help="Milliseconds between checkpoints (default 100 exactly-once, 1000 at-least-once)."),
@@ -97,15 +99,36 @@ def run(
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker
 
+    # The development broker forgets everything when it stops, and every one reports the same cluster
+    # id: state it built is valid only for the broker that built it. It lives apart from any cluster's
+    # (<state-dir>/dev-broker/) and is cleared before each start, so a run on the dev broker never
+    # restores a real cluster's state, nor a previous dev broker's.
+    options.state_dir = fresh_dev_state_dir(state_dir, plan.app_id)
     with DevBroker() as broker:
-        err.print(
-            f"[bold yellow]WARNING:[/] no --bootstrap-servers given: started an embedded DEVELOPMENT broker at "
-            f"{broker.bootstrap}. It keeps everything in MEMORY and loses it on exit; missing topics are "
-            f"created. Use --bootstrap-servers (or STREAMPROC_BOOTSTRAP_SERVERS) for real work.",
-            soft_wrap=True)
+        say("WARNING",
+            f"no --bootstrap-servers given: running on an embedded DEVELOPMENT broker at {broker.bootstrap}, "
+            f"NOT on a Kafka cluster. It keeps everything in MEMORY and loses it on exit; missing topics are "
+            f"created. Its state is kept apart from any cluster's, in {options.state_dir} (cleared at every "
+            f"start), so {state_dir} is left alone. Use --bootstrap-servers (or STREAMPROC_BOOTSTRAP_SERVERS) "
+            f"for real work.")
         options.bootstrap_servers = broker.bootstrap
         options.create_topics = True
         raise typer.Exit(run_app(plan, options))
+
+
+def fresh_dev_state_dir(state_dir: str, app_id: str) -> str:
+    """``<state-dir>/dev-broker``, with the app's directory there emptied (refused while another run
+    on the development broker uses it)."""
+    from ..runtime._load import StateDirLock
+    from ..state import layout
+
+    dev = layout.dev_broker_state_dir(state_dir)
+    lock = StateDirLock(dev, app_id).acquire()
+    try:
+        layout.clear_app_dir(dev, app_id)
+    finally:
+        lock.release()
+    return dev
 
 
 @app.command()

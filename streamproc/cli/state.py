@@ -1,40 +1,19 @@
-"""``streamproc state`` (inspect local stores), ``streamproc reset`` and ``streamproc replay``."""
+"""``streamproc state`` (inspect local stores), ``streamproc reset`` and ``streamproc replay``.
+
+Every path in the state directory comes from ``streamproc.state.layout``.
+"""
 from __future__ import annotations
 
 import os
-import re
-import shutil
+import time
 from typing import Optional
 
 import orjson
 import typer
 
 from ..errors import StateError, StreamprocError
-from ._app import app, compile_file, err, guarded
-
-_TASK_DIR = re.compile(r"^(\d+)_(\d+)$")
-_GLOBAL_DIR = re.compile(r"^global-(\d+)$")
-
-
-def _dirs(state_dir: str, app_id: str, pattern) -> list[tuple[re.Match, str]]:
-    root = os.path.join(state_dir, app_id)
-    out = []
-    if os.path.isdir(root):
-        for name in sorted(os.listdir(root)):
-            m = pattern.match(name)
-            if m and os.path.isdir(os.path.join(root, name)):
-                out.append((m, os.path.join(root, name)))
-    return out
-
-
-def _task_dirs(state_dir: str, app_id: str) -> list[tuple[int, int, str]]:
-    """``(sub-topology id, partition, path)`` of the local task directories."""
-    return [(int(m.group(1)), int(m.group(2)), path) for m, path in _dirs(state_dir, app_id, _TASK_DIR)]
-
-
-def _global_dirs(state_dir: str, app_id: str) -> list[tuple[None, int, str]]:
-    """``(None, worker, path)`` of the workers' global-table directories."""
-    return [(None, int(m.group(1)), path) for m, path in _dirs(state_dir, app_id, _GLOBAL_DIR)]
+from ..state import layout
+from ._app import app, compile_file, err, guarded, say
 
 
 def _pick_store(plan, store: Optional[str]):
@@ -44,7 +23,7 @@ def _pick_store(plan, store: Optional[str]):
     if store is None:
         if len(names) > 1:
             raise StreamprocError(f"topology {plan.app_id!r} has several stores ({', '.join(names)}): "
-                                  f"pick one with --store")
+                                  f"pick one with --store, e.g. --store {names[0]}")
         return (plan.stores + plan.global_tables)[0]
     try:
         return plan.store(store)
@@ -70,18 +49,33 @@ def state(
     key: Optional[str] = typer.Option(None, "--key", "-k",
                                       help="Print only this key's current value, as one JSON line."),
     state_dir: str = typer.Option("./state", "--state-dir", envvar="STREAMPROC_STATE_DIR"),
+    bootstrap_servers: Optional[str] = typer.Option(
+        None, "--bootstrap-servers", "-b", envvar="STREAMPROC_BOOTSTRAP_SERVERS",
+        help="Check first that the local state was built against this Kafka cluster (refused otherwise)."),
 ):
-    """Print the contents of a local store (RocksDB state written by `streamproc run`), one JSON line per entry."""
+    """Print the contents of a local store (RocksDB state written by `streamproc run`), one JSON line per entry.
+
+    With several stores, name one with --store (the store names: `streamproc describe`)."""
     from ..runtime.task import Task
     from ..state.rocksdb import RocksDBBackend
 
     _, plan = compile_file(topology)
     spec = _pick_store(plan, store)
+    layout.refuse_if_reset_incomplete(state_dir, plan.app_id, topology, bootstrap_servers)
+    if bootstrap_servers:
+        from ..kafka.admin import wait_for_broker
+        from ..kafka.config import admin_config
+
+        md = wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
+        layout.refuse_if_reset_incomplete(state_dir, plan.app_id, topology, bootstrap_servers,
+                                          topics=md.topics, cluster_id=md.cluster_id)
+        layout.bind_cluster(state_dir, plan.app_id, md.cluster_id, bootstrap_servers, topology, record=False,
+                            verb="inspect the app's state")
     if spec in plan.global_tables:
         snapshots = _global_snapshots(state_dir, plan, spec)
     else:
         st = next(s for s in plan.subtopologies if spec in s.stores)
-        dirs = [d for d in _task_dirs(state_dir, plan.app_id) if d[0] == st.id]
+        dirs = [d for d in layout.task_dirs(state_dir, plan.app_id) if d[0] == st.id]
         if not dirs:
             raise StateError(f"no local state for {plan.app_id!r} sub-topology {st.id} under {state_dir!r} "
                              f"(run the app there first, or `streamproc replay` it from the changelog)")
@@ -114,7 +108,7 @@ def _global_snapshots(state_dir: str, plan, spec) -> list[dict]:
     from ..operators.global_table import GlobalStore
     from ..state.rocksdb import RocksDBBackend
 
-    dirs = _global_dirs(state_dir, plan.app_id)
+    dirs = layout.global_dirs(state_dir, plan.app_id)
     if not dirs:
         raise StateError(f"no local state for global table {spec.name!r} of {plan.app_id!r} under {state_dir!r} "
                          f"(run the app there first)")
@@ -134,6 +128,15 @@ def _matches(group_key, text: str) -> bool:
         return False
 
 
+#: The steps of `reset`, in order; :func:`_reached` is called with each name as the reset passes it.
+RESET_STEPS = ("checked", "marked", "marked-in-kafka", "group-deleted", "topics-deleted", "local-deleting",
+               "local-deleted", "kafka-marker-deleted")
+
+
+def _reached(step: str) -> None:
+    """Test hook: the reset has just passed ``step`` (tests stop it here, as a kill would)."""
+
+
 @app.command()
 @guarded
 def reset(
@@ -143,51 +146,186 @@ def reset(
                                                     envvar="STREAMPROC_BOOTSTRAP_SERVERS"),
     local_only: bool = typer.Option(False, "--local-only",
                                     help="Only delete the local state (the changelog rebuilds it)."),
+    config: list[str] = typer.Option(
+        [], "--config", "-c", envvar="STREAMPROC_CONFIG",
+        help="key=value librdkafka property, as for `run` (its consumer.session.timeout.ms bounds the wait for "
+             "lingering group members); repeatable."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ):
     """Start the app from scratch: delete its local state and, unless --local-only, its internal
-    topics (changelogs, repartition) and consumer group, so input is reprocessed from the beginning.
-    Stop every instance of the app first."""
-    from ..kafka.admin import make_admin, wait_for_broker
-    from ..kafka.config import admin_config
+    topics (changelogs, repartition, instances) and consumer group, so input is reprocessed from
+    the beginning. Stop every instance of the app first.
+
+    All or nothing: it first checks that it can finish (no instance on this state directory, the
+    consumer group empty, waiting up to the session timeout for members a clean stop leaves
+    behind), and only then deletes. Until it has deleted everything a marker (a file in the state
+    directory and the topic <app-id>-reset-incomplete) makes `run` and `replay` refuse to start;
+    a reset that was interrupted or failed is finished by running it again."""
+    from ..kafka.config import consumer_config
+    from ..runtime._config import RunOptions
+    from ..runtime._load import StateDirLock
     from ..state.lock import TaskDirLock
+    from .run import _parse_config
 
     _, plan = compile_file(topology)
-    dirs = _task_dirs(state_dir, plan.app_id) + _global_dirs(state_dir, plan.app_id)
-    internal = plan.changelog_topics + plan.repartition_topics
+    app_id = plan.app_id
     if not local_only and not bootstrap_servers:
         raise StreamprocError("reset deletes the app's internal topics and consumer group: give "
                               "--bootstrap-servers (or --local-only to delete only the local state)")
-    what = [f"{len(dirs)} local task director{'y' if len(dirs) == 1 else 'ies'} under "
-            f"{os.path.join(state_dir, plan.app_id)}"]
-    if not local_only:
-        what += [f"topics {', '.join(internal) or '(none)'}", f"consumer group {plan.app_id!r}"]
-    if not yes and not typer.confirm(f"Delete {'; '.join(what)}?", default=False):
-        raise typer.Exit(1)
-    for _, _, path in dirs:
-        lock = TaskDirLock(path)
-        lock.acquire()          # refuses, naming the holder, while a worker runs
-        lock.release()
-        shutil.rmtree(path)
-    if not local_only:
-        wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
-        admin = make_admin(bootstrap_servers, plan.app_id)
-        existing = set(admin.list_topics(timeout=30).topics)
-        doomed = [t for t in internal if t in existing]
-        for t, fut in (admin.delete_topics(doomed, operation_timeout=30).items() if doomed else []):
+    clients = RunOptions(bootstrap_servers or "", client_config=_parse_config(config))
+    existed = os.path.isdir(layout.app_dir(state_dir, app_id))
+    lock = StateDirLock(state_dir, app_id).acquire()     # refuses while an instance runs on this state dir
+    task_locks: list = []
+    try:
+        # ---------------------------------------------------------------- checks: nothing is deleted
+        for path in [p for *_, p in layout.task_dirs(state_dir, app_id) + layout.global_dirs(state_dir, app_id)]:
+            task_locks.append(TaskDirLock(path).acquire())      # e.g. a `replay` in progress: refused
+        local = layout.state_dirs(state_dir, app_id)
+        prior = layout.read_reset_marker(state_dir, app_id)
+        kafka = None
+        if not local_only:
+            kafka = _ResetKafka(plan, bootstrap_servers, clients.client("admin"), topology, state_dir, prior)
+        what = [f"{len(local)} local state director{'y' if len(local) == 1 else 'ies'} under "
+                f"{layout.app_dir(state_dir, app_id)}"]
+        if kafka is not None:
+            what += kafka.what()
+        if prior is not None:
+            err.print(f"finishing an incomplete reset of {app_id} (marker {layout.reset_marker_path(state_dir, app_id)})")
+        if not yes and not typer.confirm(f"Delete {'; '.join(what)}?", default=False):
+            raise typer.Exit(1)
+        if kafka is not None:
+            session_ms = int(consumer_config(bootstrap_servers, app_id, clients.client("consumer"))
+                             ["session.timeout.ms"])
+            kafka.wait_for_empty_group(session_ms / 1000.0)
+        _reached("checked")
+
+        # ---------------------------------------------------------------- marked, then deleted
+        layout.write_reset_marker(state_dir, app_id, {
+            "app_id": app_id, "topology": topology, "local_only": local_only,
+            "bootstrap_servers": bootstrap_servers if not local_only else None,
+            "cluster_id": kafka.cluster_id if kafka is not None else (prior or {}).get("cluster_id")})
+        _reached("marked")
+        if kafka is not None:
+            kafka.mark()
+            _reached("marked-in-kafka")
+            kafka.delete_group()              # first: the one step another party can still make fail
+            _reached("group-deleted")
+            kafka.delete_topics()
+            _reached("topics-deleted")
+        for i, path in enumerate(local):
+            layout.remove_tree(path)
+            if i == 0:
+                _reached("local-deleting")
+        for f in (layout.cluster_record_path(state_dir, app_id),):
             try:
-                fut.result(30)
-            except Exception as e:  # noqa: BLE001 - reported as one line
-                raise StreamprocError(f"could not delete topic {t!r}: {e}") from None
-        try:
-            for fut in admin.delete_consumer_groups([plan.app_id], request_timeout=30).values():
-                fut.result(30)
-        except Exception as e:  # noqa: BLE001
-            if "GROUP_ID_NOT_FOUND" not in str(e):
-                raise StreamprocError(
-                    f"could not delete consumer group {plan.app_id!r} ({e}); is an instance still running?"
-                ) from None
-    err.print(f"reset {plan.app_id}: deleted {'; '.join(what)}")
+                os.unlink(f)
+            except FileNotFoundError:
+                pass
+        _reached("local-deleted")
+        if kafka is not None:
+            kafka.unmark()
+            _reached("kafka-marker-deleted")
+        layout.remove_reset_marker(state_dir, app_id)
+    finally:
+        for tl in task_locks:
+            tl.release()
+        lock.release(remove=True)             # the lock file goes too: a reset leaves no lock files
+        if not existed:
+            try:
+                os.rmdir(layout.app_dir(state_dir, app_id))
+            except OSError:
+                pass
+    err.print(f"reset {app_id}: deleted {'; '.join(what)}")
+
+
+class _ResetKafka:
+    """The Kafka side of a reset: checked when made, then marked, deleted and unmarked step by step."""
+
+    def __init__(self, plan, bootstrap: str, admin_overrides: dict, topology: str, state_dir: str,
+                 prior: dict | None):
+        from ..kafka.admin import describe_group, make_admin, wait_for_broker
+        from ..kafka.config import admin_config
+        from ..runtime.directory import instances_topic
+
+        self.app_id = app_id = plan.app_id
+        self.bootstrap = bootstrap
+        md = wait_for_broker(admin_config(bootstrap, app_id, admin_overrides), timeout_s=30)
+        self.cluster_id = md.cluster_id
+        why = layout.cluster_mismatch(state_dir, app_id, md.cluster_id, bootstrap, topology, verb="reset the app")
+        if why:
+            raise StateError(f"reset refused, nothing deleted: {why}")
+        if prior and prior.get("cluster_id") and md.cluster_id and prior["cluster_id"] != md.cluster_id:
+            raise StateError(
+                f"reset refused, nothing deleted: the unfinished reset recorded in "
+                f"{layout.reset_marker_path(state_dir, app_id)} was against Kafka cluster {prior['cluster_id']!r}, "
+                f"but {bootstrap} is cluster {md.cluster_id!r}. Finish it against its cluster (its "
+                f"--bootstrap-servers), or discard the local state with "
+                f"`{layout.reset_command(topology, state_dir, None, local_only=True)}`.")
+        self.admin = make_admin(bootstrap, app_id, admin_overrides)
+        self.marker_topic = layout.reset_marker_topic(app_id)
+        self.internal = list(dict.fromkeys(plan.changelog_topics + plan.repartition_topics
+                                           + [instances_topic(app_id)]))
+        self.listed = set(md.topics)
+        self.group = describe_group(self.admin, app_id)
+
+    def what(self) -> list[str]:
+        doomed = [t for t in self.internal if t in self.listed]
+        cluster = f" on cluster {self.cluster_id!r}" if self.cluster_id else ""
+        group = "consumer group" if self.group is not None else "consumer group (none now)"
+        return [f"topics {', '.join(doomed) or '(none now)'}{cluster}", f"{group} {self.app_id!r} and its offsets"]
+
+    def wait_for_empty_group(self, session_s: float) -> None:
+        """Return once the group has no members. Static members stay in the group after a clean stop
+        until their session times out: wait for them up to the session timeout (a countdown), then
+        refuse - a member still there is an instance that runs."""
+        from ..kafka.admin import describe_group
+
+        info = self.group
+        if info is None or not info.members:
+            return
+        limit = session_s + max(3.0, session_s * 0.2)
+        shown = "; ".join(m.describe() for m in info.members[:6]) + ("; ..." if len(info.members) > 6 else "")
+        say("WARNING", f"consumer group {self.app_id!r} still lists {len(info.members)} member(s): {shown}. "
+                       f"After a clean stop static members stay until their session times out: waiting up to "
+                       f"{limit:.0f} s for them to go before anything is deleted.")
+        deadline = time.monotonic() + limit
+        with err.status("", spinner="clock") as status:
+            while info is not None and info.members:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                status.update(f"waiting for {len(info.members)} member(s) of consumer group {self.app_id!r} "
+                              f"to time out: {left:4.0f} s left")
+                time.sleep(min(0.5, left))
+                info = describe_group(self.admin, self.app_id)
+        if info is not None and info.members:
+            shown = "; ".join(m.describe() for m in info.members[:6]) + ("; ..." if len(info.members) > 6 else "")
+            raise StreamprocError(
+                f"reset refused, nothing deleted: consumer group {self.app_id!r} still has {len(info.members)} "
+                f"member(s) after {limit:.0f} s: {shown}. An instance of the app is still running (stop every "
+                f"instance first, on every machine), or the instances use a session timeout longer than "
+                f"{session_s:g} s (give reset the same --config consumer.session.timeout.ms=... as `run`).")
+        self.group = info
+
+    def mark(self) -> None:
+        from ..kafka.admin import create_topics
+
+        create_topics(self.admin, [self.marker_topic], 1, config={"cleanup.policy": "compact"})
+
+    def delete_group(self) -> None:
+        from ..kafka.admin import delete_group
+
+        delete_group(self.admin, self.app_id)
+
+    def delete_topics(self) -> None:
+        from ..kafka.admin import delete_topics
+
+        delete_topics(self.admin, self.internal)     # whatever of them exists now
+
+    def unmark(self) -> None:
+        from ..kafka.admin import delete_topics
+
+        delete_topics(self.admin, [self.marker_topic])
 
 
 @app.command()
@@ -217,7 +355,7 @@ def replay(
     from ..kafka.config import admin_config, restore_consumer_config
     from ..runtime._changelog import META_CHANGELOG_OFFSETS, changelog_offsets
     from ..runtime.restore import Restorer
-    from ..state.rocksdb import RocksDBBackend, task_dir
+    from ..state.rocksdb import RocksDBBackend
     from .run import _parse_config
 
     if not bootstrap_servers:
@@ -238,7 +376,13 @@ def replay(
         mine = [s for s in st.stores if s in specs]
         if mine:
             by_st.append((st, mine))
-    wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
+    # nothing is written before these checks: a reset left unfinished, state of another cluster
+    layout.refuse_if_reset_incomplete(state_dir, plan.app_id, topology, bootstrap_servers)
+    cluster = wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
+    layout.refuse_if_reset_incomplete(state_dir, plan.app_id, topology, bootstrap_servers, topics=cluster.topics,
+                                      cluster_id=cluster.cluster_id)
+    layout.bind_cluster(state_dir, plan.app_id, cluster.cluster_id, bootstrap_servers, topology, record=False,
+                        verb="replay the app")
     restorer = Restorer(restore_consumer_config(bootstrap_servers, plan.app_id, _parse_config(config)))
     backends = []
     try:
@@ -260,8 +404,10 @@ def replay(
         tables = [(s.changelog, p) for st, mine, p in tasks for s in mine if s.source is not None]
         committed = group_offsets(make_admin(bootstrap_servers, plan.app_id), plan.app_id, tables) if tables else {}
         # empty the selected stores (and forget their changelog offsets): the replay reads each changelog whole
+        layout.bind_cluster(state_dir, plan.app_id, cluster.cluster_id, bootstrap_servers, topology,
+                            verb="replay the app")                 # records the cluster the state comes from
         for st, mine, p in tasks:
-            path = task_dir(state_dir, plan.app_id, f"{st.id}_{p}")
+            path = layout.task_dir(state_dir, plan.app_id, layout.task_id(st.id, p))
             b = RocksDBBackend.for_task(path, st)           # refuses, naming the holder, while a worker runs
             names = {s.name for s in mine}
             for name in names:
@@ -274,19 +420,25 @@ def replay(
             restorer.start((st.id, p), b, mine, p,
                            {s.name: committed[(s.changelog, p)] for s in mine if (s.changelog, p) in committed})
         all_parts = [part for st, _, p in tasks for part in restorer.parts((st.id, p))]
+        # the bar counts changelog offsets: records, and the offsets that hold none (transaction markers,
+        # records compacted away); the final line gives the same figure and then the records among them
         total = sum(max(0, part.end - part.first) for part in all_parts)
+
+        def offsets_read() -> int:
+            return sum(max(0, min(part.position, part.end) - part.first) for part in all_parts)
+
         t0 = time.monotonic()
         with Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
+                      TextColumn("changelog offsets {task.fields[rate]}"), TimeRemainingColumn(), console=err,
                       transient=False) as progress:
             bar = progress.add_task(plan.app_id, total=total, rate="")
             while restorer.pending:
                 restorer.step(0.2)
-                done = sum(min(part.position, part.end) - part.first for part in all_parts)
                 secs = time.monotonic() - t0
-                progress.update(bar, completed=done,
-                                rate=f"{restorer.records_restored / secs:,.0f} records/s" if secs > 0 else "")
-            progress.update(bar, completed=total)
+                progress.update(bar, completed=offsets_read(),
+                                rate=f"({restorer.records_restored / secs:,.0f} records/s)" if secs > 0 else "")
+            done = offsets_read()
+            progress.update(bar, completed=done)
         secs = time.monotonic() - t0
     finally:
         restorer.close()
@@ -295,5 +447,8 @@ def replay(
     n = restorer.records_restored
     n_stores = len({s.name for _, mine, _ in tasks for s in mine})
     rate = n / secs if secs > 0 else 0.0
-    typer.echo(f"replayed {n} records into {n_stores} store(s) of {len(tasks)} task(s) in {secs:.2f} s "
-               f"({rate:,.0f} records/s)")
+    other = done - n
+    typer.echo(f"replayed {done}/{total} changelog offsets into {n_stores} store(s) of {len(tasks)} task(s) in "
+               f"{secs:.2f} s: {n} records ({rate:,.0f} records/s)"
+               + (f"; the other {other} offsets hold no record (transaction markers, or compacted away)"
+                  if other > 0 else ""))

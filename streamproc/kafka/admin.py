@@ -16,6 +16,7 @@ one. Anything else fails at once.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from streamproc.errors import BrokerError
+from streamproc.errors import BrokerError, TopicError
 
 from .config import admin_config
 from .retry import Pending, RetriesExhausted, describe, is_retriable, is_retriable_error, kafka_error, retrying
@@ -273,8 +274,40 @@ def _check_config(spec: TopicSpec, actual: Mapping[str, str]) -> str | None:
             return None
         if have_ms is not None and have_ms != -1 and (want_ms == -1 or have_ms < want_ms):
             return (f"has retention.ms={have_ms} but streamproc needs at least "
-                    f"retention.ms={want_ms} (window size + grace + margin)")
+                    f"retention.ms={want_ms} (the store's retention, or window size + grace, + margin)")
     return None
+
+
+# --------------------------------------------------------------------------- topic names
+
+#: Kafka's rule for topic names (``org.apache.kafka.common.internals.Topic.validate``).
+MAX_TOPIC_NAME = 249
+_LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]+")
+
+
+def illegal_topic_name(name: str) -> str | None:
+    """Why ``name`` cannot be a Kafka topic name (Kafka refuses to create it, so it can never exist), or None."""
+    if not isinstance(name, str) or not name:
+        return "a topic name cannot be empty"
+    if name in (".", ".."):
+        return f"a topic cannot be named {name!r}"
+    if len(name) > MAX_TOPIC_NAME:
+        return f"it is {len(name)} characters long; Kafka allows at most {MAX_TOPIC_NAME}"
+    if not _LEGAL_TOPIC.fullmatch(name):
+        bad = "".join(dict.fromkeys(c for c in name if not _LEGAL_TOPIC.fullmatch(c)))
+        return (f"it contains {', '.join(repr(c) for c in bad)}; Kafka allows only ASCII letters, digits, "
+                f"'.', '_' and '-'")
+    return None
+
+
+def check_topic_names(names: Iterable[str], what: str = "topic",
+                      fix: str = "Rename the topic in the topology (and create it under that name).") -> None:
+    """Raise :class:`TopicError` naming every name among ``names`` Kafka would refuse (:func:`illegal_topic_name`)."""
+    problems = [f"{n!r} ({why})" for n in dict.fromkeys(names) if (why := illegal_topic_name(n)) is not None]
+    if problems:
+        raise TopicError(
+            f"{what} name(s) {'; '.join(problems)} are not legal Kafka topic names: no such topic can exist or be "
+            f"created. {fix}")
 
 
 # --------------------------------------------------------------------------- public API
@@ -309,6 +342,9 @@ def ensure_internal_topics(admin: AdminClient, specs: Iterable[TopicSpec], *,
     for spec in specs:
         if spec.partitions < 1:
             raise ValueError(f"internal topic {spec.name!r} needs at least 1 partition, got {spec.partitions}")
+    check_topic_names([s.name for s in specs], "internal topic",
+                      "Internal topics are named <app-id>-<name>-...: change the app id or the store / repartition "
+                      "name in the topology.")
     topics = _metadata(admin, timeout_s)
 
     missing = [s for s in specs if s.name not in topics]
@@ -358,24 +394,27 @@ def validate_source_topics(admin: AdminClient, topics: Iterable[str],
     """Check that the source topics exist and co-partitioned groups agree.
 
     Returns ``{topic: partition count}`` for every topic named (sources and
-    members of co-partition groups). Raises :class:`BrokerError` naming every
-    missing topic, or every group whose topics have different partition counts.
+    members of co-partition groups). Raises :class:`~streamproc.errors.TopicError`
+    (a ``BrokerError`` that restarting cannot fix: exit code 2) naming every
+    missing topic or every name Kafka refuses (:func:`illegal_topic_name`), and
+    ``BrokerError`` naming every group whose topics have different partition counts.
     A topic listed without partitions or with a transient error (still being
     created) is waited for, up to ``timeout_s``.
     """
     topics = list(dict.fromkeys(topics))
     groups = [list(dict.fromkeys(g)) for g in co_partition_groups]
     wanted = list(dict.fromkeys([*topics, *(t for g in groups for t in g)]))
+    check_topic_names(wanted, "source topic")
     listed = _metadata(admin, timeout_s)
 
     missing = [t for t in wanted if t not in listed]
     if missing:
         names = ", ".join(repr(t) for t in missing)
-        raise BrokerError(
+        raise TopicError(
             f"source topic(s) {names} do not exist on Kafka at {_bootstrap_of(admin)}. "
             "Create them with the partition count you want (e.g. kafka-topics --create), "
             "or pass --create-topics to let streamproc create them (development only: it uses "
-            "a default partition count).")
+            "a default partition count). Restarting does not help until they exist (exit code 2).")
     listed = _wait_for_partitions(admin, dict.fromkeys(wanted), timeout_s, leaders=False, known=listed)
     counts = {t: len(listed[t].partitions) for t in wanted}
 
@@ -405,6 +444,7 @@ def create_topics(admin: AdminClient, names: Iterable[str], partitions: int, *,
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
     names = list(dict.fromkeys(names))
+    check_topic_names(names)
     listed = _metadata(admin, timeout_s)
     missing = [n for n in names if n not in listed]
     created, raced = _create(admin, [
@@ -423,6 +463,44 @@ def _reachable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaException) and (err is None or not err.fatal())
 
 
+#: Seconds after which a cluster whose every bootstrap server refuses connections is reported (nothing
+#: listens there: retrying to ``timeout_s`` would only delay the same answer).
+REFUSED_GIVE_UP_S = 3.0
+_REFUSED = "connection refused"
+
+
+def _servers(bootstrap: str) -> set[str]:
+    """``host:port`` of each bootstrap server as librdkafka names them in its errors (default port 9092)."""
+    out = set()
+    for s in bootstrap.split(","):
+        s = s.strip()
+        if "://" in s:
+            s = s.split("://", 1)[1]
+        if not s:
+            continue
+        if not re.search(r":\d+$", s):
+            s += ":9092"
+        out.add(s.lower())
+    return out
+
+
+def nothing_listens(errors: list[KafkaError], bootstrap: str) -> bool:
+    """True when the errors librdkafka reported say nothing listens at any bootstrap server: each one refused
+    a connection ("Connection refused") and nothing else went wrong (no timeout, name resolution or TLS/SASL
+    failure: a broker that accepts connections but is slow or still starting is waited for)."""
+    refused: set[str] = set()
+    for err in errors:
+        code = err.code()
+        if code == KafkaError._ALL_BROKERS_DOWN:
+            continue
+        text = err.str() or ""
+        if code != KafkaError._TRANSPORT or _REFUSED not in text.lower():
+            return False
+        refused.add(text.split("/", 1)[0].strip().lower())
+    servers = _servers(bootstrap)
+    return bool(refused) and (servers <= refused or len(refused) >= len(servers))
+
+
 def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) -> Any:
     """Wait until the cluster answers a metadata request; return its ``ClusterMetadata``.
 
@@ -430,8 +508,11 @@ def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) ->
     bootstrap string. librdkafka retries unreachable brokers forever, so this
     polls with short ``list_topics`` timeouts and gives up after ``timeout_s``
     with ``BrokerError("cannot reach Kafka at X after N s: <reason>")``, the
-    reason being the last error librdkafka reported (connection refused, name
-    resolution failure, authentication failure, ...).
+    reason being the last error librdkafka reported (name resolution failure,
+    authentication failure, timeouts, ...). When nothing listens at all - every
+    bootstrap server refuses the connection - it says so after
+    :data:`REFUSED_GIVE_UP_S` instead (:func:`nothing_listens`); a broker that
+    accepts connections but does not answer yet is waited for up to ``timeout_s``.
     """
     if isinstance(config, str):
         conf: dict[str, Any] = admin_config(config)
@@ -451,7 +532,7 @@ def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) ->
             user_error_cb(err)
 
     conf["error_cb"] = _on_error
-    conf.setdefault("logger", _NullLogger())  # keep librdkafka's retry noise off stderr
+    conf["logger"] = _NullLogger()  # librdkafka's retry noise stays off stderr: the errors are in the paragraph
     admin = AdminClient(conf)
     deadline = time.monotonic() + timeout_s
 
@@ -465,8 +546,23 @@ def wait_for_broker(config: Mapping[str, Any] | str, timeout_s: float = 30.0) ->
             raise Pending("no broker in the metadata")
         return md
 
+    refused_after = min(REFUSED_GIVE_UP_S, timeout_s)
+
+    def give_up(last: BaseException, waited: float) -> BrokerError | None:
+        admin.poll(0)  # serve error callbacks
+        if waited < refused_after or not nothing_listens(errors, bootstrap):
+            return None
+        return BrokerError(
+            f"cannot reach Kafka at {bootstrap}: nothing is listening there - every connection was refused for "
+            f"{waited:.1f} s ({_reason(errors, None)}), so streamproc stops waiting before the {timeout_s:g} s it "
+            f"allows a broker to answer. Check the host and port in --bootstrap-servers (or "
+            f"STREAMPROC_BOOTSTRAP_SERVERS), that the broker is running, and that it listens on that address "
+            f"(its listeners / advertised.listeners). A broker that is still starting refuses connections too: "
+            f"start streamproc once it accepts them.")
+
     try:
-        return retrying("answer a metadata request", attempt, timeout_s, where=bootstrap, retriable=_reachable)
+        return retrying("answer a metadata request", attempt, timeout_s, where=bootstrap, retriable=_reachable,
+                        give_up=give_up)
     except (RetriesExhausted, KafkaException) as exc:
         last = exc.last if isinstance(exc, RetriesExhausted) else exc
         admin.poll(0)
@@ -492,3 +588,121 @@ def _reason(errors: list[KafkaError], last_exc: BaseException | None) -> str:
     if last_exc is not None:
         return _describe_exc(last_exc)
     return "no broker answered"
+
+
+# --------------------------------------------------------------------------- cluster and group (reset)
+
+@dataclass(frozen=True)
+class GroupMember:
+    """A member of a consumer group as the coordinator lists it."""
+
+    member_id: str
+    instance_id: str | None        # group.instance.id: a static member
+    client_id: str
+    host: str
+
+    def describe(self) -> str:
+        who = f"static member {self.instance_id!r}" if self.instance_id else f"member {self.member_id!r}"
+        return f"{who} ({self.client_id} at {self.host})"
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A consumer group's state (``"STABLE"``, ``"EMPTY"``, ...) and members."""
+
+    state: str
+    members: tuple[GroupMember, ...]
+
+
+def cluster_id(admin: AdminClient, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """The cluster id the brokers report in their metadata (None if they report none)."""
+    md = _retry(admin, "answer a metadata request (the cluster id)",
+                lambda: admin.list_topics(timeout=_attempt_s(timeout_s)), timeout_s)
+    return md.cluster_id
+
+
+def describe_group(admin: AdminClient, group: str, timeout_s: float = 15.0) -> GroupInfo | None:
+    """The state and members of consumer group ``group``; None if the cluster does not know it."""
+    def attempt() -> GroupInfo | None:
+        fut = admin.describe_consumer_groups([group], request_timeout=_attempt_s(timeout_s))[group]
+        try:
+            g = fut.result()
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is not None and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return None
+            raise
+        state = getattr(g.state, "name", str(g.state)).upper()
+        members = tuple(GroupMember(m.member_id, m.group_instance_id or None, m.client_id, m.host)
+                        for m in (g.members or []))
+        if state == "DEAD" and not members:
+            return None
+        return GroupInfo(state, members)
+
+    return _retry(admin, f"describe consumer group {group!r}", attempt, timeout_s)
+
+
+def delete_group(admin: AdminClient, group: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Delete consumer group ``group`` with its committed offsets. Returns False if it did not exist.
+
+    A group that still has members raises ``BrokerError`` (``NON_EMPTY_GROUP``)."""
+    def attempt() -> bool:
+        fut = admin.delete_consumer_groups([group], request_timeout=_attempt_s(timeout_s))[group]
+        try:
+            fut.result()
+            return True
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is not None and err.code() == KafkaError.GROUP_ID_NOT_FOUND:
+                return False
+            if err is not None and err.code() == KafkaError.NON_EMPTY_GROUP:
+                raise BrokerError(f"Kafka at {_bootstrap_of(admin)} refused to delete consumer group {group!r}: "
+                                  f"it has members again (an instance of the app started)") from None
+            raise
+
+    return _retry(admin, f"delete consumer group {group!r}", attempt, timeout_s)
+
+
+def delete_topics(admin: AdminClient, names: Iterable[str], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[str]:
+    """Delete the topics among ``names`` that exist; return them once the cluster no longer lists any of
+    them (a topic deleted but still listed could be "re-created" by nobody, or validated and then vanish)."""
+    names = list(dict.fromkeys(names))
+    listed = _metadata(admin, timeout_s)
+    doomed = [n for n in names if n in listed]
+    todo = list(doomed)
+    op_s = _attempt_s(timeout_s)
+
+    def attempt() -> None:
+        if not todo:
+            return
+        futures = admin.delete_topics(list(todo), operation_timeout=op_s, request_timeout=op_s + 5)
+        failures, transient = [], None
+        for name, fut in futures.items():
+            try:
+                fut.result()
+                todo.remove(name)
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is not None and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    todo.remove(name)          # deleted meanwhile (e.g. by an earlier attempt)
+                elif is_retriable(exc):
+                    transient = transient or exc
+                else:
+                    failures.append(f"{name!r} ({describe(exc)})")
+        if failures:
+            raise BrokerError(f"Kafka at {_bootstrap_of(admin)} refused to delete topic(s) {', '.join(failures)}. "
+                              "Check that the client may delete topics (ACLs) and that the brokers allow it "
+                              "(delete.topic.enable).")
+        if transient is not None:
+            raise transient
+
+    if doomed:
+        _retry(admin, f"delete topic(s) {', '.join(repr(n) for n in doomed)}", attempt, timeout_s)
+
+        def gone() -> None:
+            left = [n for n in doomed if n in _list_once(admin, _attempt_s(timeout_s))]
+            if left:
+                raise Pending(f"topic(s) {', '.join(map(repr, left))} still listed after their deletion")
+
+        _retry(admin, "stop listing the deleted topic(s)", gone, timeout_s)
+    return doomed

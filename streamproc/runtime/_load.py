@@ -7,8 +7,9 @@ import errno
 import os
 import uuid
 
-from ..errors import StateBusyError, StateError
+from ..errors import StateBusyError
 from ..loader import split_spec as _split
+from ..state import layout
 
 
 # --------------------------------------------------------------------------- topology references
@@ -32,15 +33,11 @@ def absolute_ref(ref: str) -> str:
 
 
 # --------------------------------------------------------------------------- state directory
+# (every path comes from ``streamproc.state.layout``)
 
 def app_state_dir(state_dir: str, app_id: str) -> str:
-    d = os.path.join(os.path.abspath(state_dir), app_id)
-    try:
-        os.makedirs(d, exist_ok=True)
-    except OSError as e:
-        raise StateError(f"cannot create the state directory {d!r}: {e.strerror}. "
-                         f"Pick a writable --state-dir.") from None
-    return d
+    """``<state-dir>/<app-id>``, created if missing."""
+    return layout.ensure_app_dir(state_dir, app_id)
 
 
 def process_id(state_dir: str, app_id: str) -> str:
@@ -49,8 +46,8 @@ def process_id(state_dir: str, app_id: str) -> str:
     It names the consumer group instance and the transactional id of every worker, so a
     restarted instance fences its own predecessor (and nobody else's).
     """
-    d = app_state_dir(state_dir, app_id)
-    path = os.path.join(d, "process-id")
+    app_state_dir(state_dir, app_id)
+    path = layout.process_id_path(state_dir, app_id)
     try:
         with open(path) as f:
             pid = f.read().strip()
@@ -59,29 +56,25 @@ def process_id(state_dir: str, app_id: str) -> str:
     except FileNotFoundError:
         pass
     pid = uuid.uuid4().hex
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(pid + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    layout.write_atomic(path, pid + "\n")
     return pid
 
 
 class StateDirLock:
-    """An exclusive ``flock`` on ``<state-dir>/<app-id>/.lock`` for the life of an instance.
+    """An exclusive ``flock`` on ``<state-dir>/<app-id>/.lock`` for the life of an instance (or a reset).
 
     Two instances sharing a state dir would share a process id and fence each other forever.
     """
 
     def __init__(self, state_dir: str, app_id: str):
-        self.path = os.path.join(app_state_dir(state_dir, app_id), ".lock")
+        app_state_dir(state_dir, app_id)
+        self.path = layout.lock_path(state_dir, app_id)
         self._fd: int | None = None
 
     def acquire(self) -> "StateDirLock":
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -96,16 +89,22 @@ class StateDirLock:
                 raise StateBusyError(
                     f"the state directory {os.path.dirname(self.path)!r} is in use by another streamproc "
                     f"instance{' (pid ' + holder + ')' if holder else ''}. Each instance on one machine needs "
-                    f"its own --state-dir.") from None
+                    f"its own --state-dir; stop it before a reset.") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
         return self
 
-    def release(self) -> None:
+    def release(self, *, remove: bool = False) -> None:
+        """Let go; ``remove``: delete the lock file first, while still holding it (``reset`` leaves none)."""
         if self._fd is not None:
             try:
+                if remove:
+                    try:
+                        os.unlink(self.path)
+                    except FileNotFoundError:
+                        pass
                 os.close(self._fd)
             finally:
                 self._fd = None

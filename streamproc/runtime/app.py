@@ -10,7 +10,8 @@ Topics
     * ``<app-id>-<store>-changelog``: as many partitions as the store's sub-topology has tasks
       (partition N holds task N's state), ``cleanup.policy=compact``; windowed stores
       ``compact,delete`` with ``retention.ms`` = how long a window can live (size + grace;
-      sliding: 2 x max difference + grace; session: gap + grace) + :data:`RETENTION_MARGIN_MS`;
+      sliding: 2 x max difference + grace; session: gap + grace; or the store's ``retention`` when
+      longer) + :data:`RETENTION_MARGIN_MS`;
     * ``<app-id>-dlq`` when a source uses ``on_error="dead-letter"``.
 
 Then the supervisor starts ``options.workers`` worker processes (see ``supervisor.py``).
@@ -29,6 +30,7 @@ from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_in
                            topic_configs, validate_source_topics, wait_for_broker)
 from ..kafka.config import admin_config, consumer_config, restore_consumer_config
 from ..plan.partitions import partition_counts
+from ..state import layout
 from ._config import RunOptions
 from .observe import Observer
 from .definitions import check_changelog_definitions
@@ -65,9 +67,10 @@ def run_app(plan, options: RunOptions) -> int:
             f"pass RunOptions(topology='path/to/file.py:name')")
     ref = absolute_ref(ref)
     check_assignor(consumer_config(options.bootstrap_servers, plan.app_id, options.client("consumer")))
-    counts = prepare_topics(plan, options)
-    lock = StateDirLock(options.state_dir, plan.app_id).acquire()
+    lock = StateDirLock(options.state_dir, plan.app_id).acquire()     # held from before the checks below
     try:
+        _check_state_dir(plan, options)
+        counts = prepare_topics(plan, options)
         pid = process_id(options.state_dir, plan.app_id)
         observer = Observer(plan.app_id, multiprocessing.get_context("spawn"), metrics_port=options.metrics_port,
                             live=options.live_status if options.live_status is not None else sys.stderr.isatty())
@@ -98,6 +101,19 @@ def run_app(plan, options: RunOptions) -> int:
         lock.release()
 
 
+def _check_state_dir(plan, options: RunOptions) -> None:
+    """Before any topic is touched: refuse while a ``streamproc reset`` is unfinished (the marker in the
+    state dir, or its topic in the cluster), and refuse state built against another cluster or app; record
+    the cluster a state dir is used with (``state.layout``)."""
+    shown = options.topology or "<topology>"
+    layout.refuse_if_reset_incomplete(options.state_dir, plan.app_id, shown, options.bootstrap_servers)
+    md = wait_for_broker(admin_config(options.bootstrap_servers, plan.app_id, options.client("admin")),
+                         timeout_s=options.broker_timeout_s)
+    layout.refuse_if_reset_incomplete(options.state_dir, plan.app_id, shown, options.bootstrap_servers,
+                                      topics=md.topics, cluster_id=md.cluster_id)
+    layout.bind_cluster(options.state_dir, plan.app_id, md.cluster_id, options.bootstrap_servers, shown)
+
+
 def _install_signals(sup: Supervisor, on_stop=None):
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -122,7 +138,12 @@ def _install_signals(sup: Supervisor, on_stop=None):
 # ------------------------------------------------------------------------------------------------ topics
 
 def window_retention_ms(spec) -> int | None:
-    """``retention.ms`` of a store's changelog, or None for a plain (compacted only) table."""
+    """``retention.ms`` of a store's changelog, or None for a plain (compacted only) table.
+
+    How long a stored window can live without being written again, plus :data:`RETENTION_MARGIN_MS`
+    (Kafka Streams: the store's retention + ``windowstore.changelog.additional.retention.ms``, 1 day):
+    the window's size + grace by default, the store's ``retention`` when it keeps closed windows longer
+    (``aggregate(..., retention=)``). Expired windows are also deleted by tombstones."""
     w = spec.window
     if w is None:
         return None
@@ -136,6 +157,9 @@ def window_retention_ms(spec) -> int | None:
         life = w.before + w.after + w.grace
     else:  # pragma: no cover - future window kinds
         life = 0
+    retention = getattr(spec, "retention", None)
+    if retention is not None and retention > life:
+        life = retention
     return life + RETENTION_MARGIN_MS
 
 

@@ -18,14 +18,15 @@ import socket
 import time
 
 from ..errors import StateBusyError, StateError
+from .layout import TASK_LOCK, task_lock_path
 
-LOCK_NAME = "LOCK"
+LOCK_NAME = TASK_LOCK
 
 
 class TaskDirLock:
     def __init__(self, path):
         self.dir = os.path.abspath(os.fspath(path))
-        self.path = os.path.join(self.dir, LOCK_NAME)
+        self.path = task_lock_path(self.dir)
         self._fd: int | None = None
 
     @property
