@@ -210,13 +210,23 @@ class GroupedStream:
             raise TopologyError(f"window(late_topic=) must be a topic name, got {late_topic!r}")
         return WindowedStream(self._stream, name=self._name, window=spec, late_topic=late_topic)
 
-    def aggregate(self, *, emit: str | None = None, name: str | None = None, **aggs):
+    def aggregate(self, *, emit: str | None = None, name: str | None = None, retention=None, **aggs):
         """Named aggregations, e.g. ``aggregate(views=agg.count(), seconds=agg.sum("s"))``.
 
         Windowed: one record per window, ``{"window_start", "window_end", <agg>...}``;
         ``emit="final"`` (default) when the window closes, ``emit="update"`` after each batch.
         Not windowed: a continuously updated table, ``{<agg>: ...}`` per key after each batch.
+
+        ``retention`` (windowed only; a duration, default and minimum: the window's size + grace) keeps
+        closed windows in the store, with their final values, until stream time reaches the window's
+        start + retention (sessions: end + retention), as a Kafka Streams window store does, so
+        HTTP queries, ``streamproc state`` and ``TopologyTestDriver.state`` can read recent closed
+        windows (marked ``"closed": True``); the changelog's retention follows. Closing and emitting
+        are unchanged (see ``streamproc.windows``).
         """
+        if isinstance(retention, Aggregation):
+            raise TopologyError("aggregate(): 'retention' is the store's retention, not an aggregation name; "
+                                "pick another name")
         if not aggs:
             raise TopologyError("aggregate() needs at least one named aggregation, e.g. aggregate(n=agg.count())")
         for k, a in aggs.items():
@@ -232,11 +242,17 @@ class GroupedStream:
             raise TopologyError(
                 "emit='final' needs a window: an aggregate without .window(...) never closes; "
                 "use emit='update' or add .window(...)")
+        if retention is not None:
+            if self._window is None:
+                raise TopologyError(
+                    "aggregate(retention=...) is for windowed aggregations (how long closed windows are kept); "
+                    "an aggregate without .window(...) keeps every key, so leave retention out or add .window(...)")
+            retention = self._window.check_retention(retention, name)
         up = self._stream
         from .. import serdes
 
         node = up.topology._add("aggregate", [up.node], {
-            "aggs": dict(aggs), "window": self._window, "emit": emit,
+            "aggs": dict(aggs), "window": self._window, "emit": emit, "retention": retention,
             "store": name, "repartition_name": self._name, "late_topic": self._late_topic,
             "late_key_serde": up.key_serde or serdes.Json(), "late_value_serde": up.value_serde or serdes.Json(),
         }, key_changed=False)
@@ -246,15 +262,15 @@ class GroupedStream:
             return Table(up.topology, node, key_serde=up.key_serde, value_serde=None)
         return Stream(up.topology, node, key_serde=up.key_serde, value_serde=None)
 
-    def count(self, *, emit: str | None = None, name: str | None = None):
+    def count(self, *, emit: str | None = None, name: str | None = None, retention=None):
         """Shorthand for ``aggregate(count=agg.count())``."""
         from .. import agg
-        return self.aggregate(count=agg.count(), emit=emit, name=name)
+        return self.aggregate(count=agg.count(), emit=emit, name=name, retention=retention)
 
-    def reduce(self, fn, *, emit: str | None = None, name: str | None = None):
+    def reduce(self, fn, *, emit: str | None = None, name: str | None = None, retention=None):
         """Shorthand for ``aggregate(reduce=agg.reduce(fn))``: ``fn(acc, value)``, the first value starts."""
         from .. import agg
-        return self.aggregate(reduce=agg.reduce(fn), emit=emit, name=name)
+        return self.aggregate(reduce=agg.reduce(fn), emit=emit, name=name, retention=retention)
 
 
 class WindowedStream(GroupedStream):

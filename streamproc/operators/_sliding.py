@@ -34,8 +34,13 @@ The stored value (``SlidingEntry.state()``, codec-ready lists) is::
 
     [due, next_seq, rec_ts, rec_seq, [rec values per field], win_start, win_max_ts, [win states per agg]]
 
-``due`` first: the smallest stream time at which the key needs a visit (a window closes, or its
-last record expires); the backend indexes keys by it (``state.backend``).
+plus, for a store with a retention longer than the default (``aggregate(..., retention=)``), a ninth
+element while the key has closed windows kept: ``[[start, max_ts, [states per agg]], ...]`` by start,
+each the window's final value, removed once ``stream_time >= start + retention`` (Kafka Streams'
+window store retention, measured from the window start; never before the window closed).
+
+``due`` first: the smallest stream time at which the key needs a visit (a window closes, its
+last record expires, or a kept closed window expires); the backend indexes keys by it (``state.backend``).
 """
 from __future__ import annotations
 
@@ -401,10 +406,13 @@ _HANDLERS = {"count": _CountH, "sum": _SumH, "min": _MinH, "max": _MaxH, "mean":
 class SlidingLayout:
     """What every key's entry of one operator shares: the aggregations as columns, the record fields."""
 
-    def __init__(self, aggs: list, d: int, grace: int, emit_final: bool = False):
+    def __init__(self, aggs: list, d: int, grace: int, emit_final: bool = False, retention: int | None = None):
         self.aggs = aggs
         self.d = d
         self.grace = grace
+        # a closed window is kept until stream_time >= start + keep_for (never before it closed: d + grace + 1)
+        self.keep_for = max(d + grace + 1, retention or 0)
+        self.retains = self.keep_for > d + grace + 1
         self.fields: list = []             # record columns: one per distinct field (column_key)
         field_of: dict = {}
         self.handlers: list[_Handler] = []
@@ -454,14 +462,14 @@ class SlidingEntry(Deferred):
     Rows handed out (``changed``, ``close``, ``rows``) are ``(start, max_ts, [state per agg])``.
     """
 
-    __slots__ = ("L", "seq",
+    __slots__ = ("L", "seq", "closed",
                  "ws", "wm", "wst", "dirty", "rts", "rseq", "rx", "shared",     # _Small
                  "W", "R")                                                      # _Big
 
     @staticmethod
     def new(L: SlidingLayout) -> "SlidingEntry":
         e = _Small()
-        e.L, e.seq, e.shared = L, 0, False
+        e.L, e.seq, e.shared, e.closed = L, 0, False, []
         e.ws, e.wm, e.wst, e.dirty = [], [], [[] for _ in L.aggs], set()
         e.rts, e.rseq, e.rx = [], [], [[] for _ in L.fields]
         return e
@@ -469,8 +477,11 @@ class SlidingEntry(Deferred):
     @staticmethod
     def load(L: SlidingLayout, value, extract) -> "SlidingEntry":
         """From a stored value: this layout, or the one streamproc wrote before (``[records, windows]``)."""
-        if type(value) is list and len(value) == 8 and type(value[0]) is int:
-            _, seq, rts, rseq, rfields, starts, maxts, wstates = value
+        closed = []
+        if type(value) is list and len(value) in (8, 9) and type(value[0]) is int:
+            _, seq, rts, rseq, rfields, starts, maxts, wstates = value[:8]
+            if len(value) == 9:
+                closed = value[8]           # closed windows kept for the retention (never changed in place)
         elif type(value) is list and len(value) == 2 and isinstance(value[1], dict):
             recs, wins = value                                   # [[ts, value]...], {start: [max_ts, *states]}
             rts = [r[0] for r in recs]
@@ -486,22 +497,50 @@ class SlidingEntry(Deferred):
             raise StateError("a sliding-window store value does not match the operator's aggregations")
         if len(starts) <= BIG_WINDOWS and len(rts) <= BIG_RECORDS:
             e = _Small()                   # the value's own lists, copied only before a change
-            e.L, e.seq, e.shared = L, seq, True
+            e.L, e.seq, e.shared, e.closed = L, seq, True, closed
             e.ws, e.wm, e.wst, e.dirty = starts, maxts, wstates, set()
             e.rts, e.rseq, e.rx = rts, rseq, rfields
             return e
-        return _Big.build(L, seq, rts, rseq, rfields, starts, maxts, wstates, ())
+        e = _Big.build(L, seq, rts, rseq, rfields, starts, maxts, wstates, ())
+        e.closed = closed
+        return e
 
     def due_of(self, first_start, last_ts) -> int:
         """Smallest stream time at which the key has something to do: its first window closes
-        (``start + d + grace + 1``) or its last record can go (``ts + d + grace + 2``)."""
+        (``start + d + grace + 1``), its last record can go (``ts + d + grace + 2``) or its first kept
+        closed window expires (``start + keep_for``)."""
         L = self.L
         if first_start is None:
-            return last_ts + L.d + L.grace + 2 if last_ts is not None else 0
-        due = first_start + L.d + L.grace + 1
-        if last_ts is not None and last_ts + L.d + L.grace + 2 < due:
-            return last_ts + L.d + L.grace + 2
-        return due
+            due = last_ts + L.d + L.grace + 2 if last_ts is not None else None
+        else:
+            due = first_start + L.d + L.grace + 1
+            if last_ts is not None and last_ts + L.d + L.grace + 2 < due:
+                due = last_ts + L.d + L.grace + 2
+        closed = self.closed
+        if closed:
+            c = closed[0][0] + L.keep_for
+            if due is None or c < due:
+                due = c
+        return 0 if due is None else due
+
+    def _keep(self, rows: list, st: int) -> None:
+        """Keep the windows ``rows`` that just closed (``(start, max_ts, states)``, by start) until they
+        expire (a new list: the old one may be shared with a stored value)."""
+        keep_for = self.L.keep_for
+        kept = [[s, m, list(states)] for s, m, states in rows if s + keep_for > st]
+        if kept:
+            self.closed = self.closed + kept
+
+    def _expire(self, st: int) -> None:
+        """Drop the kept closed windows that expired at stream time ``st``."""
+        closed = self.closed
+        if closed and closed[0][0] + self.L.keep_for <= st:
+            keep_for = self.L.keep_for
+            self.closed = [r for r in closed if r[0] + keep_for > st]
+
+    def closed_rows(self) -> list:
+        """The closed windows kept for the store's retention, ``(start, max_ts, states)`` by start."""
+        return [(s, m, states) for s, m, states in self.closed]
 
 
 class _Small(SlidingEntry):
@@ -519,7 +558,10 @@ class _Small(SlidingEntry):
 
     def state(self) -> list:
         self.shared = True
-        return [self.due(), self.seq, self.rts, self.rseq, self.rx, self.ws, self.wm, self.wst]
+        v = [self.due(), self.seq, self.rts, self.rseq, self.rx, self.ws, self.wm, self.wst]
+        if self.closed:
+            v.append(self.closed)
+        return v
 
     def _own(self) -> None:
         self.rts, self.rseq, self.ws, self.wm = self.rts[:], self.rseq[:], self.ws[:], self.wm[:]
@@ -531,7 +573,7 @@ class _Small(SlidingEntry):
         return self.due_of(self.ws[0] if self.ws else None, self.rts[-1] if self.rts else None)
 
     def is_empty(self) -> bool:
-        return not self.ws and not self.rts
+        return not self.ws and not self.rts and not self.closed
 
     def add(self, t: int, st: int, xs: list) -> bool:
         L = self.L
@@ -634,7 +676,11 @@ class _Small(SlidingEntry):
         if not ws or ws[0] + L.d + L.grace + 1 > st:
             return []
         n = bisect_right(ws, st - L.d - L.grace - 1)
-        out = self._rows(0, n) if rows else []
+        out = self._rows(0, n) if rows or L.retains else []
+        if L.retains:
+            self._keep(out, st)
+            if not rows:
+                out = []
         if self.dirty:
             self.dirty.difference_update(ws[:n])
         if n == len(ws):                               # new lists: the old ones may be shared
@@ -651,6 +697,7 @@ class _Small(SlidingEntry):
                 zip(self.ws[lo:hi], self.wm[lo:hi], zip(*[c[lo:hi] for c in self.wst]))]
 
     def prune(self, st: int) -> None:
+        self._expire(st)
         rts = self.rts
         horizon = st - self.L.grace - self.L.d - 1
         if rts and rts[0] < horizon:
@@ -682,22 +729,25 @@ class _Big(SlidingEntry):
             rcols.append(vals)
             rdt.append((_num_dtype(vals, True, False) or _I64) if vals else _I64)
         e = _Big()
-        e.L, e.seq = L, seq
+        e.L, e.seq, e.closed = L, seq, []
         e.W, e.R = _Cols.build(wcols, wdt), _Cols.build(rcols, rdt)
         return e
 
     def state(self) -> list:
         W, R, L = self.W, self.R, self.L
-        return [self.due(), self.seq, R.col(0).tolist(), R.col(1).tolist(),
-                [R.col(2 + i).tolist() for i in range(len(L.fields))],
-                W.col(0).tolist(), W.col(1).tolist(), [h.states(W) for h in L.handlers]]
+        v = [self.due(), self.seq, R.col(0).tolist(), R.col(1).tolist(),
+             [R.col(2 + i).tolist() for i in range(len(L.fields))],
+             W.col(0).tolist(), W.col(1).tolist(), [h.states(W) for h in L.handlers]]
+        if self.closed:
+            v.append(self.closed)
+        return v
 
     def due(self) -> int:
         W, R = self.W, self.R
         return self.due_of(int(W.arrs[0][W.lo]) if len(W) else None, int(R.arrs[0][R.hi - 1]) if len(R) else None)
 
     def is_empty(self) -> bool:
-        return len(self.W) == 0 and len(self.R) == 0
+        return len(self.W) == 0 and len(self.R) == 0 and not self.closed
 
     def add(self, t: int, st: int, xs: list) -> bool:
         L = self.L
@@ -780,7 +830,11 @@ class _Big(SlidingEntry):
         if not len(W) or int(W.arrs[0][W.lo]) + L.d + L.grace + 1 > st:
             return []
         n = int(W.col(0).searchsorted(st - L.d - L.grace - 1, side="right"))
-        out = self._rows(0, n) if rows else []
+        out = self._rows(0, n) if rows or L.retains else []
+        if L.retains:
+            self._keep(out, st)
+            if not rows:
+                out = []
         W.drop_front(n)
         return out
 
@@ -797,7 +851,8 @@ class _Big(SlidingEntry):
 
     def prune(self, st: int) -> None:
         """Drop records no window that can still open contains (nor needs as its right window's
-        left edge): ``ts < st - grace - d - 1``."""
+        left edge): ``ts < st - grace - d - 1``; and the kept closed windows that expired."""
+        self._expire(st)
         R = self.R
         if not len(R):
             return

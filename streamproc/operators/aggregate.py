@@ -7,6 +7,7 @@ was processed at (``Batch.stream_times``), so batching changes no result.
 """
 from __future__ import annotations
 
+from collections import deque
 from itertools import compress
 from operator import itemgetter
 
@@ -183,20 +184,39 @@ class TimeWindowAggregateOp(_AggregateBase):
     orders them by start (``BackendSweep``): building the operator reads nothing from the store,
     and each batch closes what its stream time passed with a bounded range scan of that index,
     reading each closed window once (``get_many``) and deleting it.
+
+    Retention (``aggregate(..., retention=R)`` longer than size + grace, see ``streamproc.windows``): a
+    closed window is not deleted but kept with its final value, marked closed - ``(max_ts, *agg_states,
+    True)`` - until ``stream_time >= start + R``, then deleted (a tombstone in the changelog). The mark
+    is what says a window was closed (and, in ``emit="final"``, emitted): a window met again when the
+    store is swept after a rebuild is emitted only if it is not marked. The windows this operator closes
+    wait for expiry in a FIFO by start (windows close in start order, and expire in it); those the store
+    held when it was built are found by a second sweep of the time index (bound ``stream_time - R``).
     """
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
+        self.retention = node.params.get("retention")
+        self.retains = self.window.retains(self.retention)
+        self._width = 1 + len(self.aggs)          # len of an open window's state; a closed one has one more
         self._start_index()
 
     def _start_index(self) -> None:
         self.index = CloseIndex()
         self._generation = self.store.generation
         self._sweep = BackendSweep(self.store, "window")
+        self._expiring: deque = deque()         # (start, [group keys]) of closed windows kept, by start
+        self._expire_sweep = BackendSweep(self.store, "window") if self.retains else None
         if not self._sweep.indexed:             # a backend without a time index: read the store once
             w = self.window
-            for (k, start), _ in self.store.items():
-                self.index.add(w.close_time(start + w.size), (k, start))
+            kept = []
+            for (k, start), state in self.store.items():
+                if self.retains and len(state) > self._width:
+                    kept.append((start, k))
+                else:
+                    self.index.add(w.close_time(start + w.size), (k, start))
+            kept.sort(key=itemgetter(0))
+            self._keep([(k, start) for start, k in kept])
 
     def _process(self, b: Batch) -> Batch:
         w = self.window
@@ -231,10 +251,72 @@ class TimeWindowAggregateOp(_AggregateBase):
             else:
                 closed = stored
         if closed:
-            if self.emit_final:
-                self._results_into(closed, self.store.get_many(closed), keys, values, ts)
-            self.store.delete_many(closed)
+            if self.emit_final or self.retains:
+                self._close(closed, self.store.get_many(closed), st, keys, values, ts)
+            else:
+                self.store.delete_many(closed)
+        if self.retains:
+            self._expire(st)
         return self._output(keys, values, ts, self.ctx.state.stream_time)
+
+    def _close(self, closed: list, states: list, st: int, keys, values, ts) -> None:
+        """Close the windows ``closed`` (in start order; ``states`` their stored states): emit the ones not
+        closed before (``emit="final"``), then delete them, or keep them marked closed until they expire."""
+        width = self._width
+        if not self.retains:
+            # marked windows are only there if an earlier run of this store kept closed windows
+            if any(map(width.__lt__, map(len, states))):
+                fresh = [i for i, s in enumerate(states) if len(s) == width]
+                closed_now, states = [closed[i] for i in fresh], [states[i] for i in fresh]
+            else:
+                closed_now = closed
+            self._results_into(closed_now, states, keys, values, ts)        # (only called in emit="final")
+            self.store.delete_many(closed)
+            return
+        fresh = [i for i, s in enumerate(states) if s is not None and len(s) == width]
+        if self.emit_final and fresh:
+            self._results_into([closed[i] for i in fresh], [states[i] for i in fresh], keys, values, ts)
+        bound = st - self.retention               # a window with start <= bound has expired
+        gone = [closed[i] for i in fresh if closed[i][1] <= bound]
+        if gone:
+            self.store.delete_many(gone)
+        kept = [i for i in fresh if closed[i][1] > bound]
+        if kept:
+            ks = [closed[i] for i in kept]
+            self.store.put_many(ks, [tuple(states[i]) + (True,) for i in kept])
+            self._keep(ks)
+        # windows marked before (found by the sweep after a rebuild) expire through the expiry sweep
+
+    def _keep(self, wkeys: list) -> None:
+        """Queue closed windows ``wkeys`` (``(key, start)``, normally in start order) for expiry."""
+        q = self._expiring
+        for k, start in wkeys:
+            if not q or q[-1][0] < start:
+                q.append((start, [k]))
+            elif q[-1][0] == start:
+                q[-1][1].append(k)
+            else:                               # out of order (never after the first batch): keep q sorted
+                i = len(q) - 1
+                while i > 0 and q[i - 1][0] >= start:
+                    i -= 1
+                if q[i][0] == start:
+                    q[i][1].append(k)
+                else:
+                    q.insert(i, (start, [k]))
+
+    def _expire(self, st: int) -> None:
+        """Delete the kept closed windows whose retention stream time ``st`` reached."""
+        bound = st - self.retention
+        q = self._expiring
+        dead = []
+        while q and q[0][0] <= bound:
+            start, gks = q.popleft()
+            dead += [(k, start) for k in gks]
+        stored = self._expire_sweep.due(bound)
+        if stored:
+            dead += stored
+        if dead:
+            self.store.delete_many(dead)
 
     def _results_into(self, skeys, states, keys, values, ts) -> None:
         size, names, aggs = self.window.size, self.names, self.aggs
@@ -250,7 +332,10 @@ class TimeWindowAggregateOp(_AggregateBase):
             ts.append(state[0])
 
     def _snapshot_items(self):
+        width = self._width
         for sk, state in self.store.items():
             keys, values, ts = [], [], []
             self._results_into([sk], [state], keys, values, ts)
+            if len(state) > width:              # a closed window kept for the store's retention
+                values[0]["closed"] = True
             yield sk, values[0]

@@ -15,10 +15,18 @@ what it writes without decoding it). Building the operator costs one index looku
 (``BackendSweep``); each batch visits the keys its stream time reached: closes their due
 windows (emitting them in ``emit="final"``), drops expired records, and deletes a key with
 nothing left.
+
+Retention (``aggregate(..., retention=R)`` longer than the default, see ``streamproc.windows``): a
+window that closes is kept in its key's value, apart from the open ones and with its final value,
+until it expires (sliding: ``stream_time >= start + R``; session: ``stream_time >= end + R``, as
+Kafka Streams' window and session stores measure it); the key's due time covers that expiry, so the
+key is visited then and the window dropped (the key deleted, a tombstone, when nothing is left). A
+kept closed window is never updated again, nor merged into a new session: closing is unchanged.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from operator import itemgetter
 
 from ..agg import Aggregation
 from ..errors import CodecError, StateError
@@ -36,6 +44,7 @@ class _RecordWindowOp(_AggregateBase):
     ``_save``, ``_entry_due`` and ``_stored_due`` for their per-key state."""
 
     _kind = ""
+    _snapshot_by_end = False      # snapshot keys (key, start, end) instead of (key, start)
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -151,6 +160,12 @@ class _RecordWindowOp(_AggregateBase):
             value.update({n: a.result(x) for n, a, x in zip(self.names, self.aggs, states)})
         return value
 
+    def _snapshot_items(self):
+        present, full = self._present, self._snapshot_by_end
+        for k, value in self.store.items():
+            for w in present(value):
+                yield ((k, w["window_start"], w["window_end"]) if full else (k, w["window_start"])), w
+
 
 class SlidingAggregateOp(_RecordWindowOp):
     """Kafka Streams sliding windows (``max_difference`` d), both ends inclusive.
@@ -174,8 +189,10 @@ class SlidingAggregateOp(_RecordWindowOp):
     def __init__(self, node, ctx):
         p = node.params
         w = p["window"]
-        self.layout = SlidingLayout(list(p["aggs"].values()), w.max_difference, w.grace, p["emit"] == "final")
+        self.layout = SlidingLayout(list(p["aggs"].values()), w.max_difference, w.grace, p["emit"] == "final",
+                                    p.get("retention"))
         self._live: OrderedDict = OrderedDict()
+        self._present = sliding_windows(p)
         super().__init__(node, ctx)
 
     def _columns(self, b: Batch) -> list:
@@ -255,12 +272,6 @@ class SlidingAggregateOp(_RecordWindowOp):
     def _entry_due(entry) -> int:
         return entry.due()
 
-    def _snapshot_items(self):
-        d = self.window.max_difference
-        for k, value in self.store.items():
-            for start, mx, states in self._entry(value).rows():
-                yield (k, start), self._result_value(start, start + d, states)
-
 
 _PLAIN = frozenset({int, float, str, bool, bytes, type(None)})
 
@@ -279,24 +290,34 @@ class SessionAggregateOp(_RecordWindowOp):
     its batch; it never merges again. This is Kafka Streams' behaviour: its session store
     retention defaults to gap + grace, and a fetch never returns a session older than that, so
     every record counts in at most one final result and the store stays bounded.
+
+    With a longer retention R the key's closed sessions are kept after the open ones, in a trailing
+    ``{"closed": [session, ...]}`` (by start; written only while there are some), until
+    ``stream_time >= end + R``. They are kept for reading only: unlike Kafka Streams, whose session
+    store would hand a retained closed session to the merge of a later record (re-opening it), a kept
+    session never merges again, so closing and emitting are those without a retention.
     """
 
     _S = 3   # session list layout: [start, end, max_ts, *states]
     _kind = "session"
 
+    def __init__(self, node, ctx):
+        self.retention = node.params.get("retention")
+        self._present = session_windows(node.params)
+        # a kept closed session and a later session of its key can start at the same time (a record at
+        # its start extends an open session back to it without merging it): a store that keeps closed
+        # sessions shows them by (key, start, end), as a Kafka Streams session store keys them
+        self.retains = node.params["window"].retains(self.retention)
+        self._snapshot_by_end = self.retains
+        super().__init__(node, ctx)
+
     def _stored_due(self, k, value):
         sessions = self._sessions_of(value)
-        return self._entry_due(sessions) if sessions else None
+        return self._entry_due(sessions) if sessions or sessions.closed else None
 
     @staticmethod
-    def _sessions_of(value) -> list:
-        if not value:
-            return []
-        if type(value[0]) is int:                 # [due, *sessions]
-            return [list(s) for s in value[1:]]
-        if isinstance(value[0], list):            # the layout before due times: [*sessions]
-            return [list(s) for s in value]
-        raise StateError(f"a session store value has an unknown layout ({str(value)[:80]})")
+    def _sessions_of(value) -> "_Sessions":
+        return _sessions_of(value)
 
     def _load(self, k, xs, value=None):
         if value is None:
@@ -304,6 +325,9 @@ class SessionAggregateOp(_RecordWindowOp):
             if value is None and xs is None:
                 return None
         return self._sessions_of(value)
+
+    def _expire_time(self, s) -> int:
+        return self.window.expire_time(s[0], s[1], self.retention)
 
     def _add(self, k, sessions, t, st, xs) -> bool:
         w = self.window
@@ -348,25 +372,116 @@ class SessionAggregateOp(_RecordWindowOp):
     def _close(self, k, sessions, st, items) -> None:
         close = self.window.close_time
         done = [s for s in sessions if close(s[1]) <= st]
+        closed = sessions.closed
         if done:
+            kept = []
             for s in sorted(done, key=lambda s: close(s[1])):
                 sessions.remove(s)
                 if self.emit_final:
                     items.append((k, self._result_value(s[0], s[1], s[3:]), s[2]))
+                if self.retains and self._expire_time(s) > st:
+                    kept.append(s)
+            if kept:
+                closed = sorted(closed + kept, key=_first)
+        if closed:
+            closed = [s for s in closed if self._expire_time(s) > st]
+        sessions.closed = closed
 
     @staticmethod
     def _is_empty(sessions) -> bool:
-        return not sessions
+        return not sessions and not sessions.closed
 
     def _entry_due(self, sessions) -> int:
-        return min(self.window.close_time(s[1]) for s in sessions)
+        close, expire = self.window.close_time, self._expire_time
+        return min([close(s[1]) for s in sessions] + [expire(s) for s in sessions.closed])
 
     def _save(self, k, sessions) -> None:
         if self._check_states:
             self._storable([k], [sessions])
-        self.store.put(k, [self._entry_due(sessions)] + sessions)
+        value = [self._entry_due(sessions)] + sessions
+        if sessions.closed:
+            value.append({"closed": sessions.closed})
+        self.store.put(k, value)
 
-    def _snapshot_items(self):
-        for k, value in self.store.items():
-            for s in self._sessions_of(value):
-                yield (k, s[0]), self._result_value(s[0], s[1], s[3:])
+
+_first = itemgetter(0)
+_bounds = itemgetter(0, 1)
+
+
+class _Sessions(list):
+    """A key's open sessions (the list itself) and ``closed``: its closed sessions kept for the store's
+    retention (by start)."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self, sessions=()):
+        super().__init__(sessions)
+        self.closed = []
+
+
+def _sessions_of(value) -> _Sessions:
+    """A session store value as the operator works on it (see ``SessionAggregateOp``)."""
+    if not value:
+        return _Sessions()
+    if type(value[0]) is int:                 # [due, *sessions] (+ {"closed": [...]})
+        body = value[1:]
+        if body and type(body[-1]) is dict:
+            out = _Sessions(list(s) for s in body[:-1])
+            out.closed = [list(s) for s in body[-1].get("closed", ())]
+            return out
+        return _Sessions(list(s) for s in body)
+    if isinstance(value[0], list):            # the layout before due times: [*sessions]
+        return _Sessions(list(s) for s in value)
+    raise StateError(f"a session store value has an unknown layout ({str(value)[:80]})")
+
+
+# ------------------------------------------------------------------------------ presentation
+# One presentation of a key's stored windows for the operator's snapshot (TopologyTestDriver.state,
+# ``streamproc state``) and the HTTP queries (runtime.queries): a list of window dicts by start (then
+# end), each as the operator emits the window, plus ``"closed": True`` for a closed window kept for the
+# store's retention.
+
+def _window_dict(names, aggs, simple, start, end, states, closed=False) -> dict:
+    value = {"window_start": start, "window_end": end}
+    if simple:
+        value.update(zip(names, states))
+    else:
+        value.update({n: a.result(x) for n, a, x in zip(names, aggs, states)})
+    if closed:
+        value["closed"] = True
+    return value
+
+
+def _names_aggs(params):
+    aggs = params["aggs"]
+    fns = list(aggs.values())
+    return list(aggs), fns, all(type(a).result is Aggregation.result for a in fns)
+
+
+def session_windows(params):
+    """``present(value) -> [window, ...]`` for the stored values of a session store."""
+    names, aggs, simple = _names_aggs(params)
+
+    def present(value) -> list:
+        sessions = _sessions_of(value)
+        out = [(s[0], s[1], _window_dict(names, aggs, simple, s[0], s[1], s[3:], True)) for s in sessions.closed]
+        out += [(s[0], s[1], _window_dict(names, aggs, simple, s[0], s[1], s[3:])) for s in sessions]
+        out.sort(key=_bounds)
+        return [w for _, _, w in out]
+
+    return present
+
+
+def sliding_windows(params):
+    """``present(value) -> [window, ...]`` for the stored values of a sliding-window store."""
+    names, aggs, simple = _names_aggs(params)
+    w = params["window"]
+    d = w.max_difference
+    layout = SlidingLayout(aggs, d, w.grace, params["emit"] == "final", params.get("retention"))
+
+    def present(value) -> list:
+        e = SlidingEntry.load(layout, value, _extract)
+        return ([_window_dict(names, aggs, simple, s, s + d, states, True) for s, _, states in e.closed_rows()]
+                + [_window_dict(names, aggs, simple, s, s + d, states) for s, _, states in e.rows()])
+
+    return present

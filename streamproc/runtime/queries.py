@@ -18,7 +18,9 @@ murmur2 of the internal codec). :meth:`Stores.task_of` gives that task; the inst
 Keys in URLs: a string key as it is; any other key as JSON (``/stores/counts/42`` finds the
 string ``"42"`` first, then the int ``42``). Values are shown as the operators emit them
 (aggregations as ``{<agg>: ...}``, windows with ``window_start``/``window_end``, tables as
-their value, join stores as the records waiting in their window).
+their value, join stores as the records waiting in their window). A windowed store's key shows
+its windows by start, open ones and the closed ones kept for the store's retention
+(``aggregate(..., retention=)``), the latter marked ``"closed": true``.
 """
 from __future__ import annotations
 
@@ -185,13 +187,15 @@ class _View:
     """One local task's database, followed as a RocksDB secondary instance."""
 
     def __init__(self, plan, st, partition: int, state_dir: str):
-        from ..state.rocksdb import DB_DIR, RocksDBBackend, task_dir
+        from ..state import layout
+        from ..state.rocksdb import DB_DIR, RocksDBBackend
 
         self.st = st
-        path = task_dir(state_dir, plan.app_id, f"{st.id}_{partition}")
+        task = layout.task_id(st.id, partition)
+        path = layout.task_dir(state_dir, plan.app_id, task)
         if not os.path.exists(os.path.join(path, DB_DIR, "CURRENT")):
-            raise QueryError(503, f"task {st.id}_{partition} has no local state yet (restoring?)")
-        secondary = os.path.join(state_dir, plan.app_id, "queries", f"{st.id}_{partition}-{os.getpid()}")
+            raise QueryError(503, f"task {task} has no local state yet (restoring?)")
+        secondary = layout.query_dir(state_dir, plan.app_id, task, os.getpid())
         self.backend = RocksDBBackend(path, list(st.stores), secondary=secondary)
         self._db_dir = os.path.join(path, DB_DIR)
         self._seen = self._signature()
@@ -271,6 +275,18 @@ def presenter(st, spec):
         return lambda k, v: results(v)
     if spec.kind == "window":
         size = spec.window.size
-        return lambda k, v: {"window_start": k[1], "window_end": k[1] + size, **results(v)}
-    # sliding / session: the key's windows as the operator keeps them
-    return lambda k, v: v
+        width = 1 + len(fns)            # (max_ts, *states); a closed window kept for the retention: + (True,)
+
+        def window(k, v):
+            out = {"window_start": k[1], "window_end": k[1] + size, **results(v)}
+            if len(v) > width:
+                out["closed"] = True
+            return out
+
+        return window
+    # sliding / session: the key's windows, by start, as the operator presents them (closed ones kept for
+    # the store's retention marked "closed": true), like a tumbling window store's
+    from ..operators.record_windows import session_windows, sliding_windows
+
+    windows = (session_windows if spec.kind == "session" else sliding_windows)(node.params)
+    return lambda k, v: windows(v)

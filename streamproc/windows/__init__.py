@@ -19,6 +19,18 @@ Every window kind answers two questions, and nothing else in streamproc decides 
   ===========  =================================  ===============================
 
 A record that only belongs to closed windows is *late*.
+
+Retention (``aggregate(..., retention=)``): how long a window store keeps a window, so queries and
+``streamproc state`` can read recent closed windows. As in Kafka Streams, it is measured in stream
+time from the window's *start* for time and sliding windows (a window store, whose fetches skip
+windows with ``start <= stream_time - retention``) and from the session's *end* for sessions (a
+session store, which skips sessions with ``end <= stream_time - retention``). The default, and the
+minimum, is the window's size + grace (``default_retention``: tumbling/hopping ``size + grace``,
+sliding ``max_difference + grace``, session ``gap + grace``): a closed window goes when it closes,
+as without a retention. :meth:`WindowSpec.expire_time` is the smallest stream time at which a window
+is removed: ``max(close_time(end), anchor + retention)`` - never before it closed. A retained closed
+window holds its final value; it is never updated (a record for it is still late) nor, for sessions,
+merged again, and ``emit="final"`` emitted it once, when it closed.
 """
 from __future__ import annotations
 
@@ -29,7 +41,8 @@ import numpy as np
 
 from ..errors import TopologyError
 
-__all__ = ["Tumbling", "Hopping", "Sliding", "Session", "JoinWindow", "WindowSpec", "parse_duration"]
+__all__ = ["Tumbling", "Hopping", "Sliding", "Session", "JoinWindow", "WindowSpec", "parse_duration",
+           "format_duration"]
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
@@ -70,6 +83,43 @@ class WindowSpec:
     def params(self) -> dict:
         raise NotImplementedError
 
+    @property
+    def default_retention(self) -> int:
+        """The store retention without ``retention=``, and the shortest allowed: size + grace."""
+        raise NotImplementedError
+
+    def expire_time(self, start, end, retention: int | None):
+        """Smallest stream time at which a window ``[start, end]`` is removed from a store kept for
+        ``retention`` (None: the default): ``max(close_time(end), anchor + retention)``, the anchor being
+        the window start (time and sliding windows) or the session end (see the module doc)."""
+        close = self.close_time(end)
+        if retention is None:
+            return close
+        t = (end if self.kind == "session" else start) + retention
+        return t if t > close else close
+
+    def retains(self, retention: int | None) -> bool:
+        """True if a store kept for ``retention`` keeps windows after they close (a retention longer
+        than the default); False: a window is removed when it closes."""
+        return retention is not None and self.expire_time(0, self._end_of(0), retention) > self.close_time(
+            self._end_of(0))
+
+    def _end_of(self, start: int) -> int:
+        return start
+
+    def check_retention(self, retention, store: str | None = None) -> int:
+        """``retention`` in milliseconds, or ``TopologyError`` when it is not a duration or is shorter than
+        :attr:`default_retention`."""
+        ms = parse_duration(retention, "retention")
+        floor = self.default_retention
+        if ms < floor:
+            name = f" of store {store!r}" if store else ""
+            raise TopologyError(
+                f"retention {_fmt(ms)}{name} is shorter than the window's size + grace ({_fmt(floor)} for "
+                f"{self.describe()}): a window store keeps every window at least until it closes, so give "
+                f"retention >= {_fmt(floor)} or leave it out")
+        return ms
+
     def describe(self) -> str:
         return f"{self.kind}(" + ", ".join(f"{k}={_fmt(v)}" for k, v in self.params().items()) + ")"
 
@@ -91,6 +141,13 @@ class _TimeWindow(WindowSpec):
 
     def close_time(self, end):
         return end + self.grace
+
+    @property
+    def default_retention(self) -> int:
+        return self.size + self.grace
+
+    def _end_of(self, start: int) -> int:
+        return start + self.size
 
     def assign(self, ts: np.ndarray):
         """Window starts for each timestamp, as (record_index, start) arrays.
@@ -161,6 +218,16 @@ class Sliding(WindowSpec):
     def close_time(self, end):
         return end + self.grace + 1
 
+    @property
+    def default_retention(self) -> int:
+        # Kafka Streams asks 2 x max_difference + grace of a sliding window store, because it builds a new
+        # window from the stored aggregate of an older one; here new windows are folded from the key's
+        # stored records, so the store need not keep closed windows for that
+        return self.max_difference + self.grace
+
+    def _end_of(self, start: int) -> int:
+        return start + self.max_difference
+
     def params(self):
         return {"max_difference": self.max_difference, "grace": self.grace}
 
@@ -178,6 +245,10 @@ class Session(WindowSpec):
 
     def close_time(self, end):
         return end + self.gap + self.grace + 1
+
+    @property
+    def default_retention(self) -> int:
+        return self.gap + self.grace
 
     def params(self):
         return {"gap": self.gap, "grace": self.grace}
@@ -209,6 +280,11 @@ class JoinWindow(WindowSpec):
 
     def params(self):
         return {"before": self.before, "after": self.after, "grace": self.grace}
+
+
+def format_duration(ms: int) -> str:
+    """``ms`` in the largest unit that divides it: ``"1h"``, ``"90s"``, ``"0ms"``."""
+    return _fmt(ms)
 
 
 def _fmt(ms: int) -> str:
