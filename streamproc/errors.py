@@ -82,3 +82,9 @@ class StateBusyError(StreamprocError):
 
 class BrokerError(StreamprocError):
     """The Kafka cluster cannot be reached or refused what was asked."""
+
+
+class TopicError(BrokerError, UnrecoverableError):
+    """A topic the topology names cannot be used as it is: it does not exist, or its name is one Kafka
+    refuses (illegal characters, too long, ``.``/``..``). Restarting cannot fix it (exit code 2): the
+    topic must be created or the topology changed."""

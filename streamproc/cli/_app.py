@@ -1,8 +1,14 @@
 """The typer app every command registers on, and what commands share.
 
 Every command turns a ``StreamprocError`` into one paragraph on stderr and an exit code:
-2 for what restarting cannot fix (a bad topology file, a changed store definition, unusable
-state, a record that fails under ``on_error="fail"``), 1 for everything else. No traceback walls.
+2 for what restarting cannot fix (``UnrecoverableError``: a bad topology file, a changed store
+definition, unusable state, a record that fails under ``on_error="fail"``, a missing or illegally
+named topic - ``TopicError``), 1 for everything else (e.g. a broker that cannot be reached: it
+may come back). No traceback walls.
+
+Log lines of every command but ``run`` are text (``HH:MM:SS LEVEL logger: message``), like the
+paragraphs ``say`` prints; ``run`` chooses its stream's format (``--log-format``) before it
+writes anything, and ``say`` follows it (``runtime/logs.py``).
 """
 from __future__ import annotations
 
@@ -30,9 +36,13 @@ def _root(
     """Stateful stream processing on Apache Kafka."""
     import logging
 
-    logging.basicConfig(
+    from ..runtime import logs
+
+    logs.forget_format()       # a command's paragraphs are text until `run` picks its --log-format
+
+    logging.basicConfig(       # text, like say()'s paragraphs; `run` replaces it with its --log-format
         level=logging.DEBUG if verbose else logging.WARNING,
-        format='{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
 
 
@@ -43,7 +53,7 @@ def guarded(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UnrecoverableError, TopologyLoadError) as e:      # restarting cannot help: exit 2
+        except (UnrecoverableError, TopologyLoadError) as e:      # restarting cannot help: exit 2 (TopicError too)
             say("ERROR", str(e))
             raise typer.Exit(2) from None
         except StreamprocError as e:

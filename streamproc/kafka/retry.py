@@ -11,6 +11,10 @@ raised by the step itself) propagates at once.
 
 A step that polls for a condition rather than calling something that fails raises
 :class:`Pending` with what it still misses; that is retried the same way.
+
+A caller that can tell, from what it observed, that waiting longer cannot help (e.g. nothing
+listens at the address at all: every connection refused) passes ``give_up``: after each
+transient failure it may return the error to raise at once instead of retrying to the deadline.
 """
 from __future__ import annotations
 
@@ -93,12 +97,15 @@ def is_retriable(exc: BaseException) -> bool:
 
 def retrying(what: str, fn: Callable[[], T], deadline_s: float, *, where: str | None = None,
              retriable: Callable[[BaseException], bool] = is_retriable,
+             give_up: Callable[[BaseException, float], BaseException | None] | None = None,
              sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> T:
     """``fn()``, called again while it raises a retriable exception, until ``deadline_s`` seconds have passed.
 
     ``what`` completes "waiting for Kafka to ..." (e.g. ``"report the offsets of changelog 'a'[2]"``);
     ``where`` is the bootstrap address for the message. A non-retriable exception propagates at
     once; after the deadline :class:`RetriesExhausted` is raised (chained to the last exception).
+    ``give_up(last exception, seconds waited)``: consulted after each transient failure; an exception it
+    returns is raised at once (chained to the last exception), None goes on retrying.
     An attempt already running at the deadline is not interrupted: callers bound each attempt
     (a request timeout) well below ``deadline_s``.
     """
@@ -115,6 +122,10 @@ def retrying(what: str, fn: Callable[[], T], deadline_s: float, *, where: str | 
                 raise
             last = exc
         now = clock()
+        if give_up is not None:
+            stop = give_up(last, now - start)
+            if stop is not None:
+                raise stop from last
         if now >= deadline:
             break
         if attempts == 1 and not isinstance(last, Pending):

@@ -8,13 +8,22 @@ status panel on a terminal is never torn by a worker's line.
 ``text``: ``HH:MM:SS LEVEL logger: message``. ``json``: one object per line, ``{"ts", "level",
 "logger", "msg"}`` (plus ``"worker"`` for a worker's record), encoded with orjson so quotes and
 newlines in messages stay valid JSON.
+
+From the first line: ``streamproc run`` chooses the format before it writes anything (the CLI
+paragraphs go through ``cli._app.say``, which follows it), and what Python itself would write to
+stderr as plain text - a warning (``warnings.warn``), an exception no code caught in a thread or
+in the main thread, an "exception ignored" report - goes through logging too
+(:func:`route_stray_output`, in the supervisor and in every worker), so it comes out in the
+stream's format.
 """
 from __future__ import annotations
 
 import logging
 import logging.handlers
 import sys
+import threading
 import time
+import warnings
 
 import orjson
 
@@ -25,6 +34,12 @@ _current: str | None = None         # the format configure() set (None: not conf
 def current_format() -> str | None:
     """The format :func:`configure` chose for this process's stderr (None before it ran)."""
     return _current
+
+
+def forget_format() -> None:
+    """Back to "not configured" (each CLI command starts so; ``run`` then chooses its format)."""
+    global _current
+    _current = None
 
 
 def json_line(level: str, message: str, logger: str = "streamproc") -> str:
@@ -86,7 +101,44 @@ def configure(level: int | str = logging.INFO, fmt: str | None = None) -> str:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("streamproc").setLevel(level)
+    route_stray_output()
     return fmt
+
+
+_stray = logging.getLogger("streamproc.python")
+
+
+def route_stray_output() -> None:
+    """Send what Python would print to stderr by itself through logging (see the module doc): warnings
+    (logger ``py.warnings``), uncaught exceptions of threads and of the main thread, "exception ignored"."""
+    if warnings.showwarning is not getattr(logging, "_showwarning", None):
+        logging.captureWarnings(False)       # logging thinks it captures, but someone put another hook back
+    logging.captureWarnings(True)
+    if getattr(threading.excepthook, "_streamproc", False):
+        return
+
+    def thread_hook(args) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = getattr(args.thread, "name", None) or "?"
+        _stray.error("uncaught exception in thread %s", name,
+                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    def main_hook(exc_type, exc, tb) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        _stray.critical("uncaught exception", exc_info=(exc_type, exc, tb))
+
+    def unraisable_hook(u) -> None:
+        _stray.warning("%s: %r", u.err_msg or "Exception ignored in", u.object,
+                       exc_info=(u.exc_type, u.exc_value, u.exc_traceback) if u.exc_type else None)
+
+    for hook in (thread_hook, main_hook, unraisable_hook):
+        hook._streamproc = True
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook
+    sys.unraisablehook = unraisable_hook
 
 
 def worker_logging(queue, level: int, worker: int) -> None:
@@ -97,6 +149,7 @@ def worker_logging(queue, level: int, worker: int) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)
+    route_stray_output()
 
 
 class _WorkerQueueHandler(logging.handlers.QueueHandler):

@@ -12,6 +12,22 @@ The :class:`Observer` in the supervisor keeps the latest snapshot per worker and
   line every :data:`STATUS_INTERVAL_S` - input rate, lag, tasks running/restoring, the last
   checkpoint's duration and drops.
 
+Figures that tell the truth:
+
+* input and internal records apart: ``streamproc_records_consumed_total`` counts the topology's
+  input topics only (the status line's "consumed" and rate too), repartition topics have
+  ``streamproc_internal_records_consumed_total``; likewise ``..._produced_total`` (sinks, dead
+  letters, late records) and ``streamproc_internal_records_produced_total`` (repartition topics,
+  changelogs);
+* every assigned partition has its consumed counter and lag series from its assignment on, at 0;
+* tasks are counted as the task manager counts them - a task is (sub-topology, partition) - over
+  the instance: a task that two workers report during a rebalance (the one that lost it has not
+  reported since) counts once, in the phase of the newer report;
+* a worker's gauges (tasks, lag, assignment, store keys, restore remaining) count only while it
+  runs: its last report (``final``, sent as it stops) and :meth:`Observer.worker_exited` drop
+  them; a report of a predecessor arriving after its successor started (both share the worker
+  index) is told apart by its ``started`` time and only adds to the counters.
+
 Counter values are those of committed checkpoints (see ``stats.py``). A worker killed between a
 commit and its next snapshot (under a second) takes the counts of that last second with it.
 """
@@ -30,7 +46,7 @@ log = logging.getLogger("streamproc.status")
 #: Seconds between two status lines when stderr is not a terminal.
 STATUS_INTERVAL_S = 30.0
 
-_COUNTERS = ("consumed", "produced", "drops", "misplaced")
+_COUNTERS = ("consumed", "produced", "internal_consumed", "internal_produced", "drops", "misplaced")
 _SCALARS = ("checkpoints", "rollbacks", "duration_sum")
 
 
@@ -45,6 +61,8 @@ class Observer:
         self._lock = threading.Lock()
         self._latest: dict[int, dict] = {}       # worker index -> its latest snapshot
         self._base: dict[int, dict] = {}         # worker index -> counters of its finished predecessors
+        self._prev: dict[int, dict] = {}         # worker index -> last snapshot of its previous process
+        self._started_at: dict[int, float] = {}  # worker index -> when its current process was started
         self.restarts: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -102,22 +120,24 @@ class Observer:
 
     # ------------------------------------------------------------------ workers
     def worker_started(self, index: int, restart: bool) -> None:
+        """The supervisor starts a process for worker ``index`` (called before the process starts)."""
         with self._lock:
             if restart:
                 self.restarts[index] = self.restarts.get(index, 0) + 1
+            self._started_at[index] = time.time()
+            prev = self._prev.pop(index, None)
+            if prev is not None:
+                _add_counters(self._base.setdefault(index, _zero_base()), prev)
             last = self._latest.pop(index, None)
-            if last is not None:                  # counters continue from the predecessor's last snapshot
-                base = self._base.setdefault(index, {k: {} for k in _COUNTERS} | dict.fromkeys(_SCALARS, 0))
-                for k in _COUNTERS:
-                    for lk, n in last[k].items():
-                        base[k][lk] = base[k].get(lk, 0) + n
-                for k in _SCALARS:
-                    base[k] += last[k]
-                base.setdefault("buckets", [0] * (len(CHECKPOINT_BUCKETS) + 1))
-                base["buckets"] = [a + b for a, b in zip(base["buckets"], last["buckets"])]
-                restored = base.setdefault("restored", {})
-                for store, (done, _) in last.get("restore", {}).items():
-                    restored[store] = restored.get(store, 0) + done
+            if last is not None:     # counters continue from it; it may still send a later (final) report
+                self._prev[index] = last
+
+    def worker_exited(self, index: int) -> None:
+        """Worker ``index``'s process ended (however): its gauges no longer count (its counters do)."""
+        with self._lock:
+            last = self._latest.get(index)
+            if last is not None and not last.get("final"):
+                self._latest[index] = dict(last, final=True)
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -142,27 +162,42 @@ class Observer:
             logging.getLogger(payload.name).handle(payload)
         elif kind == "stats":
             with self._lock:
+                started_at = self._started_at.get(index)
+                if started_at is not None and payload.get("started", started_at) < started_at:
+                    # a report of the process this index had before the current one (queued behind its exit)
+                    prev = self._prev.get(index)
+                    if prev is None or (prev.get("pid") == payload.get("pid")
+                                        and payload.get("time", 0) >= prev.get("time", 0)):
+                        self._prev[index] = payload
+                    return
                 self._latest[index] = payload
 
     # ------------------------------------------------------------------ views
     def snapshots(self) -> dict[int, dict]:
-        """``{worker index: snapshot}`` with the counters of restarted workers' predecessors added."""
+        """``{worker index: snapshot}`` with the counters of restarted workers' predecessors added; a worker
+        that stopped (its final report) or exited has no gauges (see the module doc)."""
         with self._lock:
             out = {}
-            for i in set(self._latest) | set(self._base):
-                snap = dict(self._latest.get(i) or _empty())
-                base = self._base.get(i)
-                if base:
+            for i in set(self._latest) | set(self._base) | set(self._prev):
+                snap = {**_empty(), **(self._latest.get(i) or {})}
+                if snap.get("final"):             # the worker stopped: it holds nothing any more
+                    snap.update(lag={}, assigned=0, tasks={"running": 0, "restoring": 0}, task_keys=[],
+                                restoring_keys=[], store_keys={}, watermark_lag={}, paused=0, held_back={},
+                                restore={k: [v[0], 0] for k, v in snap["restore"].items()})
+                earlier = self._base.get(i)
+                if i in self._prev:
+                    earlier = _add_counters(_copy_base(earlier) if earlier else _zero_base(), self._prev[i])
+                if earlier:
                     for k in _COUNTERS:
-                        merged = dict(base[k])
+                        merged = dict(earlier[k])
                         for lk, n in snap[k].items():
                             merged[lk] = merged.get(lk, 0) + n
                         snap[k] = merged
                     for k in _SCALARS:
-                        snap[k] = snap[k] + base[k]
-                    snap["buckets"] = [a + b for a, b in zip(snap["buckets"], base["buckets"])]
+                        snap[k] = snap[k] + earlier[k]
+                    snap["buckets"] = [a + b for a, b in zip(snap["buckets"], earlier["buckets"])]
                     restore = {k: list(v) for k, v in snap.get("restore", {}).items()}
-                    for store, done in base.get("restored", {}).items():
+                    for store, done in earlier.get("restored", {}).items():
                         restore.setdefault(store, [0, 0])[0] += done
                     snap["restore"] = restore
                 out[i] = snap
@@ -171,6 +206,7 @@ class Observer:
     def figures(self) -> dict:
         snaps = self.snapshots()
         consumed = sum(n for s in snaps.values() for n in s["consumed"].values())
+        internal = sum(n for s in snaps.values() for n in s["internal_consumed"].values())
         now = time.monotonic()
         if self._rate_mark is not None and now - self._rate_mark[0] >= 1.0:
             self.rate = max(0.0, (consumed - self._rate_mark[1]) / (now - self._rate_mark[0]))
@@ -182,27 +218,31 @@ class Observer:
         for s in snaps.values():
             for (reason, _), n in s["drops"].items():
                 drops[reason] = drops.get(reason, 0) + n
+        running, restoring = _task_counts(snaps.values())
         return {
-            "workers": len(snaps), "consumed": consumed, "rate": self.rate,
+            "workers": len(snaps), "consumed": consumed, "internal_consumed": internal, "rate": self.rate,
             "lag": sum(n for s in snaps.values() for n in s["lag"].values()),
-            "running": sum(s["tasks"].get("running", 0) for s in snaps.values()),
-            "restoring": sum(s["tasks"].get("restoring", 0) for s in snaps.values()),
+            "running": running, "restoring": restoring,
             "last_checkpoint_ms": max(last) if last else None,
             "drops": drops, "restarts": sum(self.restarts.values()),
+            "held_back": {k: v for s in snaps.values() for k, v in s.get("held_back", {}).items()},
         }
 
     def running_tasks(self) -> set:
         """``(sub-topology id, partition)`` of every task this instance's workers run now."""
         with self._lock:
-            return {tuple(k) for s in self._latest.values() for k in s.get("task_keys", ())}
+            return {tuple(k) for s in self._latest.values() if not s.get("final") for k in s.get("task_keys", ())}
 
     def status_line(self) -> str:
         f = self.figures()
         ck = f"{f['last_checkpoint_ms']:.0f} ms" if f["last_checkpoint_ms"] is not None else "-"
         drops = ", ".join(f"{n} {r}" for r, n in sorted(f["drops"].items()) if n) or "none"
-        return (f"{self.app_id}: {f['rate']:,.0f} records/s, {f['consumed']:,} consumed, lag {f['lag']:,}, "
+        internal = f" (+{f['internal_consumed']:,} internal)" if f["internal_consumed"] else ""
+        return (f"{self.app_id}: {f['rate']:,.0f} records/s, {f['consumed']:,} consumed{internal}, lag {f['lag']:,}, "
                 f"tasks {f['running']} running / {f['restoring']} restoring, last checkpoint {ck}, "
-                f"dropped {drops}" + (f", {f['restarts']} worker restart(s)" if f["restarts"] else ""))
+                f"dropped {drops}" + (f", {f['restarts']} worker restart(s)" if f["restarts"] else "")
+                + "".join(f"; windows of sub-topology {sub} held back by {who}"
+                          for sub, who in sorted(f["held_back"].items())))
 
     def tick(self) -> None:
         """Called by the supervisor's loop: redraw the live line, or log the status line when due."""
@@ -216,9 +256,55 @@ class Observer:
 
 
 def _empty() -> dict:
-    return {"consumed": {}, "produced": {}, "drops": {}, "misplaced": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
+    return {"consumed": {}, "produced": {}, "internal_consumed": {}, "internal_produced": {}, "drops": {},
+            "misplaced": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
             "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "last_checkpoint_ms": None, "lag": {}, "assigned": 0,
-            "tasks": {}, "restore": {}, "store_keys": {}, "task_keys": []}
+            "tasks": {}, "restore": {}, "store_keys": {}, "task_keys": [], "restoring_keys": [],
+            "watermark_lag": {}, "paused": 0, "held_back": {}}
+
+
+def _zero_base() -> dict:
+    return {k: {} for k in _COUNTERS} | dict.fromkeys(_SCALARS, 0) | {
+        "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "restored": {}}
+
+
+def _copy_base(base: dict) -> dict:
+    return {k: dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v for k, v in base.items()}
+
+
+def _add_counters(base: dict, snap: dict) -> dict:
+    """Add the counters of a finished process's last snapshot to ``base`` (returned)."""
+    for k in _COUNTERS:
+        acc = base.setdefault(k, {})
+        for lk, n in snap.get(k, {}).items():
+            acc[lk] = acc.get(lk, 0) + n
+    for k in _SCALARS:
+        base[k] = base.get(k, 0) + snap.get(k, 0)
+    base["buckets"] = [a + b for a, b in zip(base.get("buckets") or [0] * (len(CHECKPOINT_BUCKETS) + 1),
+                                             snap.get("buckets") or [0] * (len(CHECKPOINT_BUCKETS) + 1))]
+    restored = base.setdefault("restored", {})
+    for store, (done, _) in snap.get("restore", {}).items():
+        restored[store] = restored.get(store, 0) + done
+    return base
+
+
+def _task_counts(snaps) -> tuple[int, int]:
+    """``(running, restoring)`` tasks of the instance, each task once, as the task manager counts them (a task is
+    (sub-topology, partition)). During a rebalance two workers may report one task - the one that lost it has
+    not reported since -: the most recent report says its phase. A snapshot without task keys (an older
+    worker) adds its counts."""
+    phase: dict = {}
+    unkeyed_running = unkeyed_restoring = 0
+    for s in sorted(snaps, key=lambda s: s.get("time", 0)):
+        run_keys = [tuple(k) for k in s.get("task_keys", ())]
+        rest_keys = [tuple(k) for k in s.get("restoring_keys", ())]
+        phase.update(dict.fromkeys(run_keys, "running"))
+        phase.update(dict.fromkeys(rest_keys, "restoring"))
+        tasks = s.get("tasks", {})
+        unkeyed_running += max(0, tasks.get("running", 0) - len(run_keys))
+        unkeyed_restoring += max(0, tasks.get("restoring", 0) - len(rest_keys))
+    running = sum(1 for p in phase.values() if p == "running")
+    return running + unkeyed_running, len(phase) - running + unkeyed_restoring
 
 
 class _Collector:
@@ -239,9 +325,19 @@ class _Collector:
         def gauge(name, doc, labels):
             return GaugeMetricFamily(name, doc, labels=["worker"] + labels)
 
-        consumed = counter("streamproc_records_consumed", "Input records processed and committed.",
+        consumed = counter("streamproc_records_consumed",
+                           "Records of the topology's input topics processed and committed (internal topics: "
+                           "streamproc_internal_records_consumed_total); 0 from the partition's assignment on.",
                            ["topic", "partition"])
-        produced = counter("streamproc_records_produced", "Records produced and committed.", ["topic"])
+        internal_consumed = counter("streamproc_internal_records_consumed",
+                                    "Records of internal (repartition) topics processed and committed.",
+                                    ["topic", "partition"])
+        produced = counter("streamproc_records_produced",
+                           "Records produced to the topology's outputs (sinks, dead letters, late records) and "
+                           "committed (internal topics: streamproc_internal_records_produced_total).", ["topic"])
+        internal_produced = counter("streamproc_internal_records_produced",
+                                    "Records produced to internal topics (repartition topics, changelogs) and "
+                                    "committed.", ["topic"])
         dropped = counter("streamproc_records_dropped", "Records dropped, by reason and operator.",
                           ["reason", "operator"])
         misplaced = counter("streamproc_records_misplaced",
@@ -253,18 +349,29 @@ class _Collector:
         restored = counter("streamproc_restore_records", "Changelog records restored.", ["store"])
         duration = HistogramMetricFamily("streamproc_checkpoint_duration_seconds",
                                          "Time to commit a checkpoint.", labels=["worker"])
-        lag = gauge("streamproc_consumer_lag", "Records between the consumed position and the end.",
-                    ["topic", "partition"])
+        lag = gauge("streamproc_consumer_lag", "Records between the consumed position and the end, for every "
+                    "assigned partition (0 until the partition is first fetched).", ["topic", "partition"])
         remaining = gauge("streamproc_restore_remaining_records", "Changelog records left to restore.", ["store"])
-        keys = gauge("streamproc_store_keys", "Keys in a store (estimate).", ["store"])
+        keys = gauge("streamproc_store_keys", "Live keys in a store (exact, as of the last checkpoint; "
+                     "a windowed store: one per window).", ["store"])
         assigned = gauge("streamproc_assigned_partitions", "Input partitions assigned to the worker.", [])
         tasks = gauge("streamproc_tasks", "Tasks of the worker by phase.", ["phase"])
+        wm_lag = gauge("streamproc_watermark_lag_seconds",
+                       "How far a sub-topology's stream time is behind the newest record time its tasks saw "
+                       "(the largest over the worker's tasks).", ["subtopology"])
+        paused = gauge("streamproc_paused_partitions",
+                       "Input partitions paused because their task holds enough of their records (event-time "
+                       "order, KIP-695).", [])
         for i, s in sorted(snaps.items()):
             w = str(i)
             for (t, p), n in s["consumed"].items():
                 consumed.add_metric([w, t, str(p)], n)
+            for (t, p), n in s["internal_consumed"].items():
+                internal_consumed.add_metric([w, t, str(p)], n)
             for t, n in s["produced"].items():
                 produced.add_metric([w, t], n)
+            for t, n in s["internal_produced"].items():
+                internal_produced.add_metric([w, t], n)
             for (reason, op), n in s["drops"].items():
                 dropped.add_metric([w, reason, op], n)
             for t, n in s.get("misplaced", {}).items():
@@ -287,5 +394,8 @@ class _Collector:
             assigned.add_metric([w], s["assigned"])
             for phase, n in s["tasks"].items():
                 tasks.add_metric([w, phase], n)
-        return [consumed, produced, dropped, misplaced, ckpts, rollbacks, restarts_f, restored, duration, lag, remaining,
-                keys, assigned, tasks]
+            for sub, sec in s.get("watermark_lag", {}).items():
+                wm_lag.add_metric([w, str(sub)], sec)
+            paused.add_metric([w], s.get("paused", 0))
+        return [consumed, internal_consumed, produced, internal_produced, dropped, misplaced, ckpts, rollbacks,
+                restarts_f, restored, duration, lag, remaining, keys, assigned, tasks, wm_lag, paused]

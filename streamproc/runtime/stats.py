@@ -6,10 +6,19 @@ the checkpoint that processed them is open; :meth:`WorkerStats.committed` (calle
 checkpoint once its transaction committed) makes them count, :meth:`WorkerStats.rolled_back`
 forgets them: input processed again after a rollback is never counted twice.
 
+Input and internal records are counted apart: ``internal_topics`` (repartition topics and
+changelogs) are the runtime's own traffic, so a snapshot reports ``consumed`` / ``produced`` for
+the topology's inputs and outputs (sources; sinks, dead letters, late records) and
+``internal_consumed`` / ``internal_produced`` for the rest. :meth:`WorkerStats.track` makes the
+counters of the partitions assigned and topics written exist at 0 from the start (a series that
+appears only with its first record looks like a missing instance).
+
 Gauges (lag, assigned partitions, tasks, restore progress, store sizes) are set as the worker
 sees them. :meth:`WorkerStats.snapshot` is a plain picklable dict: the worker sends it to its
 supervisor, which serves every worker's series on one Prometheus endpoint
-(``runtime/observe.py``).
+(``runtime/observe.py``). A snapshot carries the worker process's ``pid`` and ``started`` time
+(so the supervisor tells a late report of a predecessor from its successor's) and ``final``
+(the worker's last report: it holds nothing any more).
 
 Dropped records are also *summarised in the log*: at most once per :data:`SUMMARY_INTERVAL_S`
 per reason and operator, at INFO, with an example record's topic, partition and offset.
@@ -17,6 +26,7 @@ per reason and operator, at INFO, with an example record's topic, partition and 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 log = logging.getLogger("streamproc.drops")
@@ -29,11 +39,17 @@ CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 
 
 class WorkerStats:
-    def __init__(self, worker: str):
+    def __init__(self, worker: str, internal_topics=()):
         self.worker = worker
+        self.internal = frozenset(internal_topics)   # repartition topics and changelogs: counted apart
+        self.pid = os.getpid()
+        self.started = time.time()
         self.consumed: dict = {}          # (topic, partition) -> committed records
         self.produced: dict = {}          # topic -> committed records
         self.drops: dict = {}             # (reason, operator) -> committed records
+        self.watermark_lag: dict = {}     # sub-topology id -> seconds its stream time is behind its newest record
+        self.paused = 0                   # input partitions paused: their task holds enough of them (KIP-695)
+        self.held_back: dict = {}         # sub-topology id -> "upstream sub-topology S partition P" holding it back
         self.misplaced: dict = {}         # topic -> records found in the wrong partition (runtime/misplaced.py)
         self._consumed: dict = {}         # pending (open checkpoint)
         self._produced: dict = {}
@@ -46,8 +62,9 @@ class WorkerStats:
         self.lag: dict = {}               # (topic, partition) -> records behind the end
         self.assigned = 0
         self.tasks = {"running": 0, "restoring": 0}
+        self.restoring_keys: list = []    # (sub-topology id, partition) of the tasks restoring
         self.restore: dict = {}           # store -> [records restored, records remaining]
-        self.store_keys: dict = {}        # store -> estimated keys
+        self.store_keys: dict = {}        # store -> live keys (exact: Backend.live_keys)
         self.task_keys: list = []         # (sub-topology id, partition) of the running tasks
         # drop summaries
         self._unlogged: dict = {}         # (reason, operator) -> count not yet in a summary
@@ -105,18 +122,37 @@ class WorkerStats:
             log.info("worker %s dropped %d record(s) at %s: %s%s (total %d)", self.worker, n, operator,
                      _REASON_TEXT.get(reason, reason), f"; e.g. {example}" if example else "", self.drops[k])
 
+    def track(self, partitions=(), topics=()) -> None:
+        """Counters that exist from now on, at 0 until counted: records consumed from each input
+        ``(topic, partition)`` and produced to each topic."""
+        for tp in partitions:
+            if tp not in self.consumed:
+                self.consumed[tp] = 0
+        for t in topics:
+            if t not in self.produced:
+                self.produced[t] = 0
+
     # ------------------------------------------------------------------ export
-    def snapshot(self) -> dict:
+    def snapshot(self, final: bool = False) -> dict:
+        """The counters and gauges as a plain dict. ``final``: the worker's last snapshot (it is stopping)."""
+        internal = self.internal
+        consumed, internal_consumed, produced, internal_produced = {}, {}, {}, {}
+        for tp, n in self.consumed.items():
+            (internal_consumed if tp[0] in internal else consumed)[tp] = n
+        for t, n in self.produced.items():
+            (internal_produced if t in internal else produced)[t] = n
         return {
-            "worker": self.worker,
-            "consumed": dict(self.consumed), "produced": dict(self.produced), "drops": dict(self.drops),
+            "worker": self.worker, "pid": self.pid, "started": self.started, "final": final,
+            "consumed": consumed, "produced": produced, "drops": dict(self.drops),
+            "internal_consumed": internal_consumed, "internal_produced": internal_produced,
             "misplaced": dict(self.misplaced),
             "checkpoints": self.checkpoints, "rollbacks": self.rollbacks,
             "buckets": list(self.buckets), "duration_sum": self.duration_sum,
             "last_checkpoint_ms": self.last_checkpoint_ms,
             "lag": dict(self.lag), "assigned": self.assigned, "tasks": dict(self.tasks),
             "restore": {k: list(v) for k, v in self.restore.items()}, "store_keys": dict(self.store_keys),
-            "task_keys": list(self.task_keys),
+            "task_keys": list(self.task_keys), "restoring_keys": list(self.restoring_keys),
+            "watermark_lag": dict(self.watermark_lag), "paused": self.paused, "held_back": dict(self.held_back),
             "time": time.time(),
         }
 

@@ -111,6 +111,8 @@ class Supervisor:
                 code = slot.proc.exitcode
                 slot.proc.join()
                 slot.proc = None
+                if self.observer is not None:        # its tasks and lag no longer count (its counters do)
+                    self.observer.worker_exited(slot.index)
                 self._drain_errors()
                 if self._stop.is_set() or code == EXIT_OK:
                     slot.done = True
@@ -141,6 +143,8 @@ class Supervisor:
                 if slot.proc.is_alive():
                     slot.proc.kill()
                     slot.proc.join()
+                if self.observer is not None:
+                    self.observer.worker_exited(slot.index)
         raise failure_cls(failure)
 
     # ------------------------------------------------------------------ internals

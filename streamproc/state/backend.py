@@ -83,9 +83,14 @@ class Backend:
         """The largest time in the time index of ``store`` (None if it is empty)."""
         raise NotImplementedError
 
-    def estimate_keys(self, store: str) -> int | None:
-        """About how many keys ``store`` holds (for the ``streamproc_store_keys`` metric); None: unknown."""
+    def live_keys(self, store: str) -> int | None:
+        """How many keys ``store`` holds now, exactly: live keys only (never a time index, metadata or a
+        deleted key). The ``streamproc_store_keys`` metric. None: not known (yet)."""
         return None
+
+    def estimate_keys(self, store: str) -> int | None:
+        """Former name of :meth:`live_keys` (which is exact)."""
+        return self.live_keys(store)
 
     def close(self) -> None:
         pass
@@ -254,7 +259,7 @@ class MemoryBackend(Backend):
                 ix.purge(d)
         self._meta.update(meta)
 
-    def estimate_keys(self, store):
+    def live_keys(self, store):
         return len(self._data.get(store, ()))
 
     def declare_index(self, store, kind):

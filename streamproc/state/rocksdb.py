@@ -27,6 +27,17 @@ Layout of one task directory ``<state-dir>/<app-id>/<task-id>/``::
 (or group keys) due in ``(after, upto]``, so an operator finds what closes without reading the
 store, and a task is built without reading its stores at all.
 
+Live keys (``live_keys``, the ``streamproc_store_keys`` metric) are counted exactly, not estimated:
+RocksDB's ``estimate-num-keys`` counts every put still in a memtable (a key updated 1000 times
+counts 1000 times) and deletes as entries, so it says thousands for a dozen hot keys. A store's
+first ``live_keys`` counts its keys with a key-only scan (in chunks of :data:`COUNT_CHUNK`, over
+several calls for a large store, so the loop never stalls); from then on every ``write`` adds
+the keys it creates and subtracts the keys it deletes. Whether a written key existed is known
+from the reads the operators made since the last write (``get``/``get_many`` remember it) or
+from the stored values a session/sliding store's write reads anyway; only the remaining keys
+cost one multi-get. A restore (``restore_batch``) makes the store count again. Only store
+families are counted: never the time index, never the metadata.
+
 ``write(changes, meta)`` puts every store's changes and the metadata into ONE RocksDB
 WriteBatch with the WAL on: the data and the changelog offsets it reflects are durable
 together or not at all, so local state never runs ahead of (or behind) the offsets it claims.
@@ -70,6 +81,7 @@ from .backend import DELETED, DUE_KINDS, INDEXED_KINDS, MIN_TIME, Backend
 from .definition import RESET_HINT, changed_definition
 from .codec import (KEY_FORMAT, KINDS, VALUE_FORMAT, WINDOWED_KINDS, decode_key, decode_value, encode_value,
                     key_decoder, key_encoder, window_range)
+from . import layout
 from .lock import TaskDirLock
 
 log = logging.getLogger("streamproc.state")
@@ -83,6 +95,12 @@ META_CF = "__meta__"
 INDEX_CF_PREFIX = "__index__:"      # ":" is never in a store name (the plan allows [A-Za-z0-9._-])
 DB_DIR = "rocksdb"
 _SYS_VERSION = b"sys:format_version"
+
+#: Keys the first count of a store reads per ``live_keys`` call (~25 ms): a large store is counted over
+#: several calls (see the module doc).
+COUNT_CHUNK = 250_000
+#: Reads remembered per store between two writes (to know whether a written key existed) at most.
+_SEEN_MAX = 1_000_000
 
 
 def _sys_key(what: str, store: str) -> bytes:
@@ -162,9 +180,21 @@ class _Index:
         self.cf, self.h, self.due = cf, h, due
 
 
+class _KeyCount:
+    """The live keys of one store: ``n`` counts every key below ``upto`` (``upto`` None: every key, so
+    ``n`` is exact); ``seen``: encoded key -> whether it is stored, learnt from reads since the last write."""
+
+    __slots__ = ("n", "upto", "seen")
+
+    def __init__(self):
+        self.n = 0
+        self.upto: bytes | None = b""
+        self.seen: dict = {}
+
+
 def task_dir(state_dir: str, app_id: str, task_id: str) -> str:
-    """``<state-dir>/<app-id>/<task-id>``: where a task's backend lives."""
-    return os.path.join(os.path.abspath(state_dir), app_id, task_id)
+    """``<state-dir>/<app-id>/<task-id>``: where a task's backend lives (``state.layout``)."""
+    return layout.task_dir(state_dir, app_id, task_id)
 
 
 # ------------------------------------------------------------------------------------- options
@@ -270,6 +300,7 @@ class RocksDBBackend(Backend):
         self.read_only = read_only
         self._db = None
         self._lock = None
+        self._count: dict[str, _KeyCount] = {}        # store -> live key count (see the module doc)
         self._wopt = WriteOptions()
         self._wopt.sync = bool(sync)
         kinds, fps, descs = self._normalize(stores, fingerprints, descriptions)
@@ -464,7 +495,11 @@ class RocksDBBackend(Backend):
         cf = self._cf.get(store)
         if cf is None or store == META_CF:
             return None
-        v = cf.get(self._enc[store](key))
+        kb = self._enc[store](key)
+        v = cf.get(kb)
+        c = self._count.get(store) if self._count else None
+        if c is not None and len(c.seen) < _SEEN_MAX:
+            c.seen[kb] = v is not None
         return None if v is None else decode_value(v)
 
     def get_many(self, store, keys):
@@ -475,7 +510,11 @@ class RocksDBBackend(Backend):
         if not keys:
             return []
         enc = self._enc[store]
-        found = cf.get([enc(k) for k in keys])           # one multi-get
+        kbs = [enc(k) for k in keys]
+        found = cf.get(kbs)                              # one multi-get
+        c = self._count.get(store) if self._count else None
+        if c is not None and len(c.seen) < _SEEN_MAX:
+            c.seen.update(zip(kbs, [v is not None for v in found]))
         return [None if v is None else decode_value(v) for v in found]
 
     def items(self, store):
@@ -586,14 +625,48 @@ class RocksDBBackend(Backend):
             raise StateError("catch_up() is for a backend opened with secondary=")
         self._db.try_catch_up_with_primary()
 
-    def estimate_keys(self, store):
+    def live_keys(self, store):
+        """The keys ``store`` holds, exactly (see the module doc); None while a large store's first count is
+        still under way (each call counts up to :data:`COUNT_CHUNK` more keys) or for an unknown store."""
         cf = self._cf.get(store)
-        if cf is None or self._db is None:
+        if cf is None or self._db is None or store == META_CF or store.startswith(INDEX_CF_PREFIX):
             return None
-        try:
-            return int(cf.property_int_value("rocksdb.estimate-num-keys"))
-        except Exception:  # noqa: BLE001 - a metric only
-            return None
+        if self.read_only:          # nothing keeps a count up to date here: count what is there now
+            return sum(1 for _ in cf.keys())
+        c = self._count.get(store)
+        if c is None:
+            c = self._count[store] = _KeyCount()
+        if c.upto is not None:
+            n, last = 0, None
+            for last in cf.keys(from_key=c.upto or None):
+                n += 1
+                if n >= COUNT_CHUNK:
+                    break
+            c.n += n
+            c.upto = last + b"\x00" if n >= COUNT_CHUNK else None    # the next key after ``last``
+        return c.n if c.upto is None else None
+
+    def _count_changes(self, store: str, c: _KeyCount, kbs: list, values) -> int:
+        """How the live key count of ``store`` changes when the changes ``zip(kbs, values)`` (``DELETED``
+        or a value; at most one per key) are written; called before the write, on the state it replaces."""
+        upto = c.upto
+        seen = c.seen
+        if upto is not None:         # keys from ``upto`` on are counted by the scan, as they are then
+            pairs = [(kb, v) for kb, v in zip(kbs, values) if kb < upto]
+            kbs = [kb for kb, _ in pairs]
+            values = [v for _, v in pairs]
+        unknown = [kb for kb in kbs if kb not in seen]
+        if unknown:
+            found = self._cf[store].get(unknown)                # one multi-get
+            seen.update(zip(unknown, [v is not None for v in found]))
+        delta = 0
+        for kb, v in zip(kbs, values):
+            if v is DELETED:
+                if seen[kb]:
+                    delta -= 1
+            elif not seen[kb]:
+                delta += 1
+        return delta
 
     def _store_handle(self, store: str):
         h = self._h.get(store)
@@ -617,6 +690,8 @@ class RocksDBBackend(Backend):
         self._writable()
         wb = WriteBatch(raw_mode=True)
         dumps = encode_value
+        counts = self._count
+        deltas = []                              # (counter, change of its live keys), applied once written
         for store, kv in changes.items():
             if not kv:
                 continue
@@ -624,16 +699,18 @@ class RocksDBBackend(Backend):
             enc = self._enc[store]
             put, delete = wb.put, wb.delete
             ix = self._ix.get(store)
+            c = counts.get(store) if counts else None
             if ix is None:
-                for k, v in kv.items():
+                kbs = [enc(k) for k in kv]
+                for kb, v in zip(kbs, kv.values()):
                     if v is DELETED:
-                        delete(enc(k), h)
+                        delete(kb, h)
                     else:
-                        put(enc(k), dumps(v), h)
+                        put(kb, dumps(v), h)
             elif not ix.due:                     # window store: the index entry is the key rotated
                 ih = ix.h
-                for k, v in kv.items():
-                    kb = enc(k)
+                kbs = [enc(k) for k in kv]
+                for kb, v in zip(kbs, kv.values()):
                     if v is DELETED:
                         delete(kb, h)
                         delete(kb[-8:] + kb[:-8], ih)
@@ -641,23 +718,38 @@ class RocksDBBackend(Backend):
                         put(kb, dumps(v), h)
                         put(kb[-8:] + kb[:-8], b"", ih)
             else:
-                self._due_records(wb, h, ix, [(enc(k), None if v is DELETED else dumps(v))
-                                              for k, v in kv.items()], self._cf[store])
+                kbs = [enc(k) for k in kv]
+                self._due_records(wb, h, ix, [(kb, None if v is DELETED else dumps(v))
+                                              for kb, v in zip(kbs, kv.values())], self._cf[store], c)
+            if c is not None:
+                deltas.append((c, self._count_changes(store, c, kbs, kv.values())))
         self._put_meta(wb, meta)
-        self._db.write(wb, self._wopt)
+        try:
+            self._db.write(wb, self._wopt)
+        except BaseException:
+            self._count.clear()                  # not written: count again from what is stored
+            raise
+        for c in counts.values():                # what was read described the state before this write
+            c.seen = {}
+        for c, d in deltas:
+            c.n += d
         if meta:
             self._meta.update(meta)
 
-    def _due_records(self, wb, h, ix: _Index, records, cf=None) -> None:
+    def _due_records(self, wb, h, ix: _Index, records, cf=None, count: _KeyCount | None = None) -> None:
         """Put raw ``records`` [(key, value or None)] of a session/sliding store (handle ``h``, family ``cf``)
         into ``wb`` with their due-time index entries; ``h`` None: the index entries only (the records
         are stored already). Later records of a key win. The index entry a record replaces is found
-        from the due time of the value it replaces (one multi-get of the stored values)."""
+        from the due time of the value it replaces (one multi-get of the stored values), which also tells
+        ``count`` (the store's live key count, if kept) which keys exist."""
         distinct = list(dict.fromkeys(kb for kb, _ in records))
         if h is None:
             cur = dict.fromkeys(distinct)
         else:
-            cur = {kb: None if ov is None else _due8(ov) for kb, ov in zip(distinct, cf.get(distinct))}
+            olds = cf.get(distinct)
+            cur = {kb: None if ov is None else _due8(ov) for kb, ov in zip(distinct, olds)}
+            if count is not None:
+                count.seen.update(zip(distinct, [ov is not None for ov in olds]))
         ih = ix.h
         put, delete = wb.put, wb.delete
         for kb, vb in records:
@@ -703,6 +795,7 @@ class RocksDBBackend(Backend):
         put, delete = wb.put, wb.delete
         total = 0
         for store, records in records_by_store.items():
+            self._count.pop(store, None)          # restored: counted again by the next live_keys
             h = self._store_handle(store)
             ix = self._ix.get(store)
             min_len = 10 if ix is not None and not ix.due else 2
@@ -743,6 +836,7 @@ class RocksDBBackend(Backend):
             return
         cf = self._cf.pop(store)
         self._h.pop(store)
+        self._count.pop(store, None)
         cf.close()
         del cf
         self._db.drop_column_family(store)
@@ -773,7 +867,7 @@ class RocksDBBackend(Backend):
             if db is not None:
                 # every handle keeps the database alive: drop them all before closing
                 cfs = list(getattr(self, "_cf", {}).values())
-                self._cf, self._h, self._ix = {}, {}, {}
+                self._cf, self._h, self._ix, self._count = {}, {}, {}, {}
                 while cfs:
                     cfs.pop().close()
                 db.close()
