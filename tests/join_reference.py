@@ -126,19 +126,31 @@ class StreamStreamJoin:
         self.stored = keep
         return out
 
-    def process(self, side: str, key, value, ts: int) -> list[tuple]:
+    def process(self, side: str, key, value, ts: int, judge_at: int | None = None) -> list[tuple]:
+        """A record of ``side``. ``judge_at``: the record came through a repartition topic - it does not
+        move stream time (its upstream tasks' watermarks do) and is judged at ``max(stream time,
+        judge_at)``, its upstream task's stream time when it was written (DESIGN section 4)."""
         if side not in (LEFT, RIGHT):
             raise ValueError(side)
         if key is None:
             self.dropped_none_key += 1
-            return self.advance(ts) if self.none_key_advances_time else []
-        out = self.advance(ts)
-        if self.closed(side, ts):
+            return self.advance(ts) if self.none_key_advances_time and judge_at is None else []
+        if judge_at is None:
+            out = self.advance(ts)
+            now = self.stream_time
+        else:
+            out = []
+            now = judge_at if self.stream_time is None else max(self.stream_time, judge_at)
+
+        def closed(s, t):
+            return now > self.window_end(s, t) + self.grace
+
+        if closed(side, ts):
             self.late_records += 1
             return out
         matched = False
         for e in self.stored:
-            if e.side == side or e.key != key:
+            if e.side == side or e.key != key or closed(e.side, e.ts):
                 continue
             tl, tr = (ts, e.ts) if side == LEFT else (e.ts, ts)
             if not self.in_range(tl, tr):

@@ -31,9 +31,11 @@ def unique(prefix: str) -> str:
 # ------------------------------------------------------------------------------------------ topics
 
 def create(bootstrap: str, topics, partitions: int) -> None:
+    """Create test topics with ``retention.ms=-1``: on a real cluster a broker's time retention must never
+    delete test input stamped in the past while a test still reads it."""
     from streamproc.kafka import create_topics, make_admin
 
-    create_topics(make_admin(bootstrap), list(topics), partitions)
+    create_topics(make_admin(bootstrap), list(topics), partitions, config={"retention.ms": "-1"})
 
 
 def produce(bootstrap: str, topic: str, records, *, key_serde=None, value_serde=None) -> None:

@@ -207,11 +207,12 @@ class Model:
             raise ValueError(kind)
 
     def feed(self, topic: str, records: list) -> dict:
+        """``records``: ``(key, value, ts)``, or ``(key, value, ts, judge_at)`` for a re-keyed topic's."""
         out = {t: [] for t in OUTPUTS[self.kind]}
         if self.kind in ("ss", "ss_tab"):
-            for k, v, ts in records:
+            for k, v, ts, *judge in records:
                 if topic in ("left", "right"):
-                    out["out"] += self.ss.process(topic, k, v, ts)
+                    out["out"] += self.ss.process(topic, k, v, ts, *judge)
                     if self.kind == "ss_tab" and topic == "left":
                         out["out2"] += self.st.process(k, v, ts)
                 else:   # a table record: an input of the task like any other
@@ -219,7 +220,7 @@ class Model:
                     self.tab.batch([(k, v, ts)])
         elif self.kind in ("st", "global"):
             if topic == "left":
-                for k, v, ts in records:
+                for k, v, ts, *_ in records:
                     out["out"] += self.st.process(k, v, ts)
             else:
                 self.tab.batch(records)
@@ -253,19 +254,22 @@ def _partition(key, n: int, partitioner: str = "murmur2") -> int:
     return 0 if n == 1 else partition_for(serdes.String().serialize(key), n, partitioner)
 
 
-def _route(sc: Scenario, topic: str, recs: list) -> dict:
+def _route(sc: Scenario, topic: str, recs: list, up_time: dict) -> dict:
     """``{partition: records}``: where a pipe's records reach the join tasks. A source topic's record
     goes to its key's partition (the declared partitioner over the String key). A re-keyed topic's
     records first go to the upstream task of their original key; each upstream task's share is one
     batch, handed on in the order the upstream partitions first appear; a re-keyed record then goes
-    to the partition the *other side's topic* gives its new key (DESIGN section 3: co-partitioned)."""
+    to the partition the *other side's topic* gives its new key (DESIGN section 3: co-partitioned),
+    carrying its upstream task's stream time (``up_time``: (topic, upstream partition) -> time)."""
     n, part = sc.partitions, sc.params.get("partitioner", "murmur2")
     rekey = sc.params.get("rekey", ())
     place = lambda k: _partition(k, n, part)                             # noqa: E731
     if topic in rekey:
         upstream: dict = {}
         for k, v, ts in recs:
-            upstream.setdefault(place(k), []).append((v["k"], v, ts))
+            u = place(k)
+            up_time[(topic, u)] = max(up_time.get((topic, u), -1), ts)
+            upstream.setdefault(u, []).append((v["k"], v, ts, up_time[(topic, u)]))
         recs = [r for rs in upstream.values() for r in rs]
         if len(rekey) == len(STREAM_TOPICS[sc.kind]):
             # every input re-keyed: no topic to follow, streamproc's own placement (murmur2 of the
@@ -282,12 +286,19 @@ def run_model(sc: Scenario):
     each partition's share of a pipe_many being one batch."""
     models = [Model(sc.kind, sc.params) for _ in range(sc.partitions)]
     per_pipe = []
+    up_time: dict = {}
     for topic, recs, _ in sc.pipes:
-        by_p = _route(sc, topic, recs)
+        by_p = _route(sc, topic, recs, up_time)
         out = {t: [] for t in OUTPUTS[sc.kind]}
         for p, rs in by_p.items():
             for t, rows in models[p].feed(topic, rs).items():
                 out[t] += rows
+        if up_time and models[0].ss is not None:
+            # the end of a pipe: every upstream task publishes its stream time, idle (all caught up), so
+            # a repartitioned input's time is the largest of them (DESIGN section 4)
+            wm = max(up_time.values())
+            for m in models:
+                out["out"] += m.ss.advance(wm)
         per_pipe.append({t: _canon(rs) for t, rs in out.items()})
     metrics = {k: sum(m.metrics()[k] for m in models) for k in SEL}
     return per_pipe, metrics

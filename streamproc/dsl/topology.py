@@ -16,9 +16,15 @@ class Topology:
     aggregation field...) raises on it: ``fail`` (stop the instance, the default), ``skip`` (drop
     and count it) or ``dead-letter`` (also write the input record to ``<app-id>-dlq`` with the
     error, the operator and the record's topic/partition/offset as headers).
+
+    Event time (DESIGN section 4): ``max_task_idle`` (default 0) is how long a task with several input
+    partitions waits for a caught-up partition before it processes the others' buffered records
+    (Kafka Streams' ``max.task.idle.ms``); ``idle_close`` (default off) lets the stream time of a task
+    whose inputs have all been idle that long advance with the wall clock, so the last windows of a
+    stream that stopped close and emit.
     """
 
-    def __init__(self, app_id: str, *, on_processing_error: str = "fail"):
+    def __init__(self, app_id: str, *, on_processing_error: str = "fail", idle_close=None, max_task_idle=0):
         if not isinstance(app_id, str) or not _APP_ID.match(app_id):
             raise TopologyError(
                 f"Topology app id {app_id!r} must be a non-empty string of letters, digits, '.', '_' or '-' "
@@ -26,8 +32,13 @@ class Topology:
         if on_processing_error not in ("fail", "skip", "dead-letter"):
             raise TopologyError(f"on_processing_error must be 'fail', 'skip' or 'dead-letter', "
                                 f"got {on_processing_error!r}")
+        from ..windows import parse_duration
+
         self.app_id = app_id
         self.on_processing_error = on_processing_error
+        self.idle_close = None if idle_close is None else _positive(parse_duration(idle_close, "idle_close"),
+                                                                    "idle_close")
+        self.max_task_idle = parse_duration(max_task_idle, "max_task_idle")
         self.nodes: list[Node] = []
         self.global_tables: list = []      # GlobalTable definitions (outside the graph: every task reads them)
         self.where = caller_location()
@@ -139,3 +150,9 @@ def _check_partitioner(partitioner, call: str, topic) -> None:
         check_partitioner(partitioner)
     except ValueError as e:
         raise TopologyError(f"{call}({topic!r}): {e}") from None
+
+
+def _positive(ms: int, what: str) -> int:
+    if ms <= 0:
+        raise TopologyError(f"{what} must be a positive duration, got {ms} ms")
+    return ms

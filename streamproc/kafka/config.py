@@ -122,7 +122,8 @@ def consumer_config(bootstrap: str, app_id: str,
         "session.timeout.ms": session_ms,
         "heartbeat.interval.ms": session_ms // 4,
         "allow.auto.create.topics": False,
-        "enable.partition.eof": False,
+        # end-of-partition events tell the worker an input is caught up (idle watermarks, DESIGN section 4)
+        "enable.partition.eof": True,
         "fetch.queue.backoff.ms": DEFAULT_FETCH_QUEUE_BACKOFF_MS,
     }
     if group_instance_id:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +13,37 @@ from .base import DeadLetter, Operator
 from .batch import Batch
 
 log = logging.getLogger("streamproc.source")
+
+#: Header of a repartition record whose upstream stream time was ahead of its timestamp: that time
+#: (8 bytes, big-endian signed). See ``runtime/watermarks.py``.
+STREAM_TIME_HEADER = "streamproc.st"
+_TIME = struct.Struct(">q")
+
+
+def carried_times(headers_list: list) -> list | None:
+    """Per record, the upstream stream time a repartition record carries (None: its own timestamp)."""
+    out = None
+    for i, headers in enumerate(headers_list):
+        if not headers:
+            continue
+        for name, value in headers:
+            if name == STREAM_TIME_HEADER and value is not None and len(value) == 8:
+                if out is None:
+                    out = [None] * len(headers_list)
+                out[i] = _TIME.unpack(value)[0]
+    return out
+
+
+def _carried_headers(b: Batch) -> list | None:
+    """The headers of a repartition batch: the upstream stream time of records it is ahead of, else None."""
+    ahead = np.flatnonzero(b.stream_times > b.timestamps) if len(b) else ()
+    if not len(ahead):
+        return None
+    headers: list = [None] * len(b)
+    st = b.stream_times
+    for i in ahead.tolist():
+        headers[i] = [(STREAM_TIME_HEADER, _TIME.pack(int(st[i])))]
+    return headers
 
 
 @dataclass
@@ -24,6 +56,7 @@ class RawBatch:
     values: list
     timestamps: list
     offsets: list | None = None
+    carried: list | None = None     # repartition records: the upstream stream time each carries (None: its ts)
 
 
 class _BadRecord(Exception):
@@ -51,15 +84,33 @@ class SourceOp(Operator):
         p = self.node.params
         if self.node.kind == "repartition_source":
             keys, values, ts, kept = self._decode_internal(raw)
-        else:
-            keys, values, ts, kept = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
+            ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
+            carried = raw.carried
+            if carried is None:
+                return Batch(keys, values, ts_arr, ts_arr), kept
+            if kept is not None:
+                carried = [carried[i] for i in kept]
+            floor = np.fromiter((-1 if c is None else c for c in carried), dtype=np.int64, count=len(carried))
+            return Batch(keys, values, ts_arr, np.maximum(ts_arr, floor)), kept
+        keys, values, ts, kept = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
         return Batch(keys, values, ts_arr, ts_arr), kept
 
+    @property
+    def moves_time(self) -> bool:
+        """Whether this input's records move the task's stream time: a source's do; a repartition
+        topic's time comes from its upstream tasks' watermarks (``runtime/watermarks.py``)."""
+        return self.node.kind != "repartition_source"
+
     def stamp(self, b: Batch) -> Batch:
-        """Set each record's stream time: the running max of event time, updated before the record."""
+        """Set each record's stream time: the running max of event time, updated before the record. A
+        repartition record does not move the task's time; it is judged at the larger of the task's time
+        and the upstream stream time it carries (``b.stream_times`` from :meth:`decode`)."""
         state = self.ctx.state
         ts_arr = b.timestamps
+        if not self.moves_time:
+            b.stream_times = np.maximum(b.stream_times, state.stream_time) if len(ts_arr) else ts_arr
+            return b
         if len(ts_arr):
             st = np.maximum.accumulate(ts_arr)
             np.maximum(st, state.stream_time, out=st)
@@ -191,9 +242,12 @@ class SinkOp(Operator):
                 raise CodecError(f"the record cannot be written to repartition topic {topic!r}{where}: "
                                  f"{e.reason}") from None
             placement = p["placement"]
+            parts = None
             if not placement.by_producer:           # placed like the source topic it meets (plan.placement)
                 parts = placement.partitions(b.keys, self.ctx.partition_count(topic), where=where)
-                self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist(), None, parts))
+            headers = _carried_headers(b)
+            if parts is not None or headers is not None:
+                self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist(), headers, parts))
                 return None
         else:
             try:

@@ -63,6 +63,21 @@ def default_joiner(left, right):
     return {"left": left, "right": right}
 
 
+def _moves_time(node) -> bool:
+    """Whether the records reaching ``node`` move the task's stream time: not if any of them comes from
+    a repartition topic (that input's time is its upstream tasks' watermarks)."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        if n.kind == "repartition_source":
+            return False
+        todo.extend(n.parents)
+    return True
+
+
 class _JoinBase(Operator):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -245,6 +260,9 @@ class StreamStreamJoinOp(_JoinBase):
         # close time of a record of side s at t: t + reach[s]; reach = how far after t it can match, + grace + 1
         self.reach = (w.after + w.grace + 1, w.before + w.grace + 1)
         self.emit_unmatched = (self.how in ("left", "outer"), self.how == "outer")
+        # a side read from a repartition topic does not move the task's time (its watermarks do): its
+        # records are judged at their own stream time but expire nothing (runtime/watermarks.py)
+        self._moves = tuple(_moves_time(p) for p in node.parents)
         self._tick = count()
         self._start_index()
 
@@ -283,7 +301,7 @@ class StreamStreamJoinOp(_JoinBase):
             t = ts_l[i]
             st = st_l[i]
             sq = seq_l[i]
-            if self._expired_to is None or st > self._expired_to:
+            if self._moves[side] and (self._expired_to is None or st > self._expired_to):
                 self._expire(st, dirty, out, st, sq)
             if st >= t + reach[side]:
                 self.ctx.drop("late", self.metric_label, 1, sq)

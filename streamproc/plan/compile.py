@@ -12,6 +12,7 @@ import re
 from ..dsl import Topology
 from ..errors import TopologyError
 from ..fingerprint import digest
+from ..windows import format_duration
 from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology, TableSource
 from .placement import check_join_inputs, placements
 
@@ -51,8 +52,11 @@ def compile_topology(topology: Topology) -> Plan:
                                          "group_by(..., name=...)")]
             window = params.get("window")
             kind = "kv" if window is None else {"tumbling": "window", "hopping": "window"}.get(window.kind, window.kind)
+            # retention: how long closed windows stay (read by runtime.app.window_retention_ms); not in the
+            # fingerprint (see _fingerprint)
             store = StoreSpec(name, kind, f"{c.app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
-                              description=_description(kind, params), generated_name=generated)
+                              description=_description(kind, params), generated_name=generated,
+                              retention=params.get("retention"))
             c.add_store(store, n.where, "aggregate/count/reduce(..., name=...)")
             params["store"] = store
             params["stores"] = [store]
@@ -85,6 +89,8 @@ def compile_topology(topology: Topology) -> Plan:
         generated_names=c.generated,
         global_tables=[_global_store(g) for g in topology.global_tables],
         on_processing_error=topology.on_processing_error,
+        idle_close=getattr(topology, "idle_close", None),
+        max_task_idle=getattr(topology, "max_task_idle", 0),
     )
     check_join_inputs(plan)
     plan.placements = placements(plan)
@@ -276,7 +282,14 @@ def _topo_order(members: list[PlanNode]) -> list[PlanNode]:
 
 def _fingerprint(kind: str, params: dict) -> str:
     """The store's identity: its kind, window and aggregations (functions by their code, see
-    ``streamproc.fingerprint``): the same in every process, whatever ``PYTHONHASHSEED``."""
+    ``streamproc.fingerprint``): the same in every process, whatever ``PYTHONHASHSEED``.
+
+    A windowed store's ``retention`` is not part of it: it says how long closed windows are kept,
+    not what a window holds nor how it is encoded, so state written under one retention is valid
+    under another (a longer one keeps closed windows from now on; a shorter one removes those it no
+    longer covers as stream time passes them), as Kafka Streams lets a window store's retention
+    change; and a topology that passes no retention keeps the fingerprint it had before retention
+    existed."""
     w = params.get("window")
     return digest(kind, w.describe() if w is not None else "",
                   [(k, a.fingerprint()) for k, a in params["aggs"].items()])
@@ -286,7 +299,8 @@ def _description(kind: str, params: dict) -> str:
     """The store's definition in words, shown when a changed definition is refused."""
     w = params.get("window")
     aggs = ", ".join(f"{k}={a.describe()}" for k, a in params["aggs"].items())
-    return f"{kind} store; {w.describe() if w is not None else 'table (no window)'}; aggregations {aggs}"
+    kept = f"; retention {format_duration(params['retention'])}" if params.get("retention") is not None else ""
+    return f"{kind} store; {w.describe() if w is not None else 'table (no window)'}{kept}; aggregations {aggs}"
 
 
 def _unique(items):

@@ -66,6 +66,7 @@ class StoreSpec:
     generated_name: bool = False   # no name= was given: the name depends on the position in the graph
     source: TableSource | None = None   # a table read from a user topic: that topic is the changelog
     side: str = ""         # a stream-stream join store: "left" or "right"
+    retention: int | None = None   # windowed: how long closed windows stay (ms); None: until they close
 
     @property
     def internal_changelog(self) -> bool:
@@ -106,6 +107,8 @@ class Plan:
     generated_names: list["GeneratedName"] = field(default_factory=list)
     global_tables: list[StoreSpec] = field(default_factory=list)   # kind "table", one store per worker
     on_processing_error: str = "fail"
+    idle_close: int | None = None      # ms (Topology(idle_close=...)); None: off
+    max_task_idle: int = 0             # ms (Topology(max_task_idle=...))
     placements: dict = field(default_factory=dict)     # input topic -> Placement (plan.placement)
 
     @property

@@ -189,6 +189,9 @@ def checkpoint(w) -> bool:
         c.changelog_offsets.clear()
         for task in tasks:
             _write_changelogs(w, task)
+        publish = getattr(w, "publish_watermarks", None)
+        if publish is not None:              # 1b. watermarks of the tasks feeding repartition topics
+            publish()
         if w.eos:
             if time.monotonic() > c.deadline:
                 raise _Abortable(f"the transaction was open for more than {c.txn_budget_s:g} s")
@@ -228,6 +231,8 @@ def checkpoint(w) -> bool:
                         "input since the last commit may be processed again (at-least-once)",
                         err.str() if err else e)
     # 4. the changelog is durable: apply the write caches with the offsets they reflect
+    if publish is not None:
+        w.watermarks_committed(True)
     for task in tasks:
         task.state.apply(_task_changelog_offsets(c, task))
     # 5. what this checkpoint consumed, produced and dropped counts now
@@ -346,4 +351,6 @@ def _forget(w) -> None:
         if task is not None:
             task.state.discard()
     c.clear()
+    if hasattr(w, "watermarks_committed"):     # watermarks written in the aborted transaction: again
+        w.watermarks_committed(False)
     w.task_manager.rebuild(keys)

@@ -19,6 +19,8 @@ import numpy as np
 from ..operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
 from ..operators.base import counts_by_name
 from ..state import Backend, TaskState
+from .watermarks import InputClock
+from .watermarks import decode as watermark_decode
 
 _SOURCE_KINDS = ("source", "table_source", "repartition_source")
 
@@ -38,6 +40,9 @@ class Task:
         self._nodes = subtopology.nodes
         self._ops = {n.id: make_operator(n, self.ctx) for n in self._nodes}
         self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in _SOURCE_KINDS}
+        self._clocks: dict = {}              # repartition input topic -> InputClock (its watermarks)
+        self._held: dict = {}                # (topic, partition) -> decoded records waiting (process_many)
+        self.newest = -1                     # the newest event time of a record this task has read
 
     @property
     def input_topics(self) -> list[str]:
@@ -52,13 +57,15 @@ class Task:
         src = self._source_of[raw.topic]
         op = self._ops[src]
         b, kept = op.decode(raw)
+        if len(b):
+            self.newest = max(self.newest, int(b.timestamps.max()))
         self.ctx.source = (raw, kept)
         self._run(src, op.ingest(b))
         self.ctx.source = None
         produced, self.ctx.outputs = self.ctx.outputs, []
         return produced
 
-    def process_many(self, raws: list[RawBatch]) -> list[tuple]:
+    def process_many(self, raws: list[RawBatch], ready: set | None = None) -> list[tuple]:
         """Run the batches of several input partitions, their records in event-time order (module doc).
 
         Consecutive runs of *stream* inputs go through the sub-topology together, as one batch whose
@@ -66,18 +73,29 @@ class Task:
         with several inputs (a stream-stream join, a merge) interleave them by ``seq``, so the result
         is that of processing the runs one by one, without a pass of the whole graph per run. A run of
         a *table* input goes alone: its updates must be applied before the records that follow it.
+
+        ``ready`` (KIP-695, DESIGN section 4): the input ``(topic, partition)``s known to be caught up.
+        Given, records are processed only while every input partition of the task has buffered records
+        or is ready; the others wait in the task (:meth:`held_from`) for a later call. None: all now.
         """
-        if len(raws) == 1:
+        if len(raws) == 1 and ready is None and not self._held:
             return self.process(raws[0])
         decoded = []
         for raw in raws:
             src = self._source_of[raw.topic]
             b, kept = self._ops[src].decode(raw)
             if len(b):
+                self.newest = max(self.newest, int(b.timestamps.max()))
                 offs = raw.offsets if raw.offsets is not None else list(range(len(raw.keys)))
                 decoded.append((src, b, raw, kept, offs if kept is None else [offs[i] for i in kept]))
+        if self._held:
+            decoded = _with_held(self._held, decoded)
+            self._held = {}
+        runs = _runs([(b.timestamps.tolist(), offs) for _, b, _, _, offs in decoded])
+        if ready is not None:
+            runs = self._ready_runs(decoded, runs, ready)
         segment: list = []
-        for run in _runs([(b.timestamps.tolist(), offs) for _, b, _, _, offs in decoded]):
+        for run in runs:
             table = self._ops[decoded[run[0]][0]].node.kind == "table_source"
             if table or (segment and self._ops[decoded[segment[-1][0]][0]].node.kind == "table_source"):
                 self._run_segment(decoded, segment)
@@ -87,6 +105,60 @@ class Task:
         self.ctx.source = None
         produced, self.ctx.outputs = self.ctx.outputs, []
         return produced
+
+    @property
+    def input_partitions(self) -> list[tuple]:
+        return [(t, self.partition) for t in self._source_of]
+
+    def _ready_runs(self, decoded: list, runs: list, ready: set) -> list:
+        """The runs that may go now: until an input partition that is not ready runs out of buffered
+        records (the next record may be one of its unfetched ones). What follows is held."""
+        have = {(d[2].topic, d[2].partition) for d in decoded}
+        if any(tp not in have and tp not in ready for tp in self.input_partitions):
+            cut = 0
+        else:
+            left = [len(d[1]) for d in decoded]
+            cut = len(runs)
+            for j, (i, start, end) in enumerate(runs):
+                left[i] -= end - start
+                raw = decoded[i][2]
+                if not left[i] and (raw.topic, raw.partition) not in ready:
+                    cut = j + 1
+                    break
+        taken = [0] * len(decoded)
+        for i, start, end in runs[:cut]:
+            taken[i] = end
+        for i, (src, b, raw, kept, offs) in enumerate(decoded):
+            if taken[i] < len(b):
+                rest = b.take(np.arange(taken[i], len(b), dtype=np.int64))
+                rest.seq = np.arange(len(rest), dtype=np.int64)
+                rkept = (list(range(taken[i], len(b))) if kept is None else kept[taken[i]:])
+                self._held[(raw.topic, raw.partition)] = (src, rest, raw, rkept, offs[taken[i]:])
+        return runs[:cut]
+
+    def can_go(self, ready: set) -> bool:
+        """Whether :meth:`process_many` would process any held record now: every input has records
+        waiting or is ready."""
+        return all(tp in self._held or tp in ready for tp in self.input_partitions)
+
+    def held_from(self, tp: tuple) -> int | None:
+        """The offset of the first record of input ``tp`` waiting in the task (None: none waits)."""
+        h = self._held.get(tp)
+        return None if h is None else h[4][0]
+
+    def held_until(self, tp: tuple) -> int | None:
+        """The offset after the last record of input ``tp`` waiting in the task (None: none waits)."""
+        h = self._held.get(tp)
+        return None if h is None else h[4][-1] + 1
+
+    def held_count(self, tp: tuple) -> int:
+        h = self._held.get(tp)
+        return 0 if h is None else len(h[1])
+
+    def forget_held(self, tps) -> None:
+        """Drop what waits of inputs ``tps`` (they are read again from an earlier offset)."""
+        for tp in tps:
+            self._held.pop(tp, None)
 
     def _run_segment(self, decoded: list, runs: list) -> None:
         if not runs:
@@ -100,19 +172,22 @@ class Task:
             return
         # several runs of stream inputs: one pass, records numbered in the merged order
         n = sum(end - start for _, start, end in runs)
-        ts = np.empty(n, dtype=np.int64)
+        moves = np.empty(n, dtype=np.int64)       # what moves the task's time: a source record's timestamp
+        floor = np.empty(n, dtype=np.int64)       # what a record is judged at, at least (see SourceOp.stamp)
         origin = _Origins(n)
         picks: dict[int, list] = {}               # decoded index -> [(start, end, first merged position)]
         pos = 0
         for i, start, end in runs:
-            _, b, raw, kept, _ = decoded[i]
-            ts[pos:pos + end - start] = b.timestamps[start:end]
+            src, b, raw, kept, _ = decoded[i]
+            moves[pos:pos + end - start] = b.timestamps[start:end] if self._ops[src].moves_time else -1
+            floor[pos:pos + end - start] = b.stream_times[start:end]
             origin.add(pos, raw, kept, start, end)
             picks.setdefault(i, []).append((start, end, pos))
             pos += end - start
-        st = np.maximum.accumulate(ts)
-        np.maximum(st, self.state.stream_time, out=st)
-        self.state.stream_time = int(st[-1])
+        task_time = np.maximum.accumulate(moves)
+        np.maximum(task_time, self.state.stream_time, out=task_time)
+        self.state.stream_time = int(task_time[-1])
+        st = np.maximum(task_time, floor)
         starts: dict[int, Batch] = {}
         for i, spans in picks.items():
             src, b, _, _, _ = decoded[i]
@@ -127,6 +202,45 @@ class Task:
 
     def _run(self, src: int, batch: Batch) -> None:
         self._run_all({src: batch})
+
+    # -- time through repartition topics (runtime/watermarks.py) ----------------------------
+    def watermarks(self, topic: str, values: list, upstreams: int) -> None:
+        """Take the watermark records ``values`` read from repartition input ``topic``, written by the
+        ``upstreams`` tasks of the sub-topology that feeds it. :meth:`advance` then applies them."""
+        clock = self._clocks.get(topic)
+        if clock is None:
+            saved = self.state.watermarks.get(topic) or {}
+            clock = self._clocks[topic] = InputClock(upstreams, saved.get("marks"), saved.get("time", -1))
+        clock.upstreams = upstreams
+        for v in values:
+            mark = watermark_decode(v)
+            if mark is not None:
+                clock.update(*mark)
+
+    def advance(self, to: int = -1) -> list[tuple]:
+        """Move the task's stream time to its inputs' times (the largest of them; at least ``to``: the
+        ``idle_close`` clock) and let every operator close what that time closed. Returns what the task
+        produced (like :meth:`process`)."""
+        t = max(self.state.stream_time, to)
+        for topic, clock in self._clocks.items():
+            it = clock.advance()
+            self.state.watermarks[topic] = {"marks": clock.dump(), "time": it}
+            t = max(t, it)
+        if t > self.state.stream_time:
+            self.state.stream_time = t
+            self._run_all({})
+        produced, self.ctx.outputs = self.ctx.outputs, []
+        return produced
+
+    def held_back_by(self) -> tuple | None:
+        """``(input topic, (upstream sub-topology, partition))`` of the watermark that holds this task's
+        time back the most, or None."""
+        worst = None
+        for topic, clock in self._clocks.items():
+            up = clock.held_back_by()
+            if up is not None and (worst is None or clock.time < worst[0]):
+                worst = (clock.time, topic, up)
+        return None if worst is None else worst[1:]
 
     def _run_all(self, starts: dict) -> None:
         out: dict[int, object] = dict(starts)
@@ -220,6 +334,34 @@ class _Origins:
         if not 0 <= seq < len(self.which):
             return None
         return self.raws[int(self.which[seq])], int(self.index[seq])
+
+
+def _with_held(held: dict, decoded: list) -> list:
+    """``decoded`` with the held records of each input in front of its new ones (one entry per input)."""
+    out, seen = [], set()
+    for entry in decoded:
+        tp = (entry[2].topic, entry[2].partition)
+        h = held.get(tp)
+        out.append(entry if h is None else _concat_decoded(h, entry))
+        seen.add(tp)
+    out[:0] = [h for tp, h in held.items() if tp not in seen]
+    return out
+
+
+def _concat_decoded(a: tuple, b: tuple) -> tuple:
+    """Two decoded parts of one input partition as one: records, raw records and their index mapping."""
+    src, ba, ra, ka, oa = a
+    _, bb, rb, kb, ob = b
+    raw = RawBatch(ra.topic, ra.partition, ra.keys + rb.keys, ra.values + rb.values, ra.timestamps + rb.timestamps,
+                   (ra.offsets or []) + (rb.offsets or []),
+                   None if ra.carried is None and rb.carried is None else
+                   (ra.carried or [None] * len(ra.keys)) + (rb.carried or [None] * len(rb.keys)))
+    ka = list(range(len(ba))) if ka is None else ka
+    kb = list(range(len(bb))) if kb is None else kb
+    n = len(ra.keys)
+    batch = Batch(ba.keys + bb.keys, ba.values + bb.values, np.concatenate([ba.timestamps, bb.timestamps]),
+                  np.concatenate([ba.stream_times, bb.stream_times]))
+    return src, batch, raw, ka + [n + i for i in kb], oa + ob
 
 
 def _last_per_key(b: Batch) -> Batch:

@@ -39,11 +39,14 @@ from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS,
                             restore_consumer_config, transactional_producer_config)
 from ..kafka.retry import Pending, retrying
 from ..operators import RawBatch
+from ..operators.io import carried_times
 from ..operators.base import counts_by_name
 from ..state import MemoryBackend
 from . import checkpoint as cp
 from ._config import RunOptions
 from .misplaced import MisplacedCheck
+from .watermarks import WATERMARK_KEY
+from .watermarks import encode as watermark_encode
 from .checkpoint import Checkpoint
 from .globals import GlobalTables
 from .restore import Restorer
@@ -66,6 +69,13 @@ _EOF = KafkaError._PARTITION_EOF
 #: Seconds between two refreshes of the worker's gauges and snapshots sent to the supervisor.
 OBSERVE_INTERVAL_S = 1.0
 
+#: A task's watermark is written again after this many seconds even when unchanged (a downstream task
+#: that restarted without it learns it again; runtime/watermarks.py).
+REPUBLISH_S = 5.0
+#: A task holding records back (KIP-695) for this long without progress processes them anyway, with a warning.
+ENFORCE_S = 10.0
+#: An input partition whose task holds more of its records than this is paused until it has taken half.
+HOLD_LIMIT = 20_000
 #: How often processed records are deleted from repartition topics (and the longest retry backoff).
 PURGE_INTERVAL_S = 30.0
 PURGE_MAX_BACKOFF_S = 600.0
@@ -117,8 +127,19 @@ class Worker:
         self.task_manager = TaskManager(st_of_topic, backend_factory or self._default_backend,
                                         self._keep_when_revoked, self.global_stores, self.partition_count)
         self._partition_counts: dict[str, int] = {}
+        self._upstream_counts: dict[str, int] = {}
+        self._marks_checked_at = 0.0
+        self._caught_up: dict = {}                      # input (topic, partition) at its end -> since (EOF seen)
+        self._gated = any(len(st.input_topics) > 1 for st in plan.subtopologies)
+        self._idle_base: dict = {}                      # task key -> (stream time, since) when all inputs idle
+        self._idle_checked_at = 0.0
+        self._blocked_since: dict = {}                  # task key -> when it started holding records back
+        self._paused_ahead: set = set()                 # input partitions paused: their task holds enough
+        self._published: dict = {}                      # task key -> ((stream time, idle), monotonic) committed
+        self._publishing: dict = {}                     # the same, written in the open checkpoint
         self.ckpt = Checkpoint(options.commit_interval_s, txn_budget_s=DEFAULT_TRANSACTION_TIMEOUT_MS / 2000)
-        self.stats = WorkerStats(self.id)
+        self.stats = WorkerStats(self.id, self._repartition_topics | self._changelog_topics)
+        self.stats.track(topics=list(plan.sink_topics) + sorted(self._repartition_topics | self._changelog_topics))
         self.misplaced = MisplacedCheck(plan, self.partition_count, self.id)
         self.stats.misplaced = self.misplaced.counts          # the same dict: counted as checked
         self._report = report                            # callable(snapshot): to the supervisor
@@ -145,9 +166,10 @@ class Worker:
         else a ``MemoryBackend``. Stateless sub-topologies get a MemoryBackend either way."""
         if self.options.state_backend == "memory" or not st.stores:
             return MemoryBackend()
-        from ..state.rocksdb import RocksDBBackend, task_dir
+        from ..state import layout
+        from ..state.rocksdb import RocksDBBackend
 
-        path = task_dir(self.options.state_dir, self.app_id, f"{st.id}_{partition}")
+        path = layout.task_dir(self.options.state_dir, self.app_id, layout.task_id(st.id, partition))
         try:
             return RocksDBBackend.for_task(path, st, lock_timeout=TASK_LOCK_TIMEOUT_S)
         except StateBusyError as e:                  # transient: a worker releasing it, a replay
@@ -261,10 +283,11 @@ class Worker:
         if o.state_backend == "memory":
             backend = MemoryBackend()
         else:
-            from ..state.rocksdb import RocksDBBackend, task_dir
+            from ..state import layout
+            from ..state.rocksdb import RocksDBBackend
 
             try:
-                backend = RocksDBBackend(task_dir(o.state_dir, self.app_id, f"global-{self.index}"), specs,
+                backend = RocksDBBackend(layout.global_dir(o.state_dir, self.app_id, self.index), specs,
                                          lock_timeout=TASK_LOCK_TIMEOUT_S)
             except StateBusyError as e:
                 raise TaskDirBusy(f"worker {self.id}: {e}") from None
@@ -279,7 +302,7 @@ class Worker:
     def _close(self, clean: bool) -> None:
         try:
             self.stats.log_drops(force=True)
-            self.observe()                        # the counts of the last checkpoint reach the supervisor
+            self.observe(final=True)              # the counts of the last checkpoint reach the supervisor
         except Exception as e:  # noqa: BLE001
             log.debug("final observe: %s", e)
         if not clean:
@@ -376,6 +399,9 @@ class Worker:
 
     def _drop(self, partitions) -> None:
         gone = [(tp.topic, tp.partition) for tp in partitions]
+        for tp in gone:
+            self._caught_up.pop(tp, None)
+        self._paused_ahead.difference_update(gone)
         left = self.task_manager.revoke(gone)
         if self.restorer is not None:
             self.restorer.cancel(left)
@@ -394,6 +420,8 @@ class Worker:
         tps = [TopicPartition(t, p) for t, p in tps]
         if not tps:
             return
+        for task in self.task_manager.running_tasks().values():     # what waited is read again
+            task.forget_held([(tp.topic, tp.partition) for tp in tps])
         try:
             committed = self.consumer.committed(tps, timeout=self.ckpt.time_left(10.0))
         except KafkaException as e:
@@ -411,6 +439,7 @@ class Worker:
                     continue          # not fetching yet: it will start from the committed offset anyway
                 raise
             self._dropped.discard((tp.topic, tp.partition))
+            self._caught_up.pop((tp.topic, tp.partition), None)
 
     # ------------------------------------------------------------------ main loop
     def _tick(self) -> None:
@@ -433,6 +462,14 @@ class Worker:
             self._process(msgs)
         else:
             self.producer.poll(0)
+        if self._gated:
+            self._drain_held()
+        if self.plan.idle_close is not None:
+            self._idle_close()
+        if not c.open and self._repartition_topics and time.monotonic() >= self._marks_checked_at:
+            self._marks_checked_at = time.monotonic() + self.options.commit_interval_s
+            if self._marks_due():               # a watermark to write (idle now, or due again): a checkpoint
+                self._open_checkpoint()
         if c.open and time.monotonic() >= c.due:
             done = {tp: o for tp, o in c.positions.items() if tp[0] in self._repartition_topics}
             if cp.checkpoint(self) and done and self._purger is not None:
@@ -440,48 +477,101 @@ class Worker:
         if self._purger is not None:
             self._purger.tick()
         self._watch_idle()
-        if time.monotonic() >= self._observe_at:
-            self.observe()
+        if time.monotonic() >= self._observe_at or self._epoch != getattr(self, "_observed_epoch", 0):
+            self.observe()                  # also at once after a rebalance: the status follows it
             self.stats.log_drops()          # summaries held back by the 30 s limit, also when idle
 
-    def observe(self) -> dict:
+    def observe(self, final: bool = False) -> dict:
         """Refresh the gauges of ``stats`` (lag, assignment, tasks, restore progress, store sizes) and send
-        the snapshot to the supervisor. About once a second, from the loop."""
+        the snapshot to the supervisor. About once a second, from the loop, and after a rebalance;
+        ``final``: the last report of a stopping worker (the supervisor then drops its gauges)."""
         self._observe_at = time.monotonic() + OBSERVE_INTERVAL_S
+        self._observed_epoch = self._epoch
         st = self.stats
         mgr = self.task_manager
         counts = mgr.counts()
         st.tasks = {"running": counts["running"], "restoring": counts["restoring"]}
         st.task_keys = sorted(mgr.running_tasks())
-        lag = {}
+        st.restoring_keys = sorted(mt.key for mt in mgr.in_phase(Phase.RESTORING))
+        assigned: list = []
         if self.consumer is not None:
             try:
-                tps = [TopicPartition(t, p) for t, p in mgr.active_inputs()]
-                st.assigned = len(self.consumer.assignment())
-                for tp in self.consumer.position(tps) if tps else ():
-                    _, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                    if tp.offset >= 0 and high >= 0:
-                        lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
-            except KafkaException as e:
-                log.debug("worker %s: lag not measured: %s", self.id, e)
-        st.lag = lag
+                assigned = sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
+            except (KafkaException, RuntimeError) as e:
+                log.debug("worker %s: assignment not read: %s", self.id, e)
+        st.assigned = len(assigned)
+        st.track(assigned)                 # every assigned partition's counter exists, at 0 until counted
+        st.lag = self._lag(assigned)
         if self.restorer is not None:
             left = self.restorer.remaining()
             st.restore = {s: [n, left.get(s, 0)] for s, n in self.restorer.restored_by_store.items()}
         keys: dict = {}
+        unknown: set = set()
         for task in mgr.running_tasks().values():
+            backend = task.state.backend
+            count = getattr(backend, "live_keys", None) or backend.estimate_keys
             for name in task.state.stores:
-                n = task.state.backend.estimate_keys(name)
-                if n is not None:
+                n = count(name)
+                if n is None:
+                    unknown.add(name)           # a large store's first count is still under way
+                else:
                     keys[name] = keys.get(name, 0) + n
-        st.store_keys = keys
-        snap = st.snapshot()
+        st.store_keys = {k: n for k, n in keys.items() if k not in unknown}
+        self._event_time_gauges(mgr.running_tasks())
+        snap = st.snapshot(final)
         if self._report is not None:
             try:
                 self._report(snap)
             except Exception as e:  # noqa: BLE001 - reporting must never stop processing
                 log.debug("worker %s: stats not reported: %s", self.id, e)
         return snap
+
+    def _event_time_gauges(self, tasks: dict) -> None:
+        """Watermark lag per sub-topology, paused partitions, and which upstream task holds windows back."""
+        st = self.stats
+        lag: dict = {}
+        held: dict = {}
+        for task in tasks.values():
+            sub = task.subtopology.id
+            if task.newest >= 0:
+                behind = max(0, task.newest - max(task.state.stream_time, 0)) / 1000.0
+                lag[sub] = max(lag.get(sub, 0.0), behind)
+            who = task.held_back_by()
+            if who is not None:
+                held[sub] = f"{who[0]} from sub-topology {who[1][0]} partition {who[1][1]}"
+        st.watermark_lag, st.held_back, st.paused = lag, held, len(self._paused_ahead)
+
+    def _lag(self, assigned: list) -> dict:
+        """Records behind the end of every assigned ``(topic, partition)``: the high watermark (as last fetched)
+        minus the position. A partition of a running task whose position is unknown although it was fetched
+        (nothing returned since its assignment: it starts at its end) is 0 behind; one not fetched yet (just
+        assigned, or paused while its task restores) keeps its last measured lag, 0 at first."""
+        if not assigned:
+            return {}
+        c = self.consumer
+        prev = self.stats.lag
+        running = set(self.task_manager.active_inputs())
+        at_end = getattr(self, "_caught_up", ())          # partitions whose end the consumer reported
+        try:
+            positions = {(tp.topic, tp.partition): tp.offset
+                         for tp in c.position([TopicPartition(t, p) for t, p in assigned])}
+        except KafkaException as e:
+            log.debug("worker %s: positions not read: %s", self.id, e)
+            positions = {}
+        lag = {}
+        for tp in assigned:
+            try:
+                _, high = c.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                high = -1
+            pos = positions.get(tp, -1)
+            if pos >= 0 and high >= 0:
+                lag[tp] = max(0, high - pos)
+            elif tp in running and (high >= 0 or tp in at_end):
+                lag[tp] = 0
+            else:
+                lag[tp] = prev.get(tp, 0)
+        return lag
 
     def _restore_step(self) -> None:
         if self._to_restore:
@@ -536,7 +626,16 @@ class Worker:
             return
         self._idle_warned_at = now
         log.warning("worker %s has had no partitions for %.0f s; consumer group %r: %s", self.id, idle,
-                    self.app_id, describe_group(self.options, self.app_id))
+                    self.app_id, self._group_state())
+
+    def _group_state(self) -> str:
+        """The consumer group's state as the broker reports it, checked against what this worker knows: it is
+        a member of the group (``describe_group``)."""
+        try:
+            member_id = self.consumer.memberid() if self.consumer is not None else None
+        except Exception:  # noqa: BLE001 - RuntimeError on a closed consumer
+            member_id = None
+        return describe_group(self.options, self.app_id, instance_id=self.id, member_id=member_id)
 
     def _drop_stale(self, msgs) -> list:
         """A rebalance ran inside this consume(): records fetched before it may be stale. Drop them
@@ -556,12 +655,7 @@ class Worker:
         groups = self._columns(msgs)
         if not groups:
             return
-        c = self.ckpt
-        c.opened()
-        if self.eos and not c.in_txn:
-            cp._call("begin_transaction", self.producer.begin_transaction, self.timeout_s)
-            c.began_transaction()
-        produce = self._produce_fast
+        c = self._open_checkpoint()
         mgr = self.task_manager
         by_task: dict = {}
         for tp, cols in groups.items():
@@ -571,36 +665,174 @@ class Worker:
                 continue
             self.misplaced.check(tp[0], tp[1], cols[0])
             by_task.setdefault(key, []).append((tp, cols))
+        stats = self.stats
         for key, items in by_task.items():
             task = mgr.running(key)
-            raws = [RawBatch(tp[0], tp[1], keys, values, tss, offs) for tp, (keys, values, tss, offs) in items]
+            raws, marks = [], []
+            for tp, cols in items:
+                raw, wms = _split_watermarks(tp, cols)
+                if raw is not None:
+                    raws.append(raw)
+                if wms:
+                    marks.append((tp[0], wms))
+            gated = len(task.input_partitions) > 1
             try:
-                produced = task.process_many(raws)
+                if raws or (gated and task._held):
+                    self._produce_outputs(task.process_many(raws, self._ready(key, task) if gated else None))
+                # a watermark follows the records before it: while some of them wait in the task, it is
+                # dropped (the upstream task writes a newer one within REPUBLISH_S)
+                marks = [(t, w) for t, w in marks if task.held_from((t, task.partition)) is None]
+                if marks:
+                    for topic, wms in marks:
+                        task.watermarks(topic, wms, self._upstreams(topic))
+                    self._produce_outputs(task.advance())
             except StreamprocError as e:
                 raise ProcessingFailed(f"task {task.id} stopped on {_positions(raws)}: {e}") from None
             except Exception as e:  # noqa: BLE001
                 raise ProcessingFailed(f"task {task.id} stopped on {_positions(raws)}: "
                                        f"{type(e).__name__}: {e}") from e
-            stats = self.stats
-            for out in produced:
-                out_topic, kb, vb, ts = out[:4]
-                if len(out) > 5:                       # records placed by the plan (plan.placement)
-                    parts = out[5]
-                    for i in range(len(kb)):
-                        self.produce(out_topic, vb[i], kb[i], partition=parts[i], timestamp=ts[i])
-                elif len(out) > 4:                     # records with headers (late records)
-                    for i in range(len(kb)):
-                        self.produce(out_topic, vb[i], kb[i], timestamp=ts[i], headers=out[4][i])
-                else:
-                    for i in range(len(kb)):
-                        produce(out_topic, vb[i], kb[i], ts[i])
-                stats.produce(out_topic, len(kb))
             if task.ctx.dead_letters:
                 self._dead_letters(task)
-            for raw in raws:
-                c.ran(key, (raw.topic, raw.partition), raw.offsets[-1] + 1)
+            for raw in raws:             # counted when fetched; a held record is committed with its checkpoint
                 self.records_in += len(raw.offsets)
                 stats.consume((raw.topic, raw.partition), len(raw.offsets))
+            for tp, cols in items:
+                held = task.held_from(tp) if gated else None
+                c.ran(key, tp, cols[3][-1] + 1 if held is None else held)
+            if gated:
+                self._pace(task)
+
+    # ------------------------------------------------------------------ watermarks (runtime/watermarks.py)
+    def _marks_due(self) -> list:
+        """``[(task, (stream time, idle))]`` of the running tasks feeding repartition topics whose watermark
+        changed since it was last written (or was written more than REPUBLISH_S ago)."""
+        now = time.monotonic()
+        out = []
+        for key, task in self.task_manager.running_tasks().items():
+            if not task.subtopology.repartition_sinks or key in self._publishing:
+                continue
+            mt = self.task_manager.get(key)
+            idle = bool(mt.inputs) and all(tp in self._caught_up for tp in mt.inputs) and not task._held
+            mark = (task.state.stream_time, idle)
+            last = self._published.get(key)
+            if last is None or last[0] != mark or now - last[1] >= REPUBLISH_S:
+                out.append((task, mark))
+        return out
+
+    def publish_watermarks(self) -> None:
+        """Checkpoint step 1: write each due watermark to every partition of the repartition topics its task
+        feeds, in the open transaction (``checkpoint.py``)."""
+        now = time.monotonic()
+        for task, mark in self._marks_due():
+            value = watermark_encode(task.subtopology.id, task.partition, *mark)
+            for topic in task.subtopology.repartition_sinks:
+                for p in range(self.partition_count(topic)):
+                    self.produce(topic, value, WATERMARK_KEY, partition=p)
+            self._publishing[(task.subtopology.id, task.partition)] = (mark, now)
+
+    def watermarks_committed(self, committed: bool) -> None:
+        if committed:
+            self._published.update(self._publishing)
+        self._publishing.clear()
+
+    def _open_checkpoint(self):
+        c = self.ckpt
+        c.opened()
+        if self.eos and not c.in_txn:
+            cp._call("begin_transaction", self.producer.begin_transaction, self.timeout_s)
+            c.began_transaction()
+        return c
+
+    # ------------------------------------------------------------------ KIP-695 (DESIGN section 4)
+    def _ready(self, key, task) -> set:
+        """The input partitions of ``task`` caught up for at least ``max_task_idle``: records of the others
+        go only while they have buffered records. A task that has held records back for ENFORCE_S without
+        any of its inputs moving processes them anyway (a broker that never reports an end), saying so."""
+        now = time.monotonic()
+        idle_s = self.plan.max_task_idle / 1000.0
+        ready = {tp for tp in task.input_partitions if now - self._caught_up.get(tp, now + 1) >= idle_s}
+        if not task._held:
+            self._blocked_since.pop(key, None)
+            return ready
+        since = self._blocked_since.setdefault(key, now)
+        if now - since >= ENFORCE_S:
+            waiting = [f"{t}[{p}]" for t, p in task.input_partitions if (t, p) not in ready]
+            log.warning("worker %s: task %s waited %.0f s for %s to be fetched or caught up; processing what it "
+                        "holds in event-time order without them", self.id, task.id, now - since, ", ".join(waiting))
+            self._blocked_since[key] = now
+            return set(task.input_partitions)
+        return ready
+
+    def _pace(self, task) -> None:
+        """Pause an input whose task holds more than HOLD_LIMIT of its records (it is ahead of the others);
+        resume it once the task has taken most of them."""
+        for tp in task.input_partitions:
+            n = task.held_count(tp)
+            if n > HOLD_LIMIT and tp not in self._paused_ahead:
+                self._paused_ahead.add(tp)
+                self.consumer.pause([TopicPartition(*tp)])
+            elif n <= HOLD_LIMIT // 2 and tp in self._paused_ahead:
+                self._paused_ahead.discard(tp)
+                self.consumer.resume([TopicPartition(*tp)])
+        if not task._held:
+            self._blocked_since.pop((task.subtopology.id, task.partition), None)
+
+    def _drain_held(self) -> None:
+        """Give tasks holding records back a chance to go on (an input caught up or was fetched since)."""
+        for key, task in self.task_manager.running_tasks().items():
+            if task._held:
+                ready = self._ready(key, task)
+                if task.can_go(ready):
+                    self._process_held(key, task, ready)
+
+    def _process_held(self, key, task, ready: set) -> None:
+        c = self._open_checkpoint()
+        ends = {tp: task.held_until(tp) for tp in task.input_partitions if task.held_until(tp) is not None}
+        try:
+            self._produce_outputs(task.process_many([], ready))
+        except StreamprocError as e:
+            raise ProcessingFailed(f"task {task.id} stopped: {e}") from None
+        if task.ctx.dead_letters:
+            self._dead_letters(task)
+        for tp, end in ends.items():
+            first = task.held_from(tp)
+            c.ran(key, tp, end if first is None else first)
+        self._pace(task)
+
+    def _idle_close(self) -> None:
+        """``Topology(idle_close=...)``: the stream time of a task whose inputs have all been caught up for
+        that long advances with the wall clock - from the largest event time it had seen, by the idle time
+        elapsed - so the last windows of a stream that stopped close and emit (DESIGN section 4)."""
+        now = time.monotonic()
+        if now < self._idle_checked_at:
+            return
+        self._idle_checked_at = now + self.options.commit_interval_s
+        limit_s = self.plan.idle_close / 1000.0
+        for key, task in self.task_manager.running_tasks().items():
+            since = [self._caught_up.get(tp) for tp in task.input_partitions]
+            if not task.subtopology.stores or None in since or task._held:
+                self._idle_base.pop(key, None)
+                continue
+            start = max(since)
+            base = self._idle_base.get(key)
+            if base is None or base[1] != start:
+                base = self._idle_base[key] = (task.state.stream_time, start)
+            idle_s = now - start
+            if idle_s < limit_s or base[0] < 0:
+                continue
+            target = base[0] + int(idle_s * 1000)
+            if target > task.state.stream_time:
+                c = self._open_checkpoint()
+                self._produce_outputs(task.advance(target))
+                c.dirty.add(key)
+
+    def _upstreams(self, topic: str) -> int:
+        """How many tasks write repartition topic ``topic``: the task count of the sub-topology feeding it."""
+        n = self._upstream_counts.get(topic)
+        if n is None:
+            writer = next(st for st in self.plan.subtopologies if topic in st.repartition_sinks)
+            n = self._upstream_counts[topic] = max(self.partition_count(t) for t in writer.input_topics)
+        return n
 
     def _columns(self, msgs) -> dict:
         """``{(topic, partition): (keys, values, timestamps, offsets)}`` in offset order.
@@ -609,12 +841,23 @@ class Worker:
         regrouped when a batch spans several partitions.
         """
         if any(m.error() is not None for m in msgs):
+            ends = []
             for m in msgs:
                 if m.error() is not None:
+                    if m.error().code() == _EOF:
+                        ends.append((m.topic(), m.partition()))
                     self._consumer_error(m)
             msgs = [m for m in msgs if m.error() is None]
+            for m in msgs:
+                self._caught_up.pop((m.topic(), m.partition()), None)
+            now = time.monotonic()
+            for tp in ends:                   # an end event comes after its partition's last record
+                self._caught_up.setdefault(tp, now)
             if not msgs:
                 return {}
+        elif self._caught_up:
+            for m in msgs:
+                self._caught_up.pop((m.topic(), m.partition()), None)
         topics = [m.topic() for m in msgs]
         parts = [m.partition() for m in msgs]
         t0, p0 = topics[0], parts[0]
@@ -628,8 +871,28 @@ class Worker:
                     by_tp[tp] = [m]
                 else:
                     g.append(m)
+        internal = self._repartition_topics
         return {tp: ([m.key() for m in g], [m.value() for m in g], [m.timestamp()[1] for m in g],
-                     [m.offset() for m in g]) for tp, g in by_tp.items()}
+                     [m.offset() for m in g]) + ((_headers(g),) if tp[0] in internal else ())
+                for tp, g in by_tp.items()}
+
+    def _produce_outputs(self, produced: list) -> None:
+        """Produce a task's output column groups ``(topic, keys, values, timestamps[, headers[, partitions]])``
+        in the open checkpoint: per-record headers (late records, carried stream times) and partitions
+        (placed by the plan) where given, else the producer's partitioner."""
+        produce, stats = self._produce_fast, self.stats
+        for out in produced:
+            out_topic, kb, vb, ts = out[:4]
+            headers = out[4] if len(out) > 4 else None
+            parts = out[5] if len(out) > 5 else None
+            if headers is None and parts is None:
+                for i in range(len(kb)):
+                    produce(out_topic, vb[i], kb[i], ts[i])
+            else:
+                for i in range(len(kb)):
+                    self.produce(out_topic, vb[i], kb[i], partition=-1 if parts is None else parts[i],
+                                 timestamp=ts[i], headers=None if headers is None else headers[i])
+            stats.produce(out_topic, len(kb))
 
     def partition_count(self, topic: str) -> int:
         """How many partitions ``topic`` (an output of this worker's tasks) has, from the cluster's metadata
@@ -778,6 +1041,28 @@ class _Purger:
         self._warned = True
 
 
+def _headers(msgs) -> list:
+    return [m.headers() for m in msgs]
+
+
+def _split_watermarks(tp, cols) -> tuple:
+    """``(RawBatch or None, watermark values)`` of one fetched partition's columns: a repartition topic's
+    watermark records (``runtime/watermarks.py``) are taken out, its records' carried stream times read."""
+    keys, values, tss, offs = cols[:4]
+    wms: list = []
+    if len(cols) > 4:
+        headers = cols[4]
+        if WATERMARK_KEY in keys:
+            keep = [i for i, k in enumerate(keys) if k != WATERMARK_KEY]
+            wms = [values[i] for i, k in enumerate(keys) if k == WATERMARK_KEY]
+            keys, values = [keys[i] for i in keep], [values[i] for i in keep]
+            tss, offs, headers = [tss[i] for i in keep], [offs[i] for i in keep], [headers[i] for i in keep]
+        if not keys:
+            return None, wms
+        return RawBatch(tp[0], tp[1], keys, values, tss, offs, carried_times(headers)), wms
+    return RawBatch(tp[0], tp[1], keys, values, tss, offs), wms
+
+
 def _positions(raws) -> str:
     return ", ".join(f"{r.topic}[{r.partition}] offsets {r.offsets[0]}..{r.offsets[-1]}" for r in raws)
 
@@ -798,20 +1083,56 @@ def check_assignor(consumer_conf: dict) -> None:
             f"exactly-once hole). Remove the setting from --config.")
 
 
-def describe_group(options, group: str) -> str:
-    """The consumer group's state and members as the cluster sees it (best effort, bounded)."""
-    try:
-        from ..kafka.admin import make_admin
+_MEMBER_STATES = {"STABLE", "PREPARING_REBALANCING", "COMPLETING_REBALANCING", "PREPARING_REBALANCE",
+                  "COMPLETING_REBALANCE"}
 
-        admin = make_admin(options.bootstrap_servers, group, options.client("admin"))
-        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=6)
-        members = sorted(m.group_instance_id or m.member_id for m in desc.members)
-        return (f"state {getattr(desc.state, 'name', desc.state)}, {len(members)} member(s)"
-                + (f" ({', '.join(members[:8])}{', ...' if len(members) > 8 else ''})" if members else "")
-                + ": every partition may be owned by other members; a restarted instance waits for its "
-                  "static members' session timeout")
+
+def describe_group(options, group: str, *, instance_id: str | None = None, member_id: str | None = None,
+                   describe=None) -> str:
+    """The consumer group's state and members as the broker reports them (best effort, bounded), for the
+    no-partitions warning. The asking worker knows two things the answer must agree with: it is a member
+    (``member_id``, given once it joined; ``instance_id``, its ``group.instance.id``), and a group whose
+    state says it has members has some. An answer that contradicts them (e.g. "STABLE, 0 members" from a
+    broker that does not implement DescribeGroups faithfully) is not repeated as the group's state: the
+    text says the state cannot be told. ``describe(group)``: the ``ConsumerGroupDescription`` (tests)."""
+    try:
+        if describe is None:
+            from ..kafka.admin import make_admin
+
+            admin = make_admin(options.bootstrap_servers, group, options.client("admin"))
+            desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=6)
+        else:
+            desc = describe(group)
     except Exception as e:  # noqa: BLE001 - a diagnostic only
-        return f"the group could not be described ({e})"
+        return f"the group's state cannot be told: the broker could not describe it ({e})"
+    state = str(getattr(desc.state, "name", desc.state)).upper()
+    members = list(desc.members or ())
+    ids = {m.member_id for m in members} | {m.group_instance_id for m in members if m.group_instance_id}
+
+    def owned(m) -> str:
+        tps = getattr(getattr(m, "assignment", None), "topic_partitions", None)
+        return f" with {len(tps)} partition(s)" if tps is not None else ""
+
+    shown = sorted(f"{m.group_instance_id or m.member_id}{owned(m)}" for m in members)
+    listed = f"{len(members)} member(s)" + (f" ({', '.join(shown[:8])}{', ...' if len(shown) > 8 else ''})"
+                                            if shown else "")
+    me = (f"this worker ({instance_id}) is a member, member id {member_id}" if member_id
+          else f"this worker ({instance_id}) has not been given a member id yet (still joining)")
+    wrong = None
+    if member_id and not ({member_id, instance_id} & ids):
+        wrong = "it does not list this worker"
+    elif state in _MEMBER_STATES and not members:
+        wrong = f"a group in state {state} has members"
+    elif state in ("EMPTY", "DEAD") and member_id:
+        wrong = f"this worker is a member of it, so it is not {state}"
+    if wrong is not None:
+        return (f"its state cannot be told: the broker describes it as {state} with {listed}, which cannot be "
+                f"right ({wrong}; {me}). The broker does not report group membership faithfully (the "
+                f"development broker does not); ask the cluster's own tools "
+                f"(kafka-consumer-groups --describe --members --group {group})")
+    return (f"state {state} (as the broker reports it), {listed}; {me}: every partition may be owned by other "
+            f"members (a group with more members than input partitions leaves some without any), and a "
+            f"restarted instance waits for its static members' session timeout")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ class TaskState:
         self.backend = backend
         self.stores = {n: Store(n, backend) for n in store_names}
         self.stream_time: int = backend.get_meta("stream_time", -1)
+        self.watermarks: dict = dict(backend.get_meta("watermarks", None) or {})   # runtime/watermarks.py
         self._pending: dict | None = None
 
     def store(self, name: str) -> Store:
@@ -151,6 +152,8 @@ class TaskState:
         pending = self._pending or {}
         self._pending = None
         meta = {"stream_time": self.stream_time}
+        if self.watermarks:
+            meta["watermarks"] = dict(self.watermarks)
         if changelog_offsets:
             meta["changelog_offsets"] = {**self.backend.get_meta("changelog_offsets", {}), **changelog_offsets}
         self.backend.write(pending, meta)
@@ -162,3 +165,4 @@ class TaskState:
             s._cache, s._deferred = {}, set()
             s.generation += 1
         self.stream_time = self.backend.get_meta("stream_time", -1)
+        self.watermarks = dict(self.backend.get_meta("watermarks", None) or {})

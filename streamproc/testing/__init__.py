@@ -13,10 +13,12 @@ from ..errors import StreamprocError
 from ..operators import RawBatch
 from ..operators.base import counts_by_name
 from ..operators.global_table import GlobalStore
+from ..operators.io import carried_times
 from ..partitioner import partition_for
 from ..plan import compile_topology
 from ..plan.partitions import partition_counts
 from ..runtime.task import Task
+from ..runtime.watermarks import encode as watermark_encode
 from ..state import MemoryBackend
 
 
@@ -55,6 +57,7 @@ class TopologyTestDriver:
         self._committed: dict = {}                  # committed drops of finished tasks' contexts
         self._consumed = self._produced = 0
         self._null_key_rr = 0
+        self._marks: dict = {}                      # (sub-topology, partition) -> watermark last written
         self._last_ts = 0
         self._closed = False
 
@@ -101,6 +104,7 @@ class TopologyTestDriver:
             per_partition.setdefault(self._partition(topic, kb, n), []).append((kb, vb, ts))
         for p, recs in per_partition.items():
             self._deliver(topic, p, recs)
+        self._publish_watermarks()
 
     def _partition(self, topic: str, key_bytes, n: int, given: int = -1) -> int:
         """Where a producer puts a record of ``topic``: ``given`` (chosen by a repartition sink, see
@@ -115,24 +119,32 @@ class TopologyTestDriver:
         return partition_for(key_bytes, n, placement.partitioner if placement is not None else "murmur2")
 
     def _deliver(self, topic: str, partition: int, recs: list) -> None:
+        """Process ``[(key bytes, value bytes, ts[, carried stream time])]`` of one partition as one batch."""
         off = self._offsets.get((topic, partition), 0)
         self._offsets[(topic, partition)] = off + len(recs)
+        carried = [r[3] for r in recs] if any(len(r) > 3 and r[3] is not None for r in recs) else None
         raw = RawBatch(topic, partition, [r[0] for r in recs], [r[1] for r in recs], [r[2] for r in recs],
-                       list(range(off, off + len(recs))))
+                       list(range(off, off + len(recs))), carried)
         if topic in self._global_of_topic:          # applied between batches, seen by every task
             self._global_of_topic[topic].apply([raw])
             return
         task = self._task(self.plan.subtopology_of(topic), partition)
+        self._run(task, task.process, raw,
+                  counted=0 if topic in self.plan.repartition_topics else len(recs))
+
+    def _run(self, task: Task, step, *args, counted: int = 0) -> None:
+        """``step(*args)`` of ``task`` as one committed checkpoint: its outputs are routed (repartition
+        records delivered at once), its state applied, its counts (``counted`` input records) committed;
+        a failure rolls it back."""
         try:
-            produced = task.process(raw)
+            produced = step(*args)
         except Exception:
             self._roll_back(task)              # as a worker would: nothing of the failed batch remains
             raise
+        self._consumed += counted
         task.state.changes()
         task.state.apply()
         task.ctx.commit_counts()                    # each pipe is one committed checkpoint
-        if topic not in self.plan.repartition_topics:
-            self._consumed += len(recs)
         for dl in task.ctx.dead_letters:
             self._outputs.setdefault(f"{self.plan.app_id}-dlq", []).append((dl.key, dl.value, dl.timestamp))
             self._dead.append(dl)
@@ -142,16 +154,44 @@ class TopologyTestDriver:
             out_topic, kb, vb, ts = out[:4]
             if out_topic not in self.plan.repartition_topics:
                 self._produced += len(kb)
-            if out_topic in self.plan.repartition_topics:
-                n = self._partitions[out_topic]
-                parts = out[5] if len(out) > 5 else [-1] * len(kb)
-                by_p: dict[int, list] = {}
-                for rec, given in zip(zip(kb, vb, ts), parts):
-                    by_p.setdefault(self._partition(out_topic, rec[0], n, given), []).append(rec)
-                for p, rs in by_p.items():
-                    self._deliver(out_topic, p, rs)
-            else:
                 self._outputs.setdefault(out_topic, []).extend(zip(kb, vb, ts))
+                continue
+            n = self._partitions[out_topic]
+            headers = out[4] if len(out) > 4 and out[4] is not None else [None] * len(kb)
+            parts = out[5] if len(out) > 5 and out[5] is not None else [-1] * len(kb)
+            by_p: dict[int, list] = {}
+            for k, v, t, h, given in zip(kb, vb, ts, headers, parts):
+                c = carried_times([h]) if h else None
+                by_p.setdefault(self._partition(out_topic, k, n, given), []).append((k, v, t, c and c[0]))
+            for p, rs in by_p.items():
+                self._deliver(out_topic, p, rs)
+
+    def _publish_watermarks(self) -> None:
+        """The end of a pipe is a checkpoint: every task feeding a repartition topic writes its stream time
+        as a watermark to every partition of it (``runtime/watermarks.py``), idle - under the driver
+        every input is caught up after a pipe. A task that never ran publishes -1. Downstream tasks
+        advance and close what that closes; repeated until no watermark changes (chains of repartitions)."""
+        changed = True
+        while changed:
+            changed = False
+            for st in self.plan.subtopologies:
+                if not st.repartition_sinks:
+                    continue
+                upstreams = self._partitions[("task", st.id)]
+                for p in range(upstreams):
+                    t = self._tasks.get((st.id, p))
+                    mark = (t.state.stream_time if t is not None else -1, True)
+                    if self._marks.get((st.id, p)) == mark:
+                        continue
+                    self._marks[(st.id, p)] = mark
+                    changed = True
+                    value = watermark_encode(st.id, p, *mark)
+                    for topic in st.repartition_sinks:
+                        reader = self.plan.subtopology_of(topic)
+                        for q in range(self._partitions[topic]):
+                            task = self._task(reader, q)
+                            task.watermarks(topic, [value], upstreams)
+                            self._run(task, task.advance)
 
     def _roll_back(self, task: Task) -> None:
         """Discard what a failed batch did to ``task`` (state, stream time, pending counts)."""
@@ -177,7 +217,9 @@ class TopologyTestDriver:
 
     def state(self, store_name: str) -> dict:
         """Contents of a store across all tasks, as results: ``{key: value}`` for tables,
-        ``{(key, window_start): value}`` for windowed stores (value as the operator would emit it)."""
+        ``{(key, window_start): value}`` for windowed stores (value as the operator would emit it;
+        ``{(key, window_start, window_end): value}`` for a session store with a ``retention``, whose
+        kept closed sessions may share a start with a later one)."""
         try:
             self.plan.store(store_name)
         except KeyError:
