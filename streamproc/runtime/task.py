@@ -43,6 +43,7 @@ class Task:
         self._clocks: dict = {}              # repartition input topic -> InputClock (its watermarks)
         self._held: dict = {}                # (topic, partition) -> decoded records waiting (process_many)
         self.newest = -1                     # the newest event time of a record this task has read
+        self.progress = 0                    # records run through the graph by process_many (a liveness count)
 
     @property
     def input_topics(self) -> list[str]:
@@ -163,6 +164,7 @@ class Task:
     def _run_segment(self, decoded: list, runs: list) -> None:
         if not runs:
             return
+        self.progress += sum(end - start for _, start, end in runs)
         if len(runs) == 1:
             i, start, end = runs[0]
             src, b, raw, kept, _ = decoded[i]

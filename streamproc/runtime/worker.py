@@ -133,7 +133,7 @@ class Worker:
         self._gated = any(len(st.input_topics) > 1 for st in plan.subtopologies)
         self._idle_base: dict = {}                      # task key -> (stream time, since) when all inputs idle
         self._idle_checked_at = 0.0
-        self._blocked_since: dict = {}                  # task key -> when it started holding records back
+        self._blocked_since: dict = {}                  # task key -> (since, task.progress): held without progress
         self._paused_ahead: set = set()                 # input partitions paused: their task holds enough
         self._published: dict = {}                      # task key -> ((stream time, idle), monotonic) committed
         self._publishing: dict = {}                     # the same, written in the open checkpoint
@@ -747,19 +747,22 @@ class Worker:
     def _ready(self, key, task) -> set:
         """The input partitions of ``task`` caught up for at least ``max_task_idle``: records of the others
         go only while they have buffered records. A task that has held records back for ENFORCE_S without
-        any of its inputs moving processes them anyway (a broker that never reports an end), saying so."""
+        processing anything processes them anyway (a broker that never reports an end), saying so."""
         now = time.monotonic()
         idle_s = self.plan.max_task_idle / 1000.0
         ready = {tp for tp in task.input_partitions if now - self._caught_up.get(tp, now + 1) >= idle_s}
         if not task._held:
             self._blocked_since.pop(key, None)
             return ready
-        since = self._blocked_since.setdefault(key, now)
+        since, progress = self._blocked_since.get(key, (now, task.progress))
+        if progress != task.progress:               # it processed something since: not stuck
+            since = now
+        self._blocked_since[key] = (since, task.progress)
         if now - since >= ENFORCE_S:
             waiting = [f"{t}[{p}]" for t, p in task.input_partitions if (t, p) not in ready]
             log.warning("worker %s: task %s waited %.0f s for %s to be fetched or caught up; processing what it "
                         "holds in event-time order without them", self.id, task.id, now - since, ", ".join(waiting))
-            self._blocked_since[key] = now
+            self._blocked_since[key] = (now, task.progress)
             return set(task.input_partitions)
         return ready
 
