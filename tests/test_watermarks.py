@@ -257,3 +257,59 @@ def test_idle_close_emits_the_last_window_of_a_stream_that_stopped(kafka, tmp_pa
     got = [json.loads(r[3]) for r in results["1s"]]
     assert got == [{"window_start": t0, "window_end": t0 + 2_000, "count": 15}]
     assert results[None] == []
+
+
+@pytest.mark.broker
+def test_offsets_of_held_records_are_committed_when_another_inputs_fetch_lets_them_go(kafka, tmp_path, monkeypatch):
+    """A stream-table task holds the table's records while the stream partition has data it has not fetched;
+    they go when the stream's records arrive (another partition's fetch). The group's committed offset of
+    the table partition must follow (else a restart reads them again: duplicates under exactly-once)."""
+    import os
+    import time
+
+    import confluent_kafka
+
+    import runtime_helpers as h
+    import streamproc.runtime.worker as worker_mod
+    from streamproc.kafka import make_admin
+    from streamproc.kafka.admin import group_offsets
+    from streamproc.runtime._config import RunOptions
+    from streamproc.runtime.app import prepare_topics
+    from test_joins_runtime import produce_tracked
+
+    bootstrap, _ = kafka
+    app = h.unique("held")
+    stream = f"{app}-payments"
+
+    class StreamLater(confluent_kafka.Consumer):
+        """Hands out the stream's messages only 1.5 s after the first table record was handed out."""
+        stash: list = []
+        first = None
+
+        def consume(self, *a, **k):
+            msgs = super().consume(*a, **k)
+            if StreamLater.first is None or time.monotonic() < StreamLater.first + 1.5:
+                if StreamLater.first is None and any(m.error() is None and m.topic() != stream for m in msgs):
+                    StreamLater.first = time.monotonic()
+                StreamLater.stash += [m for m in msgs if m.topic() == stream]
+                return [m for m in msgs if m.topic() != stream]
+            out, StreamLater.stash = StreamLater.stash + msgs, []
+            return out
+
+    monkeypatch.setattr(worker_mod, "Consumer", StreamLater)
+    monkeypatch.setenv("EVENT_TIME_APP", app)
+    t0 = int(time.time() * 1000) - 60_000
+    for t in ("customers", "payments", "enriched"):
+        h.create(bootstrap, [f"{app}-{t}"], 1)
+    ends = produce_tracked(bootstrap, f"{app}-customers",
+                           [(f"c{i}", {"cust": f"c{i}", "v": 1}, t0 + i) for i in range(10)], 1)
+    ends.update(produce_tracked(bootstrap, stream, [(f"c{i}", {"pid": f"p{i}"}, t0 + 100 + i) for i in range(10)], 1))
+    ref = os.path.join(os.path.dirname(__file__), "topologies", "event_time_table_join.py") + ":topology"
+    plan = h.load_plan(ref)
+    opts = RunOptions(bootstrap, state_dir=str(tmp_path / "state"), client_config=dict(h.CLIENT_CONFIG), topology=ref)
+    prepare_topics(plan, opts)
+    with h.WorkerThread(plan, opts):
+        out = h.read_topic(bootstrap, f"{app}-enriched", expect=10, max_s=60)
+        h.wait_until(lambda: group_offsets(make_admin(bootstrap), app, list(ends)) == ends, 20,
+                     what="the committed offsets of both inputs at their ends")
+    assert len(out) == 10

@@ -676,6 +676,8 @@ class Worker:
                 if wms:
                     marks.append((tp[0], wms))
             gated = len(task.input_partitions) > 1
+            # where each input held before ends: records of an input not in this fetch may go now too
+            ends = {tp: task.held_until(tp) for tp in task.input_partitions if task.held_until(tp) is not None}
             try:
                 if raws or (gated and task._held):
                     self._produce_outputs(task.process_many(raws, self._ready(key, task) if gated else None))
@@ -697,8 +699,10 @@ class Worker:
                 self.records_in += len(raw.offsets)
                 stats.consume((raw.topic, raw.partition), len(raw.offsets))
             for tp, cols in items:
-                held = task.held_from(tp) if gated else None
-                c.ran(key, tp, cols[3][-1] + 1 if held is None else held)
+                ends[tp] = cols[3][-1] + 1
+            for tp, end in ends.items():          # the position: the first record still held, else past them
+                held = task.held_from(tp)
+                c.ran(key, tp, end if held is None else held)
             if gated:
                 self._pace(task)
 
