@@ -40,9 +40,10 @@ def _carried_headers(b: Batch) -> list | None:
     if not len(ahead):
         return None
     headers: list = [None] * len(b)
-    st = b.stream_times
-    for i in ahead.tolist():
-        headers[i] = [(STREAM_TIME_HEADER, _TIME.pack(int(st[i])))]
+    blob = b.stream_times[ahead].astype(">i8").tobytes()          # 8 bytes big-endian signed per record
+    name = STREAM_TIME_HEADER
+    for j, i in enumerate(ahead.tolist()):
+        headers[i] = [(name, blob[8 * j:8 * j + 8])]
     return headers
 
 

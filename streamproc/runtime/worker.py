@@ -847,6 +847,7 @@ class Worker:
         Column by column with comprehensions (one C-level loop per field); messages are only
         regrouped when a batch spans several partitions.
         """
+        ends = None
         if any(m.error() is not None for m in msgs):
             ends = []
             for m in msgs:
@@ -855,16 +856,9 @@ class Worker:
                         ends.append((m.topic(), m.partition()))
                     self._consumer_error(m)
             msgs = [m for m in msgs if m.error() is None]
-            for m in msgs:
-                self._caught_up.pop((m.topic(), m.partition()), None)
-            now = time.monotonic()
-            for tp in ends:                   # an end event comes after its partition's last record
-                self._caught_up.setdefault(tp, now)
             if not msgs:
+                self._ended(ends)
                 return {}
-        elif self._caught_up:
-            for m in msgs:
-                self._caught_up.pop((m.topic(), m.partition()), None)
         topics = [m.topic() for m in msgs]
         parts = [m.partition() for m in msgs]
         t0, p0 = topics[0], parts[0]
@@ -878,10 +872,21 @@ class Worker:
                     by_tp[tp] = [m]
                 else:
                     g.append(m)
+        if self._caught_up:                  # records arrived: not at the end any more (per partition, not per record)
+            for tp in by_tp:
+                self._caught_up.pop(tp, None)
+        if ends:
+            self._ended(ends)
         internal = self._repartition_topics
         return {tp: ([m.key() for m in g], [m.value() for m in g], [m.timestamp()[1] for m in g],
                      [m.offset() for m in g]) + ((_headers(g),) if tp[0] in internal else ())
                 for tp, g in by_tp.items()}
+
+    def _ended(self, ends: list) -> None:
+        """End-of-partition events (each comes after its partition's last record): caught up since now."""
+        now = time.monotonic()
+        for tp in ends:
+            self._caught_up.setdefault(tp, now)
 
     def _produce_outputs(self, produced: list) -> None:
         """Produce a task's output column groups ``(topic, keys, values, timestamps[, headers[, partitions]])``
@@ -895,6 +900,13 @@ class Worker:
             if headers is None and parts is None:
                 for i in range(len(kb)):
                     produce(out_topic, vb[i], kb[i], ts[i])
+            elif parts is None:                   # headers on some records (carried stream times, late records)
+                slow = self.produce
+                for i, h in enumerate(headers):
+                    if h is None:
+                        produce(out_topic, vb[i], kb[i], ts[i])
+                    else:
+                        slow(out_topic, vb[i], kb[i], timestamp=ts[i], headers=h)
             else:
                 for i in range(len(kb)):
                     self.produce(out_topic, vb[i], kb[i], partition=-1 if parts is None else parts[i],
