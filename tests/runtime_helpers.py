@@ -131,6 +131,32 @@ def decode(records, key_serde, value_serde) -> list:
     return [(key_serde.deserialize(r[2]), value_serde.deserialize(r[3]), r[4]) for r in records]
 
 
+def free_port() -> int:
+    """A free TCP port for a server a test starts (``--http-port``, ``--metrics-port``). Chosen below the
+    ephemeral range (Linux: from 32768), so neither an outgoing connection nor a dev broker of another
+    test process takes it between this check and the server's bind (which made tests flaky in parallel)."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randint(max(1025, low - 12000), low - 1)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -56,9 +56,7 @@ def _env() -> dict:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return h.free_port()
 
 
 # ===================================================================================== 1. store keys

@@ -104,9 +104,7 @@ def key_segment(key) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return h.free_port()
 
 
 class SSEClient:

@@ -219,9 +219,7 @@ def rows_of(dom: str) -> tuple[dict, list]:
 # ------------------------------------------------------------------------------------------ app
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return h.free_port()
 
 
 def _get(url: str):

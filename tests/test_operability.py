@@ -1183,9 +1183,7 @@ s.group_by_key().count(name="n").to("{out}", key=serdes.String(), value=serdes.J
 
 
 def _free_port() -> int:
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        return sk.getsockname()[1]
+    return h.free_port()
 
 
 @pytest.mark.broker
