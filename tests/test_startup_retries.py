@@ -716,3 +716,36 @@ def test_instances_of_a_new_app_started_together_all_come_up(kafka, tmp_path):
     bootstrap, _kind = kafka
     for workers in (1, 1, 1, 2):
         _round(bootstrap, tmp_path, workers)
+
+
+# ---- end offsets read when a worker starts a restore or its global tables (runtime/restore.py, globals.py)
+
+def test_restore_end_offset_retries_a_leader_being_elected(monkeypatch):
+    from streamproc.kafka import retry
+    from streamproc.runtime.restore import Restorer
+
+    monkeypatch.setattr(retry, "BACKOFF_S", 0.001)
+    r = Restorer({"bootstrap.servers": "fake:9092", "group.id": "g"})
+    r._consumer = FakeConsumer(metadata=[None], watermarks=[kexc(NOT_LEADER), kexc(KafkaError.LEADER_NOT_AVAILABLE),
+                                                             (3, 17)])
+    assert r._watermarks("app-s-changelog", 0) == (3, 17)
+    assert r._consumer.calls["get_watermark_offsets"] == 3
+    r._consumer = FakeConsumer(metadata=[None], watermarks=[kexc(DENIED)])
+    with pytest.raises(BrokerError, match=r"changelog app-s-changelog\[0\]"):
+        r._watermarks("app-s-changelog", 0)
+    assert r._consumer.calls["get_watermark_offsets"] == 1            # not retriable: at once
+
+
+def test_global_tables_metadata_retries_a_transient_error(monkeypatch):
+    from streamproc.kafka import retry
+    from streamproc.runtime import globals as global_tables
+
+    monkeypatch.setattr(retry, "BACKOFF_S", 0.001)
+    fake = FakeConsumer(metadata=[kexc(KafkaError._TIMED_OUT), cluster(topic_md("prices", 2))])
+    monkeypatch.setattr(global_tables, "Consumer", lambda conf: fake)
+    g = global_tables.GlobalTables.__new__(global_tables.GlobalTables)
+    g._conf = {}
+    g._by_topic = {"prices": SimpleNamespace(name="prices", offsets=lambda: {})}
+    c = g._open()
+    assert c is fake and fake.calls["list_topics"] == 2
+    assert sorted(tp.partition for tp in fake.assigned) == [0, 1]

@@ -23,10 +23,14 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError
+from ..kafka.retry import retrying
 from ..operators import RawBatch
 from ..operators.global_table import GlobalStore
 
 log = logging.getLogger("streamproc.globals")
+
+#: How long a transient broker condition (a leader being elected) is retried before the worker starts.
+RETRY_S = 30.0
 
 
 class GlobalTables:
@@ -53,7 +57,7 @@ class GlobalTables:
     def _open(self) -> Consumer:
         c = Consumer(self._conf)
         try:
-            md = c.list_topics(timeout=10).topics
+            md = retrying("list the global tables' topics", lambda: c.list_topics(timeout=10).topics, RETRY_S)
         except KafkaException as e:
             c.close()
             raise BrokerError(f"cannot read the metadata of the global tables' topics: {e}") from None
@@ -76,7 +80,8 @@ class GlobalTables:
         ends, positions = {}, {}
         for tp in c.assignment():
             try:
-                low, high = c.get_watermark_offsets(tp, timeout=10, cached=False)
+                low, high = retrying(f"report the end offset of global topic {tp.topic}[{tp.partition}]",
+                                     lambda tp=tp: c.get_watermark_offsets(tp, timeout=10, cached=False), RETRY_S)
             except KafkaException as e:
                 raise BrokerError(f"cannot read the end offset of global topic {tp.topic}[{tp.partition}]: "
                                   f"{e}") from None

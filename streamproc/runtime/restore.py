@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ..errors import BrokerError, SerdeError, StateError
+from ..kafka.retry import retrying
 from ..state import DELETED
 from ..state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
 from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
@@ -331,8 +332,10 @@ class Restorer:
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         c = self._ensure_consumer()
         try:
-            return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.metadata_timeout_s,
-                                           cached=False)
+            return retrying(f"report the end offset of changelog {topic}[{partition}]",
+                            lambda: c.get_watermark_offsets(TopicPartition(topic, partition),
+                                                            timeout=self.metadata_timeout_s, cached=False),
+                            max(self.metadata_timeout_s * 3, 30.0))
         except KafkaException as e:
             raise BrokerError(f"cannot read the end offset of changelog {topic}[{partition}] to restore "
                               f"state: {e.args[0].str() if e.args else e}") from None
