@@ -313,3 +313,58 @@ def test_offsets_of_held_records_are_committed_when_another_inputs_fetch_lets_th
         h.wait_until(lambda: group_offsets(make_admin(bootstrap), app, list(ends)) == ends, 20,
                      what="the committed offsets of both inputs at their ends")
     assert len(out) == 10
+
+
+def test_merge_watermarks_keeps_the_newest_per_upstream_and_ignores_foreign_shapes():
+    from streamproc.runtime._changelog import merge_watermarks
+
+    got = merge_watermarks({"t": {"marks": [[0, 0, 50, False], [0, 1, 70, True]], "time": 50}},
+                           {"t": {"marks": [[0, 0, 40, True], [0, 1, 90, False], [0, 2, "x", False], [1]],
+                                  "time": 60},
+                            "u": "not a clock", 7: {"marks": [], "time": 1}})
+    assert got == {"t": {"marks": [[0, 0, 50, False], [0, 1, 90, False]], "time": 60}}
+    assert merge_watermarks({}, None) == {} and merge_watermarks({}, [1, 2]) == {}
+
+
+@pytest.mark.broker
+def test_a_task_restored_on_a_new_host_has_its_upstream_watermarks(kafka, tmp_path):
+    """The watermarks a downstream task keeps travel in its changelog's metadata record: a restore into an
+    empty backend (a new host) gives them back, not only the stream time."""
+    import runtime_helpers as h
+    from streamproc.kafka.config import restore_consumer_config
+    from streamproc.runtime._config import RunOptions
+    from streamproc.runtime.app import prepare_topics
+    from streamproc.runtime.restore import restore_blocking
+
+    bootstrap, _ = kafka
+    app = h.unique("wm-restore")
+    src, out = f"{app}-in", f"{app}-out"
+    h.create(bootstrap, [src, out], 2)
+    ref = h.write_topology(tmp_path / "topo.py", f"""
+        from streamproc import Topology, serdes, windows
+        topology = Topology("{app}")
+        (topology.stream("{src}", key=serdes.String(), value=serdes.Json())
+         .group_by(lambda k, v: v["u"], name="by-u").window(windows.Tumbling("10s")).count(name="c")
+         .to("{out}", value=serdes.Json()))
+    """)
+    t0 = 1_700_000_000_000
+    h.produce(bootstrap, src, [(f"k{i}", {"u": f"u{i % 3}"}, t0 + i * 1_000) for i in range(40)], key_serde=STR,
+              value_serde=JSON)
+    plan = h.load_plan(ref)
+    opts = RunOptions(bootstrap, state_dir=str(tmp_path / "state"), topology=ref, state_backend="memory",
+                      client_config=dict(h.CLIENT_CONFIG))
+    prepare_topics(plan, opts)
+    down = next(st for st in plan.subtopologies if st.repartition_sources)
+    with h.WorkerThread(plan, opts) as w:
+        def settled():
+            tasks = [t for k, t in w.worker.tasks.items() if k[0] == down.id]
+            return (len(tasks) == 2 and not w.worker.open
+                    and all(t.state.backend.get_meta("watermarks", None) for t in tasks)
+                    and all(t.state.stream_time >= t0 + 39_000 for t in tasks)) and tasks
+        tasks = h.wait_until(settled, 60, what="both downstream tasks at the last watermark, committed")
+        kept = {t.partition: t.state.backend.get_meta("watermarks") for t in tasks}
+    for p, marks in kept.items():
+        fresh = MemoryBackend()
+        restore_blocking(restore_consumer_config(bootstrap, app), (down.id, p), fresh, down.stores, p)
+        assert fresh.get_meta("watermarks") == marks
+        assert fresh.get_meta("stream_time") >= t0 + 39_000

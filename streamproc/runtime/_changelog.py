@@ -37,10 +37,40 @@ def changelog_offsets(backend) -> dict:
     return dict(backend.get_meta(META_CHANGELOG_OFFSETS, None) or {})
 
 
-def meta_value(spec, stream_time: int) -> bytes:
-    """The metadata record's value for store ``spec`` (a ``StoreSpec``) at ``stream_time``."""
-    return encode_value({"format": META_FORMAT, "store": spec.name, "fingerprint": spec.fingerprint,
-                         "definition": spec.description, "stream_time": int(stream_time)})
+def meta_value(spec, stream_time: int, watermarks: dict | None = None) -> bytes:
+    """The metadata record's value for store ``spec`` (a ``StoreSpec``) at ``stream_time``; ``watermarks``: the
+    task's upstream watermarks (``runtime/watermarks.py``), so a task restored on another host has them too."""
+    meta = {"format": META_FORMAT, "store": spec.name, "fingerprint": spec.fingerprint,
+            "definition": spec.description, "stream_time": int(stream_time)}
+    if watermarks:
+        meta["watermarks"] = watermarks
+    return encode_value(meta)
+
+
+def merge_watermarks(into: dict, found) -> dict:
+    """``into`` (``{input topic: {"marks": [[sub, partition, time, idle]], "time": t}}``) with the watermarks of a
+    metadata record merged in: per upstream task the larger time (its latest idle flag), per input the larger
+    time. Untrusted bytes: entries of another shape are ignored, never fatal."""
+    if not isinstance(found, dict):
+        return into
+    for topic, clock in found.items():
+        if not isinstance(topic, str) or not isinstance(clock, dict):
+            continue
+        marks = clock.get("marks")
+        t = clock.get("time")
+        if type(t) is not int or not isinstance(marks, list):
+            continue
+        mine = into.setdefault(topic, {"marks": [], "time": -1})
+        by = {(m[0], m[1]): list(m) for m in mine["marks"]}
+        for m in marks:
+            if (isinstance(m, list) and len(m) == 4 and all(type(x) is int for x in m[:3])
+                    and type(m[3]) is bool):
+                old = by.get((m[0], m[1]))
+                if old is None or m[2] >= old[2]:
+                    by[(m[0], m[1])] = list(m)
+        mine["marks"] = [by[k] for k in sorted(by)]
+        mine["time"] = max(mine["time"], t)
+    return into
 
 
 def _where(topic: str, partition: int, offset: int | None) -> str:

@@ -260,7 +260,8 @@ def _write_changelogs(w, task) -> None:
     p = task.partition
     produce = w.produce
     stats = getattr(w, "stats", None)
-    stream_time_moved = state.stream_time != state.backend.get_meta("stream_time", -1)
+    stream_time_moved = (state.stream_time != state.backend.get_meta("stream_time", -1)
+                         or (state.watermarks or {}) != (state.backend.get_meta("watermarks", None) or {}))
     for spec in stores:
         if not spec.internal_changelog:      # a table: its source topic is its changelog, nothing to write
             continue
@@ -274,7 +275,7 @@ def _write_changelogs(w, task) -> None:
         for kb, vb in encoded:
             produce(topic, vb, kb, p)
         if records or stream_time_moved:     # the partition's newest record: definition and stream time
-            produce(topic, meta_value(spec, state.stream_time), META_KEY, p)
+            produce(topic, meta_value(spec, state.stream_time, state.watermarks), META_KEY, p)
         if stats is not None:
             stats.produce(topic, len(encoded) + (1 if records or stream_time_moved else 0))
 

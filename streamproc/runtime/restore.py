@@ -49,7 +49,7 @@ from ..kafka.retry import retrying
 from ..state import DELETED
 from ..state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
 from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
-                         decode_record, read_meta)
+                         decode_record, merge_watermarks, read_meta)
 
 log = logging.getLogger("streamproc.restore")
 
@@ -193,7 +193,8 @@ class Restorer:
                                   f"{err.str()}")
             acc = pending.get(id(part.backend))
             if acc is None:
-                acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None})
+                acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None,
+                                                                      "watermarks": {}})
             meta = acc[2]
             kb, off = m.key(), m.offset()
             if part.spec.source is not None:                  # a table's source topic: user records
@@ -208,6 +209,7 @@ class Restorer:
                 check_meta(pmeta, part.spec, part.topic, part.partition)
                 if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
                     meta["stream_time"] = pmeta["stream_time"]
+                merge_watermarks(meta["watermarks"], pmeta.get("watermarks"))
                 meta["offsets"][part.store] = off
             else:
                 _collect(data, part, kb, m.value(), off, None)
@@ -413,6 +415,11 @@ def _write(backend, entries: dict, meta: dict) -> None:
     new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
     if meta["stream_time"] is not None:
         new_meta[META_STREAM_TIME] = max(int(meta["stream_time"]), backend.get_meta(META_STREAM_TIME, -1))
+    if meta.get("watermarks"):
+        saved = backend.get_meta("watermarks", None) or {}
+        new_meta["watermarks"] = merge_watermarks({t: {"marks": [list(m) for m in c.get("marks", [])],
+                                                       "time": c.get("time", -1)} for t, c in saved.items()},
+                                                  meta["watermarks"])
     if hasattr(backend, "restore_batch"):
         backend.restore_batch(entries, new_meta)      # raw records and the meta: one RocksDB write batch
     else:
