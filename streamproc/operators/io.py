@@ -22,6 +22,8 @@ _TIME = struct.Struct(">q")
 
 def carried_times(headers_list: list) -> list | None:
     """Per record, the upstream stream time a repartition record carries (None: its own timestamp)."""
+    if not any(headers_list):               # the usual in-order batch: one C-level pass, no per-record loop
+        return None
     out = None
     for i, headers in enumerate(headers_list):
         if not headers:
