@@ -92,11 +92,6 @@ def _metadata(admin: AdminClient, timeout_s: float) -> dict[str, Any]:
                   lambda: _list_once(admin, _attempt_s(timeout_s)), timeout_s)
 
 
-def _topic_partitions(admin: AdminClient, timeout_s: float) -> dict[str, int]:
-    """Partition count of every topic in the cluster (a full metadata listing)."""
-    return {name: len(tmd.partitions) for name, tmd in _metadata(admin, timeout_s).items()}
-
-
 def _unready(admin: AdminClient, name: str, tmd: Any, want: int | None, leaders: bool) -> str | None:
     """What keeps topic ``name`` (its metadata ``tmd``, None if not listed) from being usable yet, or None.
 

@@ -137,6 +137,11 @@ class Task:
                 self._held[(raw.topic, raw.partition)] = (src, rest, raw, rkept, offs[taken[i]:])
         return runs[:cut]
 
+    @property
+    def holding(self) -> bool:
+        """Whether records of some input wait in the task (:meth:`process_many`)."""
+        return bool(self._held)
+
     def can_go(self, ready: set) -> bool:
         """Whether :meth:`process_many` would process any held record now: every input has records
         waiting or is ready."""

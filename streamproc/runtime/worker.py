@@ -679,7 +679,7 @@ class Worker:
             # where each input held before ends: records of an input not in this fetch may go now too
             ends = {tp: task.held_until(tp) for tp in task.input_partitions if task.held_until(tp) is not None}
             try:
-                if raws or (gated and task._held):
+                if raws or (gated and task.holding):
                     self._produce_outputs(task.process_many(raws, self._ready(key, task) if gated else None))
                 # a watermark follows the records before it: while some of them wait in the task, it is
                 # dropped (the upstream task writes a newer one within REPUBLISH_S)
@@ -716,7 +716,7 @@ class Worker:
             if not task.subtopology.repartition_sinks or key in self._publishing:
                 continue
             mt = self.task_manager.get(key)
-            idle = bool(mt.inputs) and all(tp in self._caught_up for tp in mt.inputs) and not task._held
+            idle = bool(mt.inputs) and all(tp in self._caught_up for tp in mt.inputs) and not task.holding
             mark = (task.state.stream_time, idle)
             last = self._published.get(key)
             if last is None or last[0] != mark or now - last[1] >= REPUBLISH_S:
@@ -755,7 +755,7 @@ class Worker:
         now = time.monotonic()
         idle_s = self.plan.max_task_idle / 1000.0
         ready = {tp for tp in task.input_partitions if now - self._caught_up.get(tp, now + 1) >= idle_s}
-        if not task._held:
+        if not task.holding:
             self._blocked_since.pop(key, None)
             return ready
         since, progress = self._blocked_since.get(key, (now, task.progress))
@@ -781,13 +781,13 @@ class Worker:
             elif n <= HOLD_LIMIT // 2 and tp in self._paused_ahead:
                 self._paused_ahead.discard(tp)
                 self.consumer.resume([TopicPartition(*tp)])
-        if not task._held:
+        if not task.holding:
             self._blocked_since.pop((task.subtopology.id, task.partition), None)
 
     def _drain_held(self) -> None:
         """Give tasks holding records back a chance to go on (an input caught up or was fetched since)."""
         for key, task in self.task_manager.running_tasks().items():
-            if task._held:
+            if task.holding:
                 ready = self._ready(key, task)
                 if task.can_go(ready):
                     self._process_held(key, task, ready)
@@ -817,7 +817,7 @@ class Worker:
         limit_s = self.plan.idle_close / 1000.0
         for key, task in self.task_manager.running_tasks().items():
             since = [self._caught_up.get(tp) for tp in task.input_partitions]
-            if not task.subtopology.stores or None in since or task._held:
+            if not task.subtopology.stores or None in since or task.holding:
                 self._idle_base.pop(key, None)
                 continue
             start = max(since)
