@@ -87,7 +87,7 @@ import streamproc  # noqa: E402
 from streamproc import Topology, serdes, windows  # noqa: E402
 from streamproc.operators import RawBatch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
-from streamproc.runtime.task import Task  # noqa: E402
+from streamproc.runtime.engine.task import Task  # noqa: E402
 from streamproc.state import MemoryBackend  # noqa: E402
 
 TARGETS = {("st", "memory"): 1_000_000, ("st", "rocksdb"): 400_000,

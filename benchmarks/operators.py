@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from streamproc import Topology, agg, serdes, windows  # noqa: E402
 from streamproc.operators import Batch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
-from streamproc.runtime.task import Task  # noqa: E402
+from streamproc.runtime.engine.task import Task  # noqa: E402
 from streamproc.state import MemoryBackend  # noqa: E402
 
 SIZE, GRACE = 10_000, 2_000

@@ -1,7 +1,7 @@
 """Restore speed into RocksDB, and RSS while state lives on disk.
 
 Local part (no broker): ``restore_local`` builds changelog-shaped records (the changelog format
-of ``streamproc.runtime._changelog``: ``codec.encode_store_key`` key bytes, ``codec.encode_value``
+of ``streamproc.runtime.changelog.records``: ``codec.encode_store_key`` key bytes, ``codec.encode_value``
 value bytes; 1M distinct window keys, window-state tuple values) and times
 ``RocksDBBackend.bulk_restore`` into a fresh task directory, in restore-loop sized batches
 that also record the changelog offset reached; ``rss_flat`` keeps writing distinct keys
@@ -208,7 +208,7 @@ def _delete(admin, topics: list[str], groups: list[str], console=None) -> None:
 def _time_restore(bootstrap: str, app: str, topic: str, records, path: str, console) -> tuple[float, float, int]:
     from streamproc.kafka.config import restore_consumer_config
     from streamproc.plan.model import StoreSpec
-    from streamproc.runtime.restore import restore_blocking
+    from streamproc.runtime.changelog.restore import restore_blocking
     from streamproc.state.rocksdb import RocksDBBackend
 
     spec = StoreSpec("counts", "window", topic, "bench-fingerprint", 0)

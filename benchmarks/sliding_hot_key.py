@@ -54,7 +54,7 @@ import streamproc  # noqa: E402
 from streamproc import Topology, agg, serdes, windows  # noqa: E402
 from streamproc.operators import RawBatch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
-from streamproc.runtime.task import Task  # noqa: E402
+from streamproc.runtime.engine.task import Task  # noqa: E402
 from streamproc.state import MemoryBackend  # noqa: E402
 
 

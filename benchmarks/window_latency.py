@@ -36,8 +36,8 @@ def main(argv=None) -> int:
 
     import runtime_helpers as h
     from streamproc.kafka.devbroker import DevBroker
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
 
     broker = None
     bootstrap = args.bootstrap_servers

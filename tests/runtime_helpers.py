@@ -173,7 +173,7 @@ class WorkerThread:
     """A ``Worker`` running in a thread of the test process (no spawn cost)."""
 
     def __init__(self, plan, options, index: int = 0, process_id: str | None = None):
-        from streamproc.runtime.worker import Worker
+        from streamproc.runtime.worker.loop import Worker
 
         self.worker = Worker(plan, options, index, process_id or uuid.uuid4().hex[:8])
         self.error: BaseException | None = None
@@ -262,7 +262,7 @@ def _main(argv) -> int:
         return 2
     import logging
 
-    from streamproc.runtime.app import RunOptions, run_app
+    from streamproc.runtime.instance.app import RunOptions, run_app
 
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")

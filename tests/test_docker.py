@@ -2,7 +2,7 @@
 
 Nothing here builds or starts a container. The files are read and checked against each other
 and against the code they run: the metric names in the dashboard are those that
-``streamproc/runtime/observe.py`` exports (read from its source at test time, so renaming a
+``streamproc/runtime/instance/observe.py`` exports (read from its source at test time, so renaming a
 metric fails here), the app's command line parses with the real ``streamproc run``, the topics
 the compose file creates are the topology's sources and sinks, and the sample producer's records
 go through the page-views topology under the test driver. ``docker compose config`` runs only
@@ -36,7 +36,7 @@ DATASOURCES = os.path.join(DOCKER, "grafana", "provisioning", "datasources", "pr
 DASHBOARD_PROVIDERS = os.path.join(DOCKER, "grafana", "provisioning", "dashboards", "dashboards.yaml")
 DASHBOARD = os.path.join(DOCKER, "grafana", "dashboards", "streamproc.json")
 PRODUCER = os.path.join(DOCKER, "produce_sample.py")
-OBSERVE = os.path.join(ROOT, "streamproc", "runtime", "observe.py")
+OBSERVE = os.path.join(ROOT, "streamproc", "runtime", "instance", "observe.py")
 YAML_FILES = [COMPOSE, PROMETHEUS, DATASOURCES, DASHBOARD_PROVIDERS]
 
 
@@ -546,7 +546,7 @@ def test_dashboard(dashboard):
         assert used, f"panel {panel['title']!r}: {expr!r} uses no streamproc metric"
         unknown = used - exported
         assert not unknown, (f"panel {panel['title']!r} queries {sorted(unknown)}, which "
-                             f"streamproc/runtime/observe.py does not export")
+                             f"streamproc/runtime/instance/observe.py does not export")
         assert expr.count("(") == expr.count(")"), expr
 
 

@@ -42,9 +42,9 @@ import runtime_helpers as h
 from streamproc import serdes
 from streamproc.kafka import create_topics, make_admin
 from streamproc.kafka.admin import group_offsets
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import process_id
-from streamproc.runtime.app import prepare_topics
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.load import process_id
+from streamproc.runtime.instance.app import prepare_topics
 from test_http_queries import free_port
 from test_joins_runtime import Tail, alive, cli_run, keys_on, kill, produce_tracked, sigterm
 

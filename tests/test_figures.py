@@ -39,11 +39,11 @@ from streamproc.errors import BrokerError, TopicError, UnrecoverableError
 from streamproc.kafka import admin as kadmin
 from streamproc.kafka.retry import retrying
 from streamproc.plan import compile_topology
-from streamproc.runtime import logs
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime.observe import Observer
-from streamproc.runtime.stats import WorkerStats
-from streamproc.runtime.worker import Worker, describe_group
+from streamproc.runtime.instance import logs
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.observe import Observer
+from streamproc.runtime.worker.stats import WorkerStats
+from streamproc.runtime.worker.loop import Worker, describe_group
 from streamproc.state import DELETED, MemoryBackend
 
 S, J = serdes.String(), serdes.Json()

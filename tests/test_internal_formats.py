@@ -32,8 +32,8 @@ import pytest
 import runtime_helpers as h
 from streamproc.errors import StateError
 from streamproc.partitioner import partition_for
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import process_id
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.load import process_id
 from streamproc.state import codec as K
 from test_runtime_kafka import JSON, STR, setup_app
 
@@ -237,7 +237,7 @@ def _pairs_input(n=600):
 
 
 def test_tuple_keys_of_equal_strings_go_to_one_partition_and_one_window(tmp_path, kafka, monkeypatch):
-    from streamproc.runtime import worker as worker_mod
+    from streamproc.runtime.worker import loop as worker_mod
 
     monkeypatch.setattr(worker_mod, "PURGE_INTERVAL_S", 3600.0)    # keep the repartition records to read them
     s1 = "sensor-alpha-000"
@@ -332,7 +332,7 @@ def test_pickle_on_a_repartition_topic_is_never_unpickled(tmp_path, kafka):
     """Three apps side by side (their group joins overlap): the upstream source of D is
     ``on_error="dead-letter"``, that of F ``on_error="fail"``, that of S ``on_error="skip"``.
     Pickles are produced straight to their repartition topics while they run."""
-    from streamproc.runtime.worker import ProcessingFailed
+    from streamproc.runtime.worker.loop import ProcessingFailed
 
     _check_payload_is_live(tmp_path)
     bootstrap = kafka[0]
@@ -488,8 +488,8 @@ def test_pickle_on_a_changelog_stops_the_restore_never_unpickled(tmp_path, kafka
     assert w.worker.records_in == 0, "records were processed on top of a failed restore"
 
     # a pickle as the newest metadata record: the start-up definition check reads it first and refuses
-    from streamproc.runtime._changelog import META_KEY
-    from streamproc.runtime.app import run_app
+    from streamproc.runtime.changelog.records import META_KEY
+    from streamproc.runtime.instance.app import run_app
 
     [meta_at] = produce_raw(bootstrap, spec.changelog, [(META_KEY, evil_pickle(marker), T0 + 502)], partition=1)
     fresh = RunOptions(bootstrap, state_dir=str(tmp_path / "fresh"), client_config=dict(h.CLIENT_CONFIG),
@@ -537,7 +537,7 @@ def test_a_changelog_of_another_definition_is_refused_memory_new_host_grown_wind
     on a new empty state dir: the changed-definition paragraph, not a retention complaint."""
     from streamproc.errors import BrokerError
     from streamproc.kafka.admin import ensure_internal_topics, make_admin
-    from streamproc.runtime.app import internal_topic_specs, partition_counts, run_app
+    from streamproc.runtime.instance.app import internal_topic_specs, partition_counts, run_app
 
     bootstrap = kafka[0]
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_WINDOW_COUNT, 1, outputs=("out",),

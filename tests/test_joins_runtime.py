@@ -42,9 +42,9 @@ from streamproc import serdes
 from streamproc.kafka import make_admin
 from streamproc.kafka.admin import group_offsets
 from streamproc.partitioner import partition_for
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import process_id
-from streamproc.runtime.app import prepare_topics
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.load import process_id
+from streamproc.runtime.instance.app import prepare_topics
 
 pytestmark = pytest.mark.broker
 

@@ -30,9 +30,10 @@ import runtime_helpers as h
 from streamproc import Topology, agg, serdes, windows
 from streamproc.errors import StreamprocError
 from streamproc.operators.base import DROP_REASONS, ProcessingError
-from streamproc.runtime import logs, observe, stats as stats_mod
-from streamproc.runtime.observe import Observer
-from streamproc.runtime.stats import CHECKPOINT_BUCKETS, SUMMARY_INTERVAL_S, WorkerStats
+from streamproc.runtime.instance import logs, observe
+from streamproc.runtime.worker import stats as stats_mod
+from streamproc.runtime.instance.observe import Observer
+from streamproc.runtime.worker.stats import CHECKPOINT_BUCKETS, SUMMARY_INTERVAL_S, WorkerStats
 from streamproc.testing import TopologyTestDriver
 
 S, J, I = serdes.String(), serdes.Json(), serdes.Int()
@@ -649,7 +650,7 @@ class _FakeWorker:
     timeout_s = 1.0
 
     def __init__(self, tm):
-        from streamproc.runtime.checkpoint import Checkpoint
+        from streamproc.runtime.worker.checkpoint import Checkpoint
 
         self.ckpt = Checkpoint(0.1, txn_budget_s=10.0)
         self.producer, self.consumer, self.task_manager = _FakeProducer(), _FakeConsumer(), tm
@@ -683,9 +684,9 @@ class _FakeWorker:
 
 def test_a_rolled_back_checkpoint_counts_nothing_and_its_input_processed_again_counts_once():
     from streamproc.plan import compile_topology
-    from streamproc.runtime import checkpoint as cp
-    from streamproc.runtime.tasks import TaskManager
-    from streamproc.runtime.worker import Worker
+    from streamproc.runtime.worker import checkpoint as cp
+    from streamproc.runtime.engine.lifecycle import TaskManager
+    from streamproc.runtime.worker.loop import Worker
     from streamproc.state import MemoryBackend
 
     t = Topology("app")
@@ -817,7 +818,7 @@ def test_default_format_is_json_when_stderr_is_not_a_terminal(root_logging):
 
 def _child_logs(q):
     """A spawned 'worker': its records go to the supervisor through the queue."""
-    from streamproc.runtime.logs import worker_logging
+    from streamproc.runtime.instance.logs import worker_logging
 
     worker_logging(q, logging.INFO, 5)
     logging.getLogger("streamproc.worker").info('worker says "hi"\nand more')
@@ -861,8 +862,8 @@ raise RuntimeError("this topology cannot be built")
 
 
 def test_a_workers_last_log_records_reach_the_supervisor(tmp_path):
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.worker import worker_main
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.worker.loop import worker_main
 
     ref = h.write_topology(tmp_path / "logs_then_fails.py", WORKER_LOGS_THEN_FAILS)
     got = []
@@ -1002,11 +1003,11 @@ def eos_run(tmp_path_factory, kafka):
     read every topic (the worker idle: no transaction open). Phase 2: more input, and the commit of the first
     checkpoint after it is refused once (rolled back: aborted, processed again); then the worker stops and every
     topic is read again. The test driver runs the same input for the expected values."""
-    import streamproc.runtime.checkpoint as cp
+    import streamproc.runtime.worker.checkpoint as cp
     from streamproc.loader import load_topology
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
-    from streamproc.runtime.worker import Worker
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
+    from streamproc.runtime.worker.loop import Worker
 
     bootstrap = kafka[0]
     tmp = tmp_path_factory.mktemp("eos")
@@ -1123,7 +1124,7 @@ def _isolation(when):
 @pytest.mark.broker
 @pytest.mark.parametrize("when", [_isolation("after a run"), _isolation("after a rollback")])
 def test_committed_counters_equal_what_read_committed_consumers_see(eos_run, when):
-    from streamproc.runtime.watermarks import WATERMARK_KEY
+    from streamproc.runtime.engine.watermarks import WATERMARK_KEY
 
     names = eos_run["names"]
     snap, final, _, _, read = eos_run["runs"][when]

@@ -27,7 +27,7 @@ pytest.importorskip("rocksdict")
 from streamproc import Topology, agg, serdes, windows  # noqa: E402
 from streamproc.operators import RawBatch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
-from streamproc.runtime.task import Task  # noqa: E402
+from streamproc.runtime.engine.task import Task  # noqa: E402
 from streamproc.state import DELETED, MemoryBackend, RocksDBBackend  # noqa: E402
 from streamproc.state import backend as B  # noqa: E402
 from streamproc.state import codec as K  # noqa: E402

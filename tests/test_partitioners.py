@@ -12,8 +12,8 @@ from streamproc import Topology, serdes, windows
 from streamproc.errors import CodecError, TopologyError
 from streamproc.partitioner import partition_for, partitions_for
 from streamproc.plan import compile_topology
-from streamproc.runtime.misplaced import FULL_CHECK, MisplacedCheck
-from streamproc.runtime.queries import Stores
+from streamproc.runtime.worker.misplaced import FULL_CHECK, MisplacedCheck
+from streamproc.runtime.serve.queries import Stores
 from streamproc.testing import TopologyTestDriver
 
 STR, JSON = serdes.String(), serdes.Json()
@@ -212,8 +212,8 @@ def test_worker_warns_about_and_counts_records_of_another_partitioner(kafka, tmp
     naming the fix, ``misplaced`` counted in the stats; the records are processed all the same."""
     from confluent_kafka import Producer
 
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
 
     bootstrap, _ = kafka
     src, out = h.unique("crc-in"), h.unique("crc-out")

@@ -40,7 +40,7 @@ import runtime_helpers as h
 import test_http_queries as hq
 from streamproc import serdes
 from streamproc.partitioner import partition_for
-from streamproc.runtime._load import app_state_dir, process_id
+from streamproc.runtime.instance.load import app_state_dir, process_id
 from streamproc.state import codec, layout
 from test_joins_runtime import T0, Tail, assert_same, produce_tracked, read_outputs
 

@@ -24,9 +24,9 @@ from streamproc.cli import state as cli_state
 from streamproc.errors import BrokerError, StateBusyError, StateError
 from streamproc.kafka import admin as kadmin
 from streamproc.kafka.admin import GroupInfo, GroupMember
-from streamproc.runtime import app as rt_app
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import StateDirLock, process_id
+from streamproc.runtime.instance import app as rt_app
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.load import StateDirLock, process_id
 from streamproc.state import layout
 from streamproc.state.lock import TaskDirLock
 from streamproc.state.rocksdb import RocksDBBackend, task_dir
@@ -46,7 +46,7 @@ def _keep_logging(monkeypatch):
     """`run` configures this process's logging (format, root handlers): undo it after each test."""
     import logging
 
-    from streamproc.runtime import logs
+    from streamproc.runtime.instance import logs
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -393,7 +393,7 @@ s.group_by_key().count(name="totals").to("{out2}", key=serdes.String(), value=se
 def _write_local_state(plan, sd, records):
     from streamproc import serdes
     from streamproc.operators.io import RawBatch
-    from streamproc.runtime.task import Task
+    from streamproc.runtime.engine.task import Task
 
     [st] = plan.subtopologies
     path = layout.task_dir(sd, plan.app_id, layout.task_id(st.id, 0))

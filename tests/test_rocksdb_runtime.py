@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 import runtime_helpers as h
 from streamproc.cli import app as cli_app
-from streamproc.runtime._changelog import META_KEY
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime._load import process_id
-from streamproc.runtime.app import prepare_topics
-from streamproc.runtime.task import Task
+from streamproc.runtime.changelog.records import META_KEY
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.load import process_id
+from streamproc.runtime.instance.app import prepare_topics
+from streamproc.runtime.engine.task import Task
 from streamproc.state import codec as K
 from streamproc.state.rocksdb import RocksDBBackend, task_dir
 from test_runtime_examples import BASE, M, _views, renamed_example

@@ -14,8 +14,8 @@ import time
 import pytest
 
 import runtime_helpers as h
-from streamproc.runtime.restore import restore_blocking
-from streamproc.runtime.task import Task
+from streamproc.runtime.changelog.restore import restore_blocking
+from streamproc.runtime.engine.task import Task
 from streamproc.state import MemoryBackend
 from test_runtime_kafka import JSON, STR, TOPO_COUNT, events, last_per_key, read, setup_app
 

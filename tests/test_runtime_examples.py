@@ -17,9 +17,9 @@ import pytest
 
 import runtime_helpers as h
 from streamproc.plan import compile_topology
-from streamproc.runtime._config import RunOptions
+from streamproc.runtime.options import RunOptions
 from streamproc.loader import load_topology
-from streamproc.runtime.app import prepare_topics
+from streamproc.runtime.instance.app import prepare_topics
 
 pytestmark = pytest.mark.broker
 

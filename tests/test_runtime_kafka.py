@@ -19,8 +19,8 @@ import pytest
 
 import runtime_helpers as h
 from streamproc import serdes
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime.app import prepare_topics
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.app import prepare_topics
 
 pytestmark = pytest.mark.broker
 
@@ -145,7 +145,7 @@ def test_differential_through_repartition_topics(tmp_path, bootstrap, monkeypatc
     """group_by => repartition topic => downstream sub-topology; one source partition so the
     windowed results are order-exact, plus a table compared by its final values. Processed
     repartition records are purged at every checkpoint here (every 30 s normally)."""
-    from streamproc.runtime import worker as worker_mod
+    from streamproc.runtime.worker import loop as worker_mod
 
     monkeypatch.setattr(worker_mod, "PURGE_INTERVAL_S", 0.0)
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_REPARTITION, 1, outputs=("out_win", "out_table"))
@@ -289,7 +289,7 @@ def test_dead_letter_queue(tmp_path, bootstrap):
 def test_fail_policy_stops_without_committing_past_the_record(tmp_path, bootstrap):
     from confluent_kafka import Consumer, TopicPartition
 
-    from streamproc.runtime.worker import ProcessingFailed
+    from streamproc.runtime.worker.loop import ProcessingFailed
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_BAD_INPUT, 1, outputs=("out",), policy="fail")
     good = [(f"k{i}", {"x": i}, 1_700_000_000_000 + i) for i in range(10)]
@@ -315,7 +315,7 @@ def test_a_fenced_producer_stops_the_worker_without_committing(tmp_path, bootstr
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from streamproc.kafka.config import transactional_producer_config
-    from streamproc.runtime.checkpoint import WorkerFenced
+    from streamproc.runtime.worker.checkpoint import WorkerFenced
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_BAD_INPUT, 1, outputs=("out",), policy="fail")
     good = [(f"k{i}", {"x": i}, 1_700_000_000_000 + i) for i in range(20)]
@@ -346,7 +346,7 @@ def test_a_fenced_producer_stops_the_worker_without_committing(tmp_path, bootstr
 def test_a_second_instance_with_the_same_identity_fences_the_first(tmp_path, bootstrap):
     """Same process id and worker index = same transactional.id and group.instance.id: the newcomer
     fences the old one, which stops without committing; nothing is lost or doubled."""
-    from streamproc.runtime.checkpoint import FatalKafkaError
+    from streamproc.runtime.worker.checkpoint import FatalKafkaError
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_COUNT, 2, outputs=("out_table", "out_ids"))
     recs = events(3000, seed=9, late_every=0)
@@ -378,7 +378,7 @@ def test_a_second_instance_with_the_same_identity_fences_the_first(tmp_path, boo
 
 def test_missing_source_topic_is_refused_before_anything_runs(tmp_path, bootstrap):
     from streamproc.errors import BrokerError
-    from streamproc.runtime.app import run_app
+    from streamproc.runtime.instance.app import run_app
 
     name = h.unique("rt")
     ref = h.write_topology(tmp_path / "missing.py", TOPO_BAD_INPUT.format(app=name, src=f"{name}-nope",

@@ -13,9 +13,9 @@ import pytest
 import runtime_helpers as h
 from streamproc import serdes
 from streamproc.errors import UnrecoverableError
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime.app import prepare_topics
-from streamproc.runtime.worker import ConfigError, check_assignor
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.instance.app import prepare_topics
+from streamproc.runtime.worker.loop import ConfigError, check_assignor
 
 STR, JSON = serdes.String(), serdes.Json()
 
@@ -144,7 +144,7 @@ class _Admin:
 
 
 def test_purging_retries_with_backoff_after_failures_and_keeps_the_offsets(monkeypatch):
-    from streamproc.runtime import worker as W
+    from streamproc.runtime.worker import loop as W
 
     clock = [1000.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: clock[0])

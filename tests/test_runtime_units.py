@@ -11,12 +11,12 @@ import runtime_helpers as h
 from streamproc import Topology, agg, serdes, windows
 from streamproc.errors import StateBusyError, StateError, TopologyError
 from streamproc.plan import compile_topology
-from streamproc.runtime import app as app_mod
-from streamproc.runtime import supervisor as sup_mod
-from streamproc.runtime._changelog import META_KEY
-from streamproc.runtime._config import RunOptions
+from streamproc.runtime.instance import app as app_mod
+from streamproc.runtime.instance import supervisor as sup_mod
+from streamproc.runtime.changelog.records import META_KEY
+from streamproc.runtime.options import RunOptions
 from streamproc.loader import load_topology
-from streamproc.runtime._load import StateDirLock, process_id
+from streamproc.runtime.instance.load import StateDirLock, process_id
 
 
 def _plan():
@@ -133,7 +133,7 @@ def test_crash_loop_stops_with_the_workers_last_error(tmp_path, monkeypatch):
 
 def test_unreachable_broker_is_a_clear_error_not_a_hang(tmp_path):
     from streamproc.errors import BrokerError
-    from streamproc.runtime.app import run_app
+    from streamproc.runtime.instance.app import run_app
 
     t = Topology("unreachable")
     t.stream("x").to("y")

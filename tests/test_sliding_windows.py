@@ -23,7 +23,7 @@ from streamproc import Topology, agg, serdes, windows
 from streamproc.operators import RawBatch
 from streamproc.operators import _sliding
 from streamproc.plan import compile_topology
-from streamproc.runtime.task import Task
+from streamproc.runtime.engine.task import Task
 from streamproc.state import MemoryBackend
 from streamproc.testing import TopologyTestDriver
 

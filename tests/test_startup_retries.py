@@ -33,7 +33,8 @@ from streamproc.kafka import admin as admin_mod
 from streamproc.kafka import retry
 from streamproc.kafka.admin import TopicSpec, create_topics, ensure_internal_topics, validate_source_topics
 from streamproc.kafka.retry import Pending, RetriesExhausted, is_retriable, retrying
-from streamproc.runtime import definitions, directory
+from streamproc.runtime.changelog import definitions
+from streamproc.runtime.serve import directory
 
 HERE = h.HERE
 ROOT = h.ROOT
@@ -164,7 +165,7 @@ def test_a_custom_policy():
 def test_no_copy_pasted_retry_loops_at_the_call_sites():
     """The start-up call sites use the helper; none sleeps in a retry loop of its own (the directory's
     follower thread, which runs after start-up, keeps its pause between failed reads)."""
-    for rel in ("streamproc/kafka/admin.py", "streamproc/runtime/definitions.py", "streamproc/runtime/directory.py"):
+    for rel in ("streamproc/kafka/admin.py", "streamproc/runtime/changelog/definitions.py", "streamproc/runtime/serve/directory.py"):
         src = open(os.path.join(ROOT, rel)).read()
         assert "retrying(" in src, rel
         if not rel.endswith("directory.py"):
@@ -373,7 +374,7 @@ def test_create_topics_waits_for_a_topic_another_instance_created():
     assert admin.calls["list_topics"] == 3
 
 
-# ---- the definition check (runtime/definitions.py)
+# ---- the definition check (runtime/changelog/definitions.py)
 
 class FakeConsumer:
     def __init__(self, *, metadata, watermarks=(), messages=((),)):
@@ -481,7 +482,7 @@ def test_definition_check_gives_up_after_its_deadline(monkeypatch):
     assert fake.closed
 
 
-# ---- the instances topic (runtime/directory.py)
+# ---- the instances topic (runtime/serve/directory.py)
 
 class FakeProducer:
     def __init__(self, conf):
@@ -718,11 +719,11 @@ def test_instances_of_a_new_app_started_together_all_come_up(kafka, tmp_path):
         _round(bootstrap, tmp_path, workers)
 
 
-# ---- end offsets read when a worker starts a restore or its global tables (runtime/restore.py, globals.py)
+# ---- end offsets read when a worker starts a restore or its global tables (runtime/changelog/restore.py, globals.py)
 
 def test_restore_end_offset_retries_a_leader_being_elected(monkeypatch):
     from streamproc.kafka import retry
-    from streamproc.runtime.restore import Restorer
+    from streamproc.runtime.changelog.restore import Restorer
 
     monkeypatch.setattr(retry, "BACKOFF_S", 0.001)
     r = Restorer({"bootstrap.servers": "fake:9092", "group.id": "g"})
@@ -738,7 +739,7 @@ def test_restore_end_offset_retries_a_leader_being_elected(monkeypatch):
 
 def test_global_tables_metadata_retries_a_transient_error(monkeypatch):
     from streamproc.kafka import retry
-    from streamproc.runtime import globals as global_tables
+    from streamproc.runtime.changelog import globals as global_tables
 
     monkeypatch.setattr(retry, "BACKOFF_S", 0.001)
     fake = FakeConsumer(metadata=[kexc(KafkaError._TIMED_OUT), cluster(topic_md("prices", 2))])

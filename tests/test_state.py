@@ -246,7 +246,7 @@ def test_discard_on_a_fresh_task_empties_everything(state):
 
 def _window_task(backend):
     from streamproc.plan import compile_topology
-    from streamproc.runtime.task import Task
+    from streamproc.runtime.engine.task import Task
 
     top = Topology("app")
     top.stream("in", key=serdes.String(), value=serdes.Json()).group_by_key() \

@@ -29,7 +29,7 @@ from streamproc.errors import StateBusyError, StateError  # noqa: E402
 from streamproc.operators import RawBatch  # noqa: E402
 from streamproc.plan import compile_topology  # noqa: E402
 from streamproc.plan.model import StoreSpec  # noqa: E402
-from streamproc.runtime.task import Task  # noqa: E402
+from streamproc.runtime.engine.task import Task  # noqa: E402
 from streamproc.state import DELETED, MemoryBackend, RocksDBBackend, TaskDirLock, TaskState  # noqa: E402
 from streamproc.state import codec as K  # noqa: E402
 from streamproc.state.rocksdb import FORMAT_VERSION, META_CF, describe_store  # noqa: E402

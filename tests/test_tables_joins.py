@@ -13,10 +13,10 @@ from streamproc.operators import RawBatch
 from streamproc.plan import compile_topology
 from streamproc.plan.describe import render_tree, to_dict
 from streamproc.plan.partitions import partition_counts
-from streamproc.runtime import checkpoint as cp
-from streamproc.runtime.app import RETENTION_MARGIN_MS, internal_topic_specs
-from streamproc.runtime.restore import Restorer
-from streamproc.runtime.task import Task, _runs
+from streamproc.runtime.worker import checkpoint as cp
+from streamproc.runtime.instance.app import RETENTION_MARGIN_MS, internal_topic_specs
+from streamproc.runtime.changelog.restore import Restorer
+from streamproc.runtime.engine.task import Task, _runs
 from streamproc.state import MemoryBackend
 from streamproc.testing import TopologyTestDriver
 

@@ -22,15 +22,15 @@ from streamproc import Topology, serdes, windows
 from streamproc.errors import BrokerError, StateError
 from streamproc.operators import RawBatch
 from streamproc.plan import compile_topology
-from streamproc.runtime import _changelog
-from streamproc.runtime import checkpoint as cp
-from streamproc.runtime._changelog import META_KEY, changelog_offsets, meta_value
-from streamproc.runtime._config import RunOptions
-from streamproc.runtime.checkpoint import Checkpoint
-from streamproc.runtime.restore import Restorer
-from streamproc.runtime.task import Task
-from streamproc.runtime.tasks import IllegalTransition, ManagedTask, Phase, TaskManager
-from streamproc.runtime.worker import Worker
+from streamproc.runtime.changelog import records as _changelog
+from streamproc.runtime.worker import checkpoint as cp
+from streamproc.runtime.changelog.records import META_KEY, changelog_offsets, meta_value
+from streamproc.runtime.options import RunOptions
+from streamproc.runtime.worker.checkpoint import Checkpoint
+from streamproc.runtime.changelog.restore import Restorer
+from streamproc.runtime.engine.task import Task
+from streamproc.runtime.engine.lifecycle import IllegalTransition, ManagedTask, Phase, TaskManager
+from streamproc.runtime.worker.loop import Worker
 from streamproc.state import MemoryBackend, codec
 
 APP = "lc"

@@ -1,4 +1,4 @@
-"""Event time through repartition topics and KIP-695 ordering (DESIGN section 4; runtime/watermarks.py),
+"""Event time through repartition topics and KIP-695 ordering (DESIGN section 4; runtime/engine/watermarks.py),
 on tasks and the test driver (no broker)."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from streamproc import Topology, agg, serdes, windows
 from streamproc.operators import RawBatch
 from streamproc.operators.io import STREAM_TIME_HEADER, carried_times
 from streamproc.plan import compile_topology
-from streamproc.runtime.task import Task
-from streamproc.runtime.watermarks import WATERMARK_KEY, InputClock, decode, encode
+from streamproc.runtime.engine.task import Task
+from streamproc.runtime.engine.watermarks import WATERMARK_KEY, InputClock, decode, encode
 from streamproc.state import MemoryBackend, codec
 from streamproc.testing import TopologyTestDriver
 
@@ -223,8 +223,8 @@ def test_idle_close_emits_the_last_window_of_a_stream_that_stopped(kafka, tmp_pa
     stream time follows the wall clock, so the last window closes and emits without new records; the
     same app without it keeps that window open."""
     import runtime_helpers as h
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
 
     bootstrap, _ = kafka
     t0 = 1_700_000_000_000
@@ -270,11 +270,11 @@ def test_offsets_of_held_records_are_committed_when_another_inputs_fetch_lets_th
     import confluent_kafka
 
     import runtime_helpers as h
-    import streamproc.runtime.worker as worker_mod
+    import streamproc.runtime.worker.loop as worker_mod
     from streamproc.kafka import make_admin
     from streamproc.kafka.admin import group_offsets
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
     from test_joins_runtime import produce_tracked
 
     bootstrap, _ = kafka
@@ -316,7 +316,7 @@ def test_offsets_of_held_records_are_committed_when_another_inputs_fetch_lets_th
 
 
 def test_merge_watermarks_keeps_the_newest_per_upstream_and_ignores_foreign_shapes():
-    from streamproc.runtime._changelog import merge_watermarks
+    from streamproc.runtime.changelog.records import merge_watermarks
 
     got = merge_watermarks({"t": {"marks": [[0, 0, 50, False], [0, 1, 70, True]], "time": 50}},
                            {"t": {"marks": [[0, 0, 40, True], [0, 1, 90, False], [0, 2, "x", False], [1]],
@@ -332,9 +332,9 @@ def test_a_task_restored_on_a_new_host_has_its_upstream_watermarks(kafka, tmp_pa
     empty backend (a new host) gives them back, not only the stream time."""
     import runtime_helpers as h
     from streamproc.kafka.config import restore_consumer_config
-    from streamproc.runtime._config import RunOptions
-    from streamproc.runtime.app import prepare_topics
-    from streamproc.runtime.restore import restore_blocking
+    from streamproc.runtime.options import RunOptions
+    from streamproc.runtime.instance.app import prepare_topics
+    from streamproc.runtime.changelog.restore import restore_blocking
 
     bootstrap, _ = kafka
     app = h.unique("wm-restore")

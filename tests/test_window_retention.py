@@ -36,7 +36,7 @@ from streamproc import Topology, agg, serdes, windows
 from streamproc.errors import TopologyError
 from streamproc.operators import RawBatch
 from streamproc.plan import compile_topology
-from streamproc.runtime.task import Task
+from streamproc.runtime.engine.task import Task
 from streamproc.state import MemoryBackend
 from streamproc.state import codec as K
 from streamproc.testing import TopologyTestDriver
@@ -350,7 +350,7 @@ def test_the_fingerprint_does_not_change_and_ignores_retention():
 
 
 def test_the_changelog_retention_follows_the_store_retention():
-    from streamproc.runtime import app as app_mod
+    from streamproc.runtime.instance import app as app_mod
 
     margin = app_mod.RETENTION_MARGIN_MS
     plain, kept = _fingerprints(), _fingerprints("2h")
@@ -559,7 +559,7 @@ def test_http_queries_show_the_windows_the_driver_shows(kind):
     """``runtime.queries.presenter`` (HTTP ``/stores/<store>/<key>``, the SSE changes) presents the stored
     values as the operator does for ``TopologyTestDriver.state`` and ``streamproc state``: every window of
     the key by start, kept closed ones marked ``"closed": true``."""
-    from streamproc.runtime.queries import presenter
+    from streamproc.runtime.serve.queries import presenter
 
     sub = _topology(kind, retention=45)
     task = Task(sub, 0, MemoryBackend())

@@ -36,7 +36,7 @@ def _root(
     """Stateful stream processing on Apache Kafka."""
     import logging
 
-    from ..runtime import logs
+    from ..runtime.instance import logs
 
     logs.forget_format()       # a command's paragraphs are text until `run` picks its --log-format
 
@@ -65,7 +65,7 @@ def guarded(fn):
 
 def say(level: str, message: str) -> None:
     """One paragraph on stderr (``error:``/``warning:``), or one JSON line under ``--log-format json``."""
-    from ..runtime import logs
+    from ..runtime.instance import logs
 
     if logs.current_format() == "json":
         import sys

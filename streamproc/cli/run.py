@@ -78,8 +78,8 @@ def run(
     """Run a topology on Kafka until Ctrl-C / SIGTERM. Start it on more machines to share the partitions."""
     import logging
 
-    from ..runtime import logs
-    from ..runtime.app import RunOptions, run_app
+    from ..runtime.instance import logs
+    from ..runtime.instance.app import RunOptions, run_app
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int) or log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -119,7 +119,7 @@ def run(
 def fresh_dev_state_dir(state_dir: str, app_id: str) -> str:
     """``<state-dir>/dev-broker``, with the app's directory there emptied (refused while another run
     on the development broker uses it)."""
-    from ..runtime._load import StateDirLock
+    from ..runtime.instance.load import StateDirLock
     from ..state import layout
 
     dev = layout.dev_broker_state_dir(state_dir)

@@ -56,7 +56,7 @@ def state(
     """Print the contents of a local store (RocksDB state written by `streamproc run`), one JSON line per entry.
 
     With several stores, name one with --store (the store names: `streamproc describe`)."""
-    from ..runtime.task import Task
+    from ..runtime.engine.task import Task
     from ..state.rocksdb import RocksDBBackend
 
     _, plan = compile_file(topology)
@@ -162,8 +162,8 @@ def reset(
     directory and the topic <app-id>-reset-incomplete) makes `run` and `replay` refuse to start;
     a reset that was interrupted or failed is finished by running it again."""
     from ..kafka.config import consumer_config
-    from ..runtime._config import RunOptions
-    from ..runtime._load import StateDirLock
+    from ..runtime.options import RunOptions
+    from ..runtime.instance.load import StateDirLock
     from ..state.lock import TaskDirLock
     from .run import _parse_config
 
@@ -245,7 +245,7 @@ class _ResetKafka:
                  prior: dict | None):
         from ..kafka.admin import describe_group, make_admin, wait_for_broker
         from ..kafka.config import admin_config
-        from ..runtime.directory import instances_topic
+        from ..runtime.serve.directory import instances_topic
 
         self.app_id = app_id = plan.app_id
         self.bootstrap = bootstrap
@@ -353,8 +353,8 @@ def replay(
 
     from ..kafka.admin import group_offsets, make_admin, wait_for_broker
     from ..kafka.config import admin_config, restore_consumer_config
-    from ..runtime._changelog import META_CHANGELOG_OFFSETS, changelog_offsets
-    from ..runtime.restore import Restorer
+    from ..runtime.changelog.records import META_CHANGELOG_OFFSETS, changelog_offsets
+    from ..runtime.changelog.restore import Restorer
     from ..state.rocksdb import RocksDBBackend
     from .run import _parse_config
 

@@ -1,4 +1,4 @@
 """Running compiled sub-topologies: tasks (broker-free) and, in submodules, the Kafka worker loop."""
-from .task import Task
+from .engine.task import Task
 
 __all__ = ["Task"]

@@ -17,8 +17,8 @@ from ..operators.io import carried_times
 from ..partitioner import partition_for
 from ..plan import compile_topology
 from ..plan.partitions import partition_counts
-from ..runtime.task import Task
-from ..runtime.watermarks import encode as watermark_encode
+from ..runtime.engine.task import Task
+from ..runtime.engine.watermarks import encode as watermark_encode
 from ..state import MemoryBackend
 
 

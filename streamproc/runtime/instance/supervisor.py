@@ -27,9 +27,9 @@ import signal
 import threading
 import time
 
-from ..errors import StateError, StreamprocError, UnrecoverableError
-from ._config import RunOptions
-from .worker import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
+from ...errors import StateError, StreamprocError, UnrecoverableError
+from ..options import RunOptions
+from ..worker.loop import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
 
 log = logging.getLogger("streamproc.supervisor")
 

@@ -32,8 +32,8 @@ import time
 
 import orjson
 
-from ..errors import SerdeError, StreamprocError
-from ..state import codec
+from ...errors import SerdeError, StreamprocError
+from ...state import codec
 
 log = logging.getLogger("streamproc.queries")
 
@@ -187,8 +187,8 @@ class _View:
     """One local task's database, followed as a RocksDB secondary instance."""
 
     def __init__(self, plan, st, partition: int, state_dir: str):
-        from ..state import layout
-        from ..state.rocksdb import DB_DIR, RocksDBBackend
+        from ...state import layout
+        from ...state.rocksdb import DB_DIR, RocksDBBackend
 
         self.st = st
         task = layout.task_id(st.id, partition)
@@ -286,7 +286,7 @@ def presenter(st, spec):
         return window
     # sliding / session: the key's windows, by start, as the operator presents them (closed ones kept for
     # the store's retention marked "closed": true), like a tumbling window store's
-    from ..operators.record_windows import session_windows, sliding_windows
+    from ...operators.record_windows import session_windows, sliding_windows
 
     windows = (session_windows if spec.kind == "session" else sliding_windows)(node.params)
     return lambda k, v: windows(v)

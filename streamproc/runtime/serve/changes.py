@@ -26,9 +26,9 @@ import threading
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
-from ..errors import SerdeError
-from ..state.codec import decode_store_key, decode_value
-from ._changelog import META_KEY
+from ...errors import SerdeError
+from ...state.codec import decode_store_key, decode_value
+from ..changelog.records import META_KEY
 from .queries import to_json_key
 
 log = logging.getLogger("streamproc.changes")

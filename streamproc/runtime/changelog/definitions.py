@@ -18,9 +18,9 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError
-from ..kafka.retry import Pending, is_retriable_error, retrying
-from ._changelog import META_KEY, check_meta, read_meta
+from ...errors import BrokerError
+from ...kafka.retry import Pending, is_retriable_error, retrying
+from .records import META_KEY, check_meta, read_meta
 
 log = logging.getLogger("streamproc.definitions")
 

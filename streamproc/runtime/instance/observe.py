@@ -38,8 +38,8 @@ import queue as _queue
 import threading
 import time
 
-from ..errors import StreamprocError
-from .stats import CHECKPOINT_BUCKETS
+from ...errors import StreamprocError
+from ..worker.stats import CHECKPOINT_BUCKETS
 
 log = logging.getLogger("streamproc.status")
 

@@ -34,24 +34,24 @@ import warnings
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..errors import BrokerError, StateBusyError, StateError, StreamprocError, UnrecoverableError
-from ..kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
+from ...errors import BrokerError, StateBusyError, StateError, StreamprocError, UnrecoverableError
+from ...kafka.config import (ASSIGNMENT_STRATEGY, DEFAULT_TRANSACTION_TIMEOUT_MS, consumer_config, producer_config,
                             restore_consumer_config, transactional_producer_config)
-from ..kafka.retry import Pending, retrying
-from ..operators import RawBatch
-from ..operators.io import carried_times
-from ..operators.base import counts_by_name
-from ..state import MemoryBackend
+from ...kafka.retry import Pending, retrying
+from ...operators import RawBatch
+from ...operators.io import carried_times
+from ...operators.base import counts_by_name
+from ...state import MemoryBackend
 from . import checkpoint as cp
-from ._config import RunOptions
+from ..options import RunOptions
 from .misplaced import MisplacedCheck
-from .watermarks import WATERMARK_KEY
-from .watermarks import encode as watermark_encode
+from ..engine.watermarks import WATERMARK_KEY
+from ..engine.watermarks import encode as watermark_encode
 from .checkpoint import Checkpoint
-from .globals import GlobalTables
-from .restore import Restorer
+from ..changelog.globals import GlobalTables
+from ..changelog.restore import Restorer
 from .stats import WorkerStats
-from .tasks import Phase, TaskManager
+from ..engine.lifecycle import Phase, TaskManager
 
 log = logging.getLogger("streamproc.worker")
 
@@ -166,8 +166,8 @@ class Worker:
         else a ``MemoryBackend``. Stateless sub-topologies get a MemoryBackend either way."""
         if self.options.state_backend == "memory" or not st.stores:
             return MemoryBackend()
-        from ..state import layout
-        from ..state.rocksdb import RocksDBBackend
+        from ...state import layout
+        from ...state.rocksdb import RocksDBBackend
 
         path = layout.task_dir(self.options.state_dir, self.app_id, layout.task_id(st.id, partition))
         try:
@@ -283,8 +283,8 @@ class Worker:
         if o.state_backend == "memory":
             backend = MemoryBackend()
         else:
-            from ..state import layout
-            from ..state.rocksdb import RocksDBBackend
+            from ...state import layout
+            from ...state.rocksdb import RocksDBBackend
 
             try:
                 backend = RocksDBBackend(layout.global_dir(o.state_dir, self.app_id, self.index), specs,
@@ -1034,7 +1034,7 @@ class _Purger:
         todo, self._todo = self._todo, {}
         try:
             if self._admin is None:
-                from ..kafka.admin import make_admin
+                from ...kafka.admin import make_admin
                 o = self._w.options
                 self._admin = make_admin(o.bootstrap_servers, self._w.app_id, o.client("admin"))
             futures = self._admin.delete_records([TopicPartition(t, p, o) for (t, p), o in todo.items()],
@@ -1116,7 +1116,7 @@ def describe_group(options, group: str, *, instance_id: str | None = None, membe
     text says the state cannot be told. ``describe(group)``: the ``ConsumerGroupDescription`` (tests)."""
     try:
         if describe is None:
-            from ..kafka.admin import make_admin
+            from ...kafka.admin import make_admin
 
             admin = make_admin(options.bootstrap_servers, group, options.client("admin"))
             desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=6)
@@ -1172,7 +1172,7 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     _die_with_parent()
     report = None
     if observe_queue is not None:
-        from .logs import worker_logging
+        from ..instance.logs import worker_logging
 
         worker_logging(observe_queue, log_level, index)
 
@@ -1182,8 +1182,8 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
         logging.basicConfig(level=log_level)
     code = EXIT_ERROR
     try:
-        from ..plan import compile_topology
-        from ..loader import load_topology
+        from ...plan import compile_topology
+        from ...loader import load_topology
 
         plan = compile_topology(load_topology(ref, app_id))
         w = Worker(plan, options, index, process_id, report=report)

@@ -21,8 +21,8 @@ import time
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ..errors import BrokerError
-from ..kafka.retry import Pending, is_retriable_error, retrying
+from ...errors import BrokerError
+from ...kafka.retry import Pending, is_retriable_error, retrying
 
 log = logging.getLogger("streamproc.directory")
 

@@ -20,9 +20,9 @@ naming the topic, partition and offset; nothing in it can run code.
 """
 from __future__ import annotations
 
-from ..errors import CodecError, StateError
-from ..state.codec import decode_store_key, decode_value, encode_value
-from ..state.definition import check_definition
+from ...errors import CodecError, StateError
+from ...state.codec import decode_store_key, decode_value, encode_value
+from ...state.definition import check_definition
 
 META_KEY = b"\x00streamproc.meta"
 META_FORMAT = 1

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
-from ..operators.base import counts_by_name
-from ..state import Backend, TaskState
+from ...operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
+from ...operators.base import counts_by_name
+from ...state import Backend, TaskState
 from .watermarks import InputClock
 from .watermarks import decode as watermark_decode
 

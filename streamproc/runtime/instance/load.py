@@ -7,9 +7,9 @@ import errno
 import os
 import uuid
 
-from ..errors import StateBusyError
-from ..loader import split_spec as _split
-from ..state import layout
+from ...errors import StateBusyError
+from ...loader import split_spec as _split
+from ...state import layout
 
 
 # --------------------------------------------------------------------------- topology references

@@ -25,18 +25,18 @@ import signal
 import sys
 import threading
 
-from ..errors import StreamprocError
-from ..kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
+from ...errors import StreamprocError
+from ...kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
                            topic_configs, validate_source_topics, wait_for_broker)
-from ..kafka.config import admin_config, consumer_config, restore_consumer_config
-from ..plan.partitions import partition_counts
-from ..state import layout
-from ._config import RunOptions
+from ...kafka.config import admin_config, consumer_config, restore_consumer_config
+from ...plan.partitions import partition_counts
+from ...state import layout
+from ..options import RunOptions
 from .observe import Observer
-from .definitions import check_changelog_definitions
-from ._load import StateDirLock, absolute_ref, process_id, topology_ref_of
+from ..changelog.definitions import check_changelog_definitions
+from .load import StateDirLock, absolute_ref, process_id, topology_ref_of
 from .supervisor import Supervisor, WorkerCrashLoop
-from .worker import check_assignor
+from ..worker.loop import check_assignor
 
 __all__ = ["RunOptions", "run_app", "prepare_topics", "partition_counts", "internal_topic_specs",
            "WorkerCrashLoop", "RETENTION_MARGIN_MS"]
@@ -54,8 +54,8 @@ def run_app(plan, options: RunOptions) -> int:
     unreachable, topics missing or mis-configured), ``StateError`` (state dir in use),
     ``WorkerCrashLoop`` (a worker crashed 5 times within 60 s; the message is its last error).
     """
-    from ..dsl import Topology
-    from ..plan import compile_topology
+    from ...dsl import Topology
+    from ...plan import compile_topology
 
     if isinstance(plan, Topology):
         plan = compile_topology(plan)
@@ -78,7 +78,7 @@ def run_app(plan, options: RunOptions) -> int:
         server = None
         try:
             if options.http_port is not None:
-                from .http import QueryServer
+                from ..serve.http import QueryServer
 
                 server = QueryServer(plan, options, counts, observer, pid, port=options.http_port,
                                      advertised_url=options.advertised_url).start()

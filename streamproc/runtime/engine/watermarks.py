@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import CodecError
-from ..state.codec import decode_value, encode_value
+from ...errors import CodecError
+from ...state.codec import decode_value, encode_value
 
 log = logging.getLogger("streamproc.watermarks")
 

@@ -22,10 +22,10 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError
-from ..kafka.retry import retrying
-from ..operators import RawBatch
-from ..operators.global_table import GlobalStore
+from ...errors import BrokerError
+from ...kafka.retry import retrying
+from ...operators import RawBatch
+from ...operators.global_table import GlobalStore
 
 log = logging.getLogger("streamproc.globals")
 

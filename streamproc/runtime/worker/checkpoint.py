@@ -45,9 +45,9 @@ import time
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError, CodecError, StreamprocError
-from ..state.codec import encode_value, key_encoder
-from ._changelog import META_KEY, meta_value
+from ...errors import BrokerError, CodecError, StreamprocError
+from ...state.codec import encode_value, key_encoder
+from ..changelog.records import META_KEY, meta_value
 
 log = logging.getLogger("streamproc.checkpoint")
 

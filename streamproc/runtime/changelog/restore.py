@@ -44,11 +44,11 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ..errors import BrokerError, SerdeError, StateError
-from ..kafka.retry import retrying
-from ..state import DELETED
-from ..state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
-from ._changelog import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
+from ...errors import BrokerError, SerdeError, StateError
+from ...kafka.retry import retrying
+from ...state import DELETED
+from ...state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
+from .records import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
                          decode_record, merge_watermarks, read_meta)
 
 log = logging.getLogger("streamproc.restore")

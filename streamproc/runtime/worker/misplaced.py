@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from ..partitioner import partition_for
+from ...partitioner import partition_for
 
 log = logging.getLogger("streamproc.partitioning")
 

@@ -48,7 +48,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from ..errors import StreamprocError
+from ...errors import StreamprocError
 from .changes import END, ChangeFeed
 from .queries import QueryError, Stores, key_candidates, presenter, to_json_key
 
@@ -76,7 +76,7 @@ def default_url(port: int) -> str:
 class QueryServer:
     def __init__(self, plan, options, counts: dict, observer, process_id: str, *, port: int,
                  advertised_url: str | None = None):
-        from ..kafka.config import restore_consumer_config
+        from ...kafka.config import restore_consumer_config
         from .directory import InstanceDirectory
 
         self.plan = plan
@@ -222,7 +222,7 @@ class QueryServer:
         from aiohttp import web
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-        from .observe import _Collector
+        from ..instance.observe import _Collector
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self.observer))
