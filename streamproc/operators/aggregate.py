@@ -23,6 +23,8 @@ from ._fold import BackendSweep, CloseIndex, GroupFoldError, KeyCodes, fold_grou
 
 
 class _AggregateBase(Operator):
+    runs_every_batch = True              # stream time may have advanced and closed windows
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         p = node.params
@@ -36,6 +38,13 @@ class _AggregateBase(Operator):
         self._codes = KeyCodes()
         self._group_keys: list = []
         self.store = ctx.state.store(self.spec.name)
+
+    def nothing(self) -> Batch:
+        return self.process(Batch.empty())          # it runs anyway: windows may close
+
+    def combine(self, outs: list) -> Batch:
+        out = super().combine(outs)
+        return out if self.emit_final else last_per_key(out)    # still one update per key (and window)
 
     def process(self, b: Batch) -> Batch:
         try:
@@ -339,3 +348,23 @@ class TimeWindowAggregateOp(_AggregateBase):
             if len(state) > width:              # a closed window kept for the store's retention
                 values[0]["closed"] = True
             yield sk, values[0]
+
+
+def last_per_key(b: Batch) -> Batch:
+    """The last record per key (per key and window for windowed results), with the first one's old value."""
+    def wkey(k, v):
+        return (k, v["window_start"]) if isinstance(v, dict) and "window_start" in v else k
+
+    last: dict = {}
+    first_old: dict = {}
+    for i, (k, v) in enumerate(zip(b.keys, b.values)):
+        w = wkey(k, v)
+        last[w] = i
+        if b.olds is not None:
+            first_old.setdefault(w, b.olds[i])
+    if len(last) == len(b):
+        return b
+    out = b.take(np.asarray(sorted(last.values()), dtype=np.int64))
+    if b.olds is not None:
+        out.olds = [first_old[wkey(k, v)] for k, v in zip(out.keys, out.values)]
+    return out

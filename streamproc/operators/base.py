@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import StreamprocError
+from ..kinds import SOURCE_KINDS
+from .batch import Batch
 
 #: Why a record was dropped, and the name of its counter in ``TopologyTestDriver.metrics()``.
 DROP_REASONS = {
@@ -147,7 +149,17 @@ class TaskContext:
 
 
 class Operator:
-    """One node of a compiled sub-topology, run on batches."""
+    """One node of a compiled sub-topology, run on batches.
+
+    How the task drives an operator is the operator's to say, not the task's: :meth:`step` takes its
+    parents' outputs of the batch, :attr:`runs_every_batch` says whether it runs without input,
+    :meth:`nothing` and :meth:`combine` say what its output is when the processing-error policy had to
+    process a batch record by record (``runtime/engine/task.py``, ``Task._process``).
+    """
+
+    #: Run at the end of every batch, also without input: stream time may have closed windows
+    #: (aggregations, stream-stream joins).
+    runs_every_batch = False
 
     def __init__(self, node, ctx: TaskContext):
         self.node = node
@@ -157,10 +169,27 @@ class Operator:
         """Consume a batch, return the output batch (``branch``: a list of batches)."""
         raise NotImplementedError
 
+    def step(self, inputs: list, process):
+        """This operator's part of a batch: ``inputs`` are its parents' outputs (None: a parent produced
+        nothing), ``process(op, batch)`` runs :meth:`process` under the processing-error policy. Returns the
+        output, or None when there was nothing to do."""
+        present = [b for b in inputs if b is not None]
+        if self.runs_every_batch or any(len(b) for b in present):
+            return process(self, Batch.concat(present))
+        return None
+
+    def nothing(self):
+        """The output of a batch whose only record failed under ``skip``/``dead-letter``."""
+        return Batch.empty()
+
+    def combine(self, outs: list):
+        """One output from the outputs of a batch processed again record by record (error policy)."""
+        return Batch.concat([o for o in outs if o is not None])
+
     @property
     def metric_label(self) -> str:
         """The operator in metrics and logs: its name, else ``kind-id``; a source by its topic."""
-        if self.node.kind in ("source", "table_source", "repartition_source"):
+        if self.node.kind in SOURCE_KINDS:
             return f"source {self.node.params['topic']}"
         return self.node.label
 

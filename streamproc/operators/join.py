@@ -85,6 +85,12 @@ class _JoinBase(Operator):
         self.how = p["how"]
         self.joiner = p["joiner"] or default_joiner
 
+    def step(self, inputs: list, process):
+        """Joins take their sides separately and apply the processing-error policy per joined pair."""
+        if self.runs_every_batch or any(b is not None and len(b) for b in inputs):
+            return self.process_sides(inputs[0], inputs[1] if len(inputs) > 1 else None)
+        return None
+
     def _join(self, k, lv, rv, seq=None):
         """``joiner(lv, rv)``; if it raises, the processing-error policy applies to the record at ``seq``
         (``fail`` raises; otherwise this result is dropped: ``_SKIP``)."""
@@ -244,6 +250,8 @@ class TableTableJoinOp(_JoinBase, TableView):
 
 
 class StreamStreamJoinOp(_JoinBase):
+    runs_every_batch = True              # stream time may have closed join windows (left/outer results)
+
     """``stream.join(stream, window=JoinWindow(...))`` (see the module doc for the rules).
 
     Working form: each side's records of a key live in a list the operator keeps across batches

@@ -113,12 +113,21 @@ class BranchOp(Operator):
             choice.append(c)
         return [b.select([c == i for c in choice]) for i in range(len(preds))]
 
+    def nothing(self) -> list[Batch]:
+        return [Batch.empty() for _ in self.node.params["predicates"]]
+
+    def combine(self, outs: list) -> list[Batch]:
+        return [Batch.concat([o[j] for o in outs if o is not None]) for j in range(len(self.node.params["predicates"]))]
+
 
 class BranchOutOp(Operator):
     """Picks one output of its branch (the task hands it the list)."""
 
     def process(self, outs: list[Batch]) -> Batch:
         return outs[self.node.params["index"]]
+
+    def step(self, inputs: list, process):
+        return None if inputs[0] is None else self.process(inputs[0])
 
 
 class MergeOp(Operator):

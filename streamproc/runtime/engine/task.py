@@ -17,13 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
+from ...kinds import SOURCE_KINDS, NodeKind
 from ...operators.base import counts_by_name
 from ...state import Backend, TaskState
 from .watermarks import InputClock
 from .watermarks import decode as watermark_decode
-
-_SOURCE_KINDS = ("source", "table_source", "repartition_source")
-
 
 class Task:
     def __init__(self, subtopology, partition: int, backend: Backend, globals: dict | None = None,
@@ -39,7 +37,7 @@ class Task:
                                partition_count=partition_count)
         self._nodes = subtopology.nodes
         self._ops = {n.id: make_operator(n, self.ctx) for n in self._nodes}
-        self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in _SOURCE_KINDS}
+        self._source_of = {n.params["topic"]: n.id for n in self._nodes if n.kind in SOURCE_KINDS}
         self._clocks: dict = {}              # repartition input topic -> InputClock (its watermarks)
         self._held: dict = {}                # (topic, partition) -> decoded records waiting (process_many)
         self.newest = -1                     # the newest event time of a record this task has read
@@ -97,8 +95,8 @@ class Task:
             runs = self._ready_runs(decoded, runs, ready)
         segment: list = []
         for run in runs:
-            table = self._ops[decoded[run[0]][0]].node.kind == "table_source"
-            if table or (segment and self._ops[decoded[segment[-1][0]][0]].node.kind == "table_source"):
+            table = self._ops[decoded[run[0]][0]].node.kind == NodeKind.TABLE_SOURCE
+            if table or (segment and self._ops[decoded[segment[-1][0]][0]].node.kind == NodeKind.TABLE_SOURCE):
                 self._run_segment(decoded, segment)
                 segment = []
             segment.append(run)
@@ -251,26 +249,13 @@ class Task:
 
     def _run_all(self, starts: dict) -> None:
         out: dict[int, object] = dict(starts)
-        ops = self._ops
+        ops, process = self._ops, self._process
         for n in self._nodes:
-            if n.id in out or n.kind in _SOURCE_KINDS:
+            if n.id in out or n.kind in SOURCE_KINDS:
                 continue
-            if n.kind == "branch_out":
-                outs = out.get(n.parents[0].id)
-                if outs is not None:
-                    out[n.id] = ops[n.id].process(outs)
-                continue
-            if n.kind == "join":
-                sides = [out.get(p.id) for p in n.parents]
-                if n.params["join"] == "stream_stream" or any(b is not None and len(b) for b in sides):
-                    # stream-stream always runs: stream time may have closed join windows. Joins apply
-                    # the processing-error policy per joined pair themselves.
-                    out[n.id] = ops[n.id].process_sides(sides[0], sides[1] if len(sides) > 1 else None)
-                continue
-            inputs = [out[p.id] for p in n.parents if p.id in out and out[p.id] is not None]
-            if n.kind == "aggregate" or (inputs and any(len(b) for b in inputs)):
-                # an aggregate always runs: stream time may have advanced and closed windows
-                out[n.id] = self._process(ops[n.id], Batch.concat(inputs))
+            res = ops[n.id].step([out.get(p.id) for p in n.parents], process)
+            if res is not None:
+                out[n.id] = res
 
     def _process(self, op, batch: Batch):
         """``op.process(batch)`` with the processing-error policy (``TaskContext.processing_error``).
@@ -292,20 +277,14 @@ class Task:
                 self.ctx.processing_error(op, e, batch.keys[i], batch.seq[i])      # raises
             if len(batch) == 1:
                 self.ctx.processing_error(op, e, batch.keys[0], batch.seq[0])
-                return op.process(Batch.empty()) if op.node.kind == "aggregate" else _empty_like(op)
+                return op.nothing()
         outs = []
         for i in range(len(batch)):
             try:
                 outs.append(op.process(batch.take(np.asarray([i], dtype=np.int64))))
             except ProcessingError as e:
                 self.ctx.processing_error(op, e, batch.keys[i], batch.seq[i])
-        if op.node.kind == "branch":
-            n = len(op.node.params["predicates"])
-            return [Batch.concat([o[j] for o in outs if o is not None]) for j in range(n)]
-        out = Batch.concat([o for o in outs if o is not None])
-        if op.node.kind == "aggregate" and op.node.params.get("emit") == "update":
-            out = _last_per_key(out)            # still one update per key (and window) per batch
-        return out
+        return op.combine(outs)
 
     def operator(self, store_name: str):
         for n in self._nodes:
@@ -371,25 +350,6 @@ def _concat_decoded(a: tuple, b: tuple) -> tuple:
     return src, batch, raw, ka + [n + i for i in kb], oa + ob
 
 
-def _last_per_key(b: Batch) -> Batch:
-    """The last record per key (per key and window for windowed results), with the first one's old value."""
-    def wkey(k, v):
-        return (k, v["window_start"]) if isinstance(v, dict) and "window_start" in v else k
-
-    last: dict = {}
-    first_old: dict = {}
-    for i, (k, v) in enumerate(zip(b.keys, b.values)):
-        w = wkey(k, v)
-        last[w] = i
-        if b.olds is not None:
-            first_old.setdefault(w, b.olds[i])
-    if len(last) == len(b):
-        return b
-    out = b.take(np.asarray(sorted(last.values()), dtype=np.int64))
-    if b.olds is not None:
-        out.olds = [first_old[wkey(k, v)] for k, v in zip(out.keys, out.values)]
-    return out
-
 
 def _first_failing(op, batch: Batch, error: ProcessingError):
     """``(index, error)`` of the first record of ``batch`` that ``op`` fails on alone; ``(None, error)``
@@ -401,11 +361,6 @@ def _first_failing(op, batch: Batch, error: ProcessingError):
             return i, e
     return None, error
 
-
-def _empty_like(op):
-    if op.node.kind == "branch":
-        return [Batch.empty() for _ in op.node.params["predicates"]]
-    return Batch.empty()
 
 
 def _runs(heads: list[tuple[list, list]]) -> list[tuple[int, int, int]]:
