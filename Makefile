@@ -24,8 +24,11 @@ test: install
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# Every benchmark, one table against the targets (10-20 min on 2 cores); results in benchmarks/results/.
+# `make bench BENCH_ARGS=--quick` for a smoke run, BENCH_ARGS="--bootstrap-servers host:9092" for a cluster.
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python benchmarks/operators.py
+	$(BIN)/python benchmarks/suite.py $(BENCH_ARGS)
 
 describe: install
 	$(BIN)/streamproc describe topologies/page_views.py

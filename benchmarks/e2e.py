@@ -16,7 +16,11 @@ results to its own output topic:
 
 msgs/s is measured between the group's first and last committed offset progress (so group
 joins, imports and topic creation are left out); CPU µs/msg is the CPU time of the variant's
-whole process tree over the same span, from /proc.
+whole process tree over the same span, from /proc. Peak RSS (MB = 10^6 bytes), also from
+/proc, over the whole run (start-up included): "worker" is the largest high-water mark
+(``VmHWM``) of one process of the tree (a ``streamproc run`` worker; the loop itself for (a)
+and (b)), "tree" the largest sampled sum of the tree's RSS (every 0.25 s: supervisor and
+workers together).
 
 Safe on a shared Apache Kafka cluster:
 
@@ -37,7 +41,9 @@ Safe on a shared Apache Kafka cluster:
   (``<app-id>-<process id>-<worker>``) cannot be deleted; the broker expires them after
   ``transactional.id.expiration.ms`` (default 7 days).
 
-    python benchmarks/e2e.py [--bootstrap-servers host:9092] [--messages 1000000]
+    python benchmarks/e2e.py [--bootstrap-servers host:9092] [--messages 1000000] [--json PATH]
+
+``--json PATH`` also writes the figures as JSON (what ``benchmarks/suite.py`` reads).
 """
 from __future__ import annotations
 
@@ -256,6 +262,32 @@ def _cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+class _RssPeaks:
+    """Peak RSS of a process tree, sampled from /proc: the largest sum over the tree, and per process
+    its high-water mark (``VmHWM``, kept by the kernel between samples)."""
+
+    def __init__(self):
+        self.tree = 0                       # bytes
+        self.hwm: dict[int, int] = {}       # pid -> bytes
+
+    def sample(self, pid: int) -> None:
+        total = 0
+        for q in _tree(pid):
+            try:
+                with open(f"/proc/{q}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
+            except OSError:
+                continue
+            kib = {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+            total += kib.get("VmRSS", 0)
+            self.hwm[q] = max(self.hwm.get(q, 0), kib.get("VmHWM", 0))
+        self.tree = max(self.tree, total)
+
+    def result(self) -> dict:
+        return {"rss_mb": max(self.hwm.values(), default=0) / 1e6, "rss_tree_mb": self.tree / 1e6,
+                "processes": len(self.hwm)}
+
+
 class _Monitor:
     """Reads a group's committed offsets on the input topic (one consumer, never joins the group).
 
@@ -300,6 +332,7 @@ def measure(name: str, cmd: list[str], env: dict, bootstrap: str, topic: str, gr
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     cleanup.procs.append(proc)
     monitor = _Monitor(bootstrap, topic, group)
+    rss = _RssPeaks()
     t_first = cpu_first = None
     done_first = 0
     deadline = time.monotonic() + timeout_s
@@ -307,6 +340,7 @@ def measure(name: str, cmd: list[str], env: dict, bootstrap: str, topic: str, gr
         with Progress(console=console, transient=True) as prog:
             task = prog.add_task(f"{name}", total=total)
             while True:
+                rss.sample(proc.pid)
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{name}: did not finish within {timeout_s:.0f} s"
                                      + (f" (last offset fetch error: {monitor.last_error})" if monitor.last_error else ""))
@@ -337,7 +371,7 @@ def measure(name: str, cmd: list[str], env: dict, bootstrap: str, topic: str, gr
     n = total - done_first
     secs = max(t_last - t_first, 1e-9)
     return {"name": name, "msgs": n, "seconds": secs, "rate": n / secs,
-            "cpu_us": (cpu_last - cpu_first) * 1e6 / max(n, 1)}
+            "cpu_us": (cpu_last - cpu_first) * 1e6 / max(n, 1), **rss.result()}
 
 
 # --------------------------------------------------------------------------- cleaning up
@@ -477,6 +511,85 @@ class _Scraper:
         self._thread.join(3)
 
 
+VARIANTS = {
+    "a": ("(a) raw consume-parse-produce loop", "raw"),
+    "b": ("(b) hand-written dict-state windowed loop", "windowed"),
+    "c": ("(c) streamproc run, at-least-once", "at-least-once"),
+    "d": ("(d) streamproc run, exactly-once", "exactly-once"),
+    "m": ("(m) (d) + --metrics-port, scraped 1/s", "exactly-once"),
+    "r": ("(r) (d) re-keyed: through a repartition topic", "exactly-once"),
+}
+
+
+def variant_command(key: str, args, bootstrap: str, topic: str, out: str, run_id: str,
+                    cleanup: Cleanup) -> tuple[list[str], dict, str]:
+    """``(command, extra environment, consumer group)`` of variant ``key``; what it creates goes to ``cleanup``."""
+    what = VARIANTS[key][1]
+    if what in ("raw", "windowed"):
+        group = f"e2e-{what}-{run_id}"
+        cleanup.groups.append(group)
+        cmd = [sys.executable, __file__, "--role", what, "--args", bootstrap, topic, out, group,
+               str(args.messages)]
+        return cmd, {}, group
+    group = f"e2e-streamproc-{key}-{run_id}"
+    state_dir = f"/tmp/e2e-state-{run_id}-{key}"
+    cleanup.app_ids.append(group)
+    cleanup.dirs.append(state_dir)
+    cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "benchmarks", "e2e_topology.py"),
+           "--bootstrap-servers", bootstrap, "--guarantee", what, "--workers", str(args.workers),
+           "--state-dir", state_dir, "--batch-size", "2000",
+           "--config", f"consumer.session.timeout.ms={SESSION_TIMEOUT_MS}"]
+    if what == "at-least-once":
+        cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
+    env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}
+    if key == "r":
+        env["E2E_REKEY"] = "1"
+    return cmd, env, group
+
+
+def run_variant(key: str, args, bootstrap: str, topic: str, run_id: str, console: Console,
+                cleanup: Cleanup) -> dict:
+    """Create variant ``key``'s output topic, run it over the whole input and measure it."""
+    out = f"e2e-out-{key}-{run_id}"
+    cleanup.topics.append(out)
+    create_topic(cleanup.admin, out, PARTITIONS)
+    cmd, env, group = variant_command(key, args, bootstrap, topic, out, run_id, cleanup)
+    scraper = None
+    if key == "m":
+        port = _free_port()
+        cmd += ["--metrics-port", str(port)]
+        scraper = _Scraper(port).start()
+    try:
+        return measure(VARIANTS[key][0], cmd, env, bootstrap, topic, group, args.messages, console,
+                       args.timeout, cleanup)
+    finally:
+        if scraper is not None:
+            scraper.stop()
+            console.print(f"  /metrics scraped {scraper.ok} times ({scraper.failed} failed)")
+
+
+def print_results(console: Console, results: list[dict], args, broker_name: str) -> None:
+    by = {r["name"][:3]: r for r in results}
+    ref = by.get("(b)")
+    table = Table(title=f"{args.messages:,} JSON events, {PARTITIONS} partitions, {KEYS} keys, "
+                        f"10 s tumbling count+sum; broker {broker_name}")
+    for col in ("variant", "msgs/s", "CPU µs/msg", "vs (b) throughput", "peak RSS MB (worker / tree)"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in results:
+        table.add_row(r["name"], f"{r['rate']:,.0f}", f"{r['cpu_us']:.2f}",
+                      f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] > 0 else "-",
+                      f"{r['rss_mb']:.0f} / {r['rss_tree_mb']:.0f}")
+    console.print(table)
+
+
+def write_json(path: str, keys: list[str], results: list[dict], args, broker_name: str) -> None:
+    data = {"benchmark": "e2e", "messages": args.messages, "partitions": PARTITIONS, "keys": KEYS,
+            "window_ms": WINDOW_MS, "workers": args.workers, "broker": broker_name,
+            "variants": dict(zip(keys, results))}
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bootstrap-servers", default=os.environ.get("STREAMPROC_BOOTSTRAP_SERVERS"))
@@ -485,6 +598,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="streamproc worker processes (the loops use one)")
     ap.add_argument("--only", default="a,b,c,d", help="variants to run, e.g. b,d")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -495,18 +609,10 @@ def main(argv=None) -> int:
         return 0
 
     console = Console()
-    variants = {
-        "a": ("(a) raw consume-parse-produce loop", "raw"),
-        "b": ("(b) hand-written dict-state windowed loop", "windowed"),
-        "c": ("(c) streamproc run, at-least-once", "at-least-once"),
-        "d": ("(d) streamproc run, exactly-once", "exactly-once"),
-        "m": ("(m) (d) + --metrics-port, scraped 1/s", "exactly-once"),
-        "r": ("(r) (d) re-keyed: through a repartition topic", "exactly-once"),
-    }
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in variants]
+    unknown = [k for k in keys if k not in VARIANTS]
     if unknown:
-        ap.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(variants)}")
+        ap.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
     signal.signal(signal.SIGTERM, _raise_interrupt)       # SIGTERM cleans up like Ctrl-C
     broker = cleanup = admin = None
     bootstrap = args.bootstrap_servers
@@ -516,60 +622,17 @@ def main(argv=None) -> int:
             broker = DevBroker().start()
             bootstrap = broker.bootstrap
             console.print(f"[yellow]embedded development broker (Tansu) at {bootstrap}[/]")
+        broker_name = "Tansu (embedded)" if broker else bootstrap
         cleanup = Cleanup(AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}), console)
         admin = cleanup.admin
         run_id = uuid.uuid4().hex[:8]
         topic = f"e2e-input-{run_id}"
         cleanup.topics.append(topic)
         prepare(admin, bootstrap, topic, args.messages, args.rate, console)
-        results = []
-        for key in keys:
-            name, what = variants[key]
-            out = f"e2e-out-{key}-{run_id}"
-            cleanup.topics.append(out)
-            create_topic(admin, out, PARTITIONS)
-            if what in ("raw", "windowed"):
-                group = f"e2e-{what}-{run_id}"
-                cleanup.groups.append(group)
-                cmd = [sys.executable, __file__, "--role", what, "--args", bootstrap, topic, out, group,
-                       str(args.messages)]
-                env = {}
-            else:
-                group = f"e2e-streamproc-{key}-{run_id}"
-                state_dir = f"/tmp/e2e-state-{run_id}-{key}"
-                cleanup.app_ids.append(group)
-                cleanup.dirs.append(state_dir)
-                cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "benchmarks", "e2e_topology.py"),
-                       "--bootstrap-servers", bootstrap, "--guarantee", what, "--workers", str(args.workers),
-                       "--state-dir", state_dir, "--batch-size", "2000",
-                       "--config", f"consumer.session.timeout.ms={SESSION_TIMEOUT_MS}"]
-                if what == "at-least-once":
-                    cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
-                env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}
-                if key == "r":
-                    env["E2E_REKEY"] = "1"
-            scraper = None
-            if key == "m":
-                port = _free_port()
-                cmd += ["--metrics-port", str(port)]
-                scraper = _Scraper(port).start()
-            try:
-                results.append(measure(name, cmd, env, bootstrap, topic, group, args.messages, console,
-                                       args.timeout, cleanup))
-            finally:
-                if scraper is not None:
-                    scraper.stop()
-                    console.print(f"  /metrics scraped {scraper.ok} times ({scraper.failed} failed)")
-        by = {r["name"][:3]: r for r in results}
-        ref = by.get("(b)")
-        table = Table(title=f"{args.messages:,} JSON events, {PARTITIONS} partitions, {KEYS} keys, "
-                            f"10 s tumbling count+sum; broker {'Tansu (embedded)' if broker else bootstrap}")
-        for col in ("variant", "msgs/s", "CPU µs/msg", "vs (b) throughput"):
-            table.add_column(col, justify="left" if col == "variant" else "right")
-        for r in results:
-            table.add_row(r["name"], f"{r['rate']:,.0f}", f"{r['cpu_us']:.2f}",
-                          f"{r['rate'] / ref['rate']:.2f}x" if ref and ref["rate"] > 0 else "-")
-        console.print(table)
+        results = [run_variant(key, args, bootstrap, topic, run_id, console, cleanup) for key in keys]
+        print_results(console, results, args, broker_name)
+        if args.json:
+            write_json(args.json, keys, results, args, broker_name)
         return 0
     except KeyboardInterrupt:
         console.print("[red]interrupted: cleaning up[/]")

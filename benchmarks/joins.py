@@ -47,7 +47,8 @@ time: on a shared machine it varies more than CPU µs/record, the figure to comp
     python benchmarks/joins.py --cases ss --how left --backend rocksdb --profile
 
 ``--profile`` then runs the slowest case once more under cProfile and prints the top functions by
-own time. Like ``sliding_hot_key.py`` it imports ``streamproc`` from ``--repo`` (default: the
+own time; ``--json PATH`` also writes every case's figures as JSON (what ``benchmarks/suite.py``
+reads). Like ``sliding_hot_key.py`` it imports ``streamproc`` from ``--repo`` (default: the
 current directory if it holds a ``streamproc`` package, else this file's repository), so the same
 script measures another checkout: ``cd /tmp/base && python /work/main/benchmarks/joins.py``.
 """
@@ -82,6 +83,7 @@ REPO = _repo_from_argv()
 sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
+import orjson  # noqa: E402
 
 import streamproc  # noqa: E402
 from streamproc import Topology, serdes, windows  # noqa: E402
@@ -344,6 +346,111 @@ def row(label, backend, records, results, late, wall, cpu, serde, ckpt, faults, 
             f"{us(cpu, records):>10.2f} {s} {rest} {100 * ckpt / wall:4.0f}% {faults / records:6.2f} {tgt:>18}  {checksum}")
 
 
+def build_cases(family: str, args, backends: list[str]) -> tuple[str, list[Case]]:
+    """The heading and cases of ``family`` ("st" or "ss"; ValueError for another)."""
+    if family == "st":
+        heading = f"\nstream-table join, inner: {args.records:,} stream records, {args.table_keys:,} table keys"
+        inp = st_inputs(args.records, args.table_keys)
+        cases = []
+        if not args.no_baseline:
+            cases += [Case("base", "stream->to (baseline)", compile_topology(passthrough_topology(["orders"])),
+                           inp, ["orders"], b, expect=args.records) for b in backends]
+        cases += [Case("st", "stream-table inner", compile_topology(st_topology()), inp, ["orders"], b,
+                       table_topic="customers", expect=args.records) for b in backends]
+        return heading, cases
+    if family == "ss":
+        heading = (f"\nstream-stream join: {args.records:,} records per side, JoinWindow({args.window} ms, "
+                   f"grace={args.grace} ms), {args.rate:,} records/s of event time per side, right within "
+                   f"+-{args.jitter} ms of left, feed: {args.feed}")
+        inp = ss_inputs(args.records, args.rate, args.jitter)
+        cases = []
+        if not args.no_baseline:
+            cases += [Case("base", "stream->to x2 (baseline)",
+                           compile_topology(passthrough_topology(["left", "right"])), inp,
+                           ["left", "right"], b, expect=2 * args.records) for b in backends]
+        for how in args.how.split(","):
+            cases += [Case("ss", f"stream-stream {how}",
+                           compile_topology(ss_topology(how, args.window, args.grace)), inp,
+                           ["left", "right"], b, expect=args.records) for b in backends]
+        return heading, cases
+    raise ValueError(f"unknown case {family!r} (st, ss)")
+
+
+def _keep_best(best: Run | None, run: Run | None) -> Run | None:
+    """``best`` with the best (lowest) wall, CPU, checkpoint time and faults of ``run`` folded in."""
+    if run is None:
+        return best
+    if best is None:
+        return run
+    best.wall, best.cpu = min(best.wall, run.wall), min(best.cpu, run.cpu)
+    best.ckpt, best.faults = min(best.ckpt, run.ckpt), min(best.faults, run.faults)
+    return best
+
+
+def run_family(cases: list[Case], args, tmp: str, found: list[dict]) -> tuple[bool, tuple | None]:
+    """Run and print ``cases`` (each ``args.repeat`` times, the best kept); each case's figures are appended
+    to ``found``. Returns (every case produced what it should, the slowest non-baseline case as
+    ``(cpu µs/record, case)``)."""
+    print(HEADER)
+    print("-" * len(HEADER))
+    ok = True
+    slowest = None
+    sums: dict = {}
+    for case in cases:
+        best = load_best = None
+        head = case.inputs.head(10 * args.batch)        # warm-up (not reported), kept for the serde split
+        sample, _ = case.run(args, tmp, head, keep=True)
+        for _ in range(args.repeat):
+            run, load = case.run(args, tmp)
+            best, load_best = _keep_best(best, run), _keep_best(load_best, load)
+            del run, load
+        if load_best is not None:
+            print(row("  table load", case.backend, load_best.records, "-", "", load_best.wall, load_best.cpu,
+                      None, load_best.ckpt, load_best.faults, None, ""), flush=True)
+        serde = serde_cpu(head, case.topics, sample, args.batch, max(5, args.repeat)) * best.records
+        late = best.metrics.get("late_records", 0)
+        checksum = best.checksum
+        good = best.results == case.expect and not late
+        prev = sums.setdefault(case.label, (best.results, checksum))
+        good &= prev == (best.results, checksum)
+        ok &= good
+        target = TARGETS.get((case.family, case.backend))
+        print(row(case.label, case.backend, best.records, best.results, late, best.wall, best.cpu,
+                  serde, best.ckpt, best.faults, target, f"{checksum}{'' if good else '  <- WRONG'}"), flush=True)
+        found.append(figures(case, best, load_best, serde, late, good))
+        if case.family != "base" and (slowest is None or us(best.cpu, best.records) > slowest[0]):
+            slowest = (us(best.cpu, best.records), case)
+        del sample, head
+    print("results as expected (one per pair / per order, same on every backend): "
+          f"{'yes' if ok else 'NO'}")
+    return ok, slowest
+
+
+def figures(case: Case, best: Run, load: Run | None, serde: float, late: int, good: bool) -> dict:
+    """One case's figures for ``--json``."""
+    out = {"family": case.family, "label": case.label, "backend": case.backend, "records": best.records,
+           "results": best.results, "late": late, "ok": bool(good), "wall": best.wall, "cpu": best.cpu,
+           "rate": best.records / best.wall, "cpu_us": us(best.cpu, best.records),
+           "serde_us": us(serde, best.records), "ckpt": best.ckpt, "faults": best.faults,
+           "target": TARGETS.get((case.family, case.backend)), "checksum": best.checksum}
+    if load is not None:
+        out["table_load"] = {"records": load.records, "wall": load.wall, "cpu": load.cpu,
+                             "rate": load.records / load.wall}
+    return out
+
+
+def profile(case: Case, cpu_us: float, args, tmp: str) -> None:
+    print(f"\nprofile of the slowest case: {case.label} on {case.backend} "
+          f"({cpu_us:.2f} CPU µs/record), top {args.profile_top} by own time")
+    prof = cProfile.Profile()
+    prof.enable()
+    case.run(args, tmp)
+    prof.disable()
+    s = io.StringIO()
+    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile_top)
+    print(s.getvalue())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repo", default=REPO, help="repository whose streamproc to import (default: cwd or this repo)")
@@ -369,6 +476,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="runs of each case; the best is reported")
     ap.add_argument("--profile", action="store_true", help="then profile the slowest case (cProfile, by own time)")
     ap.add_argument("--profile-top", type=int, default=15)
+    ap.add_argument("--json", metavar="PATH", help="also write every case's figures as JSON to PATH")
     args = ap.parse_args(argv)
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.quick:
@@ -381,6 +489,9 @@ def main(argv=None):
     families = args.cases.split(",")
     if args.jitter >= args.window:
         ap.error("--jitter must be below --window (every pair must match)")
+    unknown = [f for f in families if f not in ("st", "ss")]
+    if unknown:
+        ap.error(f"unknown case {unknown[0]!r} (st, ss)")
 
     print(f"streamproc from {os.path.dirname(os.path.abspath(streamproc.__file__))}")
     print(f"polls of {args.batch:,} records (per input), checkpoint every {args.checkpoint_every} polls; "
@@ -388,88 +499,26 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="bench-joins-")
     slowest = None           # (cpu µs/record, case)
     all_ok = True
+    found: list[dict] = []
     try:
         for family in families:
-            if family == "st":
-                print(f"\nstream-table join, inner: {args.records:,} stream records, {args.table_keys:,} table keys")
-                inp = st_inputs(args.records, args.table_keys)
-                cases = []
-                if not args.no_baseline:
-                    cases += [Case("base", "stream->to (baseline)", compile_topology(passthrough_topology(["orders"])),
-                                   inp, ["orders"], b, expect=args.records) for b in backends]
-                cases += [Case("st", "stream-table inner", compile_topology(st_topology()), inp, ["orders"], b,
-                               table_topic="customers", expect=args.records) for b in backends]
-            elif family == "ss":
-                print(f"\nstream-stream join: {args.records:,} records per side, JoinWindow({args.window} ms, "
-                      f"grace={args.grace} ms), {args.rate:,} records/s of event time per side, right within "
-                      f"+-{args.jitter} ms of left, feed: {args.feed}")
-                inp = ss_inputs(args.records, args.rate, args.jitter)
-                cases = []
-                if not args.no_baseline:
-                    cases += [Case("base", "stream->to x2 (baseline)",
-                                   compile_topology(passthrough_topology(["left", "right"])), inp,
-                                   ["left", "right"], b, expect=2 * args.records) for b in backends]
-                for how in args.how.split(","):
-                    cases += [Case("ss", f"stream-stream {how}",
-                                   compile_topology(ss_topology(how, args.window, args.grace)), inp,
-                                   ["left", "right"], b, expect=args.records) for b in backends]
-            else:
-                ap.error(f"unknown case {family!r} (st, ss)")
+            heading, cases = build_cases(family, args, backends)
+            print(heading)
             gc.collect()
             gc.freeze()          # the inputs are long-lived: keep the cyclic GC from rescanning them
-            print(HEADER)
-            print("-" * len(HEADER))
-            ok = True
-            sums: dict = {}
-            for case in cases:
-                best = load_best = None
-                head = case.inputs.head(10 * args.batch)        # warm-up (not reported), kept for the serde split
-                sample, _ = case.run(args, tmp, head, keep=True)
-                for _ in range(args.repeat):
-                    run, load = case.run(args, tmp)
-                    if best is None:
-                        best = run
-                    else:
-                        best.wall, best.cpu = min(best.wall, run.wall), min(best.cpu, run.cpu)
-                        best.ckpt, best.faults = min(best.ckpt, run.ckpt), min(best.faults, run.faults)
-                    if load is not None:
-                        if load_best is None:
-                            load_best = load
-                        else:
-                            load_best.wall, load_best.cpu = min(load_best.wall, load.wall), min(load_best.cpu, load.cpu)
-                            load_best.ckpt, load_best.faults = min(load_best.ckpt, load.ckpt), min(load_best.faults, load.faults)
-                    del run, load
-                if load_best is not None:
-                    print(row("  table load", case.backend, load_best.records, "-", "", load_best.wall, load_best.cpu,
-                              None, load_best.ckpt, load_best.faults, None, ""), flush=True)
-                serde = serde_cpu(head, case.topics, sample, args.batch, max(5, args.repeat)) * best.records
-                late = best.metrics.get("late_records", 0)
-                checksum = best.checksum
-                good = best.results == case.expect and not late
-                prev = sums.setdefault(case.label, (best.results, checksum))
-                good &= prev == (best.results, checksum)
-                ok &= good
-                target = TARGETS.get((case.family, case.backend))
-                print(row(case.label, case.backend, best.records, best.results, late, best.wall, best.cpu,
-                          serde, best.ckpt, best.faults, target, f"{checksum}{'' if good else '  <- WRONG'}"), flush=True)
-                if case.family != "base" and (slowest is None or us(best.cpu, best.records) > slowest[0]):
-                    slowest = (us(best.cpu, best.records), case)
-                del sample, head
-            print("results as expected (one per pair / per order, same on every backend): "
-                  f"{'yes' if ok else 'NO'}")
+            ok, slow = run_family(cases, args, tmp, found)
             all_ok &= ok
+            if slow is not None and (slowest is None or slow[0] > slowest[0]):
+                slowest = slow
             gc.unfreeze()
+        if args.json:
+            params = {k: getattr(args, k) for k in ("records", "table_keys", "batch", "checkpoint_every", "feed",
+                                                    "window", "grace", "rate", "jitter", "repeat")}
+            with open(args.json, "wb") as f:
+                f.write(orjson.dumps({"benchmark": "joins", **params, "ok": bool(all_ok), "cases": found},
+                                     option=orjson.OPT_INDENT_2))
         if args.profile and slowest is not None:
-            case = slowest[1]
-            print(f"\nprofile of the slowest case: {case.label} on {case.backend} "
-                  f"({slowest[0]:.2f} CPU µs/record), top {args.profile_top} by own time")
-            prof = cProfile.Profile()
-            prof.enable()
-            case.run(args, tmp)
-            prof.disable()
-            s = io.StringIO()
-            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.profile_top)
-            print(s.getvalue())
+            profile(slowest[1], slowest[0], args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if all_ok else 1

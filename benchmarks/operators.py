@@ -4,7 +4,9 @@ Same 1M pre-built records (no serde, no Kafka), same semantics: stream time, gra
 drops, final emits when windows close. Prints records/s for each and checks both produced
 the same results.
 
-    python benchmarks/operators.py [--records 1000000] [--batch 10000] [--keys 1000]
+    python benchmarks/operators.py [--records 1000000] [--batch 10000] [--keys 1000] [--json PATH]
+
+``--json PATH`` also writes the figures as JSON (what ``benchmarks/suite.py`` reads).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import orjson
 from rich.console import Console
 from rich.table import Table
 
@@ -48,7 +51,7 @@ def run_operator(keys, values, ts, batch: int, checkpoint_every: int):
         .to("out"))
     plan = compile_topology(t)
     task = Task(plan.subtopologies[0], 0, MemoryBackend())
-    op = next(o for o in task._ops.values() if type(o).__name__ == "TimeWindowAggregateOp")
+    op = task.operator(plan.subtopologies[0].stores[0].name)       # the windowed aggregation (its only store)
     state = task.state
     results = []
     start = time.perf_counter()
@@ -108,6 +111,7 @@ def main(argv=None):
     ap.add_argument("--checkpoint-every", type=int, default=10,
                     help="batches per checkpoint (10 x 10k records ~ a 100 ms commit interval at 1M records/s)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the best is reported")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = ap.parse_args(argv)
     console = Console()
     table = Table(title=f"tumbling {SIZE // 1000} s + {GRACE // 1000} s grace, count+sum, {args.records:,} records, "
@@ -115,6 +119,7 @@ def main(argv=None):
     for col in ("event rate", "implementation", "records/s", "CPU µs/record", "results", "late", "vs naive"):
         table.add_column(col, justify="left" if col in ("implementation", "event rate") else "right")
     all_same = True
+    found = []
     for rate in [int(r) for r in args.rates.split(",")]:
         with console.status(f"building {args.records:,} records at {rate:,}/s ..."):
             keys, values, ts = make_records(args.records, args.keys, rate)
@@ -135,10 +140,18 @@ def main(argv=None):
         for name, (wall, cpu, results, late) in best.items():
             table.add_row(f"{rate:,}/s", name, f"{args.records / wall:,.0f}", f"{cpu * 1e6 / args.records:.3f}",
                           f"{len(results):,}", f"{late:,}", f"{naive[0] / wall:.2f}x")
+            found.append({"event_rate": rate, "implementation": name, "rate": args.records / wall,
+                          "cpu_us": cpu * 1e6 / args.records, "results": len(results), "late": late,
+                          "vs_naive": naive[0] / wall, "same": bool(same)})
         gc.unfreeze()
         del keys, values, ts, best, op, naive
     console.print(table)
     console.print(f"results identical to the naive loop: {'[green]yes' if all_same else '[red]NO'}")
+    if args.json:
+        with open(args.json, "wb") as f:
+            f.write(orjson.dumps({"benchmark": "operators", "records": args.records, "keys": args.keys,
+                                  "batch": args.batch, "repeat": args.repeat, "same": bool(all_same),
+                                  "runs": found}, option=orjson.OPT_INDENT_2))
     return 0 if all_same else 1
 
 

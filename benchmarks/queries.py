@@ -55,7 +55,9 @@ then the temp dir (topology file, state dirs, logs). Topics get unique names and
 ``retention.ms=-1``. With exactly-once the transactional ids cannot be deleted; a broker expires
 them after ``transactional.id.expiration.ms``.
 
-    python benchmarks/queries.py [--bootstrap-servers host:9092] [--messages 1000000] [--quick]
+    python benchmarks/queries.py [--bootstrap-servers host:9092] [--messages 1000000] [--quick] [--json PATH]
+
+``--json PATH`` also writes the figures as JSON (what ``benchmarks/suite.py`` reads).
 """
 from __future__ import annotations
 
@@ -398,6 +400,123 @@ class Instance:
 
 
 # --------------------------------------------------------------------------- part 1: latency
+def _wait_ready(a: Instance, b: Instance, producer: LoadProducer, monitor: _Monitor, ends: list[int],
+                timeout_s: float, console: Console) -> tuple[int, int]:
+    """Until both instances answer /ready, run the 4 tasks between them and the seed is committed;
+    returns the tasks each runs."""
+    deadline = time.monotonic() + timeout_s
+    with console.status("starting instances A and B") as st:
+        while True:
+            for inst in (a, b):
+                inst.check()
+            if producer.error is not None:
+                raise SystemExit(f"load producer failed: {producer.error!r}")
+            ra, sa = _get_json(f"{a.url}/status")
+            rb, sb = _get_json(f"{b.url}/status")
+            offs = monitor.offsets()
+            running = (sa.get("running", 0), sb.get("running", 0))
+            seeded = offs is not None and all(o >= e for o, e in zip(offs, ends))
+            st.update(f"starting instances A and B: tasks running {running[0]} + {running[1]} of {PARTITIONS}, "
+                      f"seed {'committed' if seeded else 'not committed yet'}")
+            if (ra == rb == 200 and sum(running) == PARTITIONS and min(running) > 0 and seeded
+                    and _get_json(f"{a.url}/ready")[0] == 200 and _get_json(f"{b.url}/ready")[0] == 200):
+                return running
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the instances were not ready within {timeout_s:.0f} s (tasks running "
+                                 f"A {running[0]}, B {running[1]}; seed committed: {seeded}"
+                                 f"{'; ' + monitor.last_error if monitor.last_error else ''})\n"
+                                 f"A:\n{a.tail(1500)}\nB:\n{b.tail(1500)}")
+            time.sleep(0.5)
+
+
+def _sort_keys(client: HttpClient, a: Instance, b: Instance, want: int, timeout_s: float,
+               console: Console) -> tuple[list[str], list[str]]:
+    """``want`` keys local to A and ``want`` owned by B, by A's answer (200 here, 307 to B)."""
+    local: list[str] = []
+    remote: list[str] = []
+    other: dict = {}
+    order = list(range(KEYS))
+    random.Random(3).shuffle(order)
+    deadline = time.monotonic() + timeout_s
+    for i in order:
+        if len(local) >= want and len(remote) >= want:
+            break
+        k = _key(i)
+        status, loc, _ = client.get(a.url, _key_path(k))
+        if status == 200:
+            local.append(k)
+        elif status == 307 and loc and loc.startswith(b.url + "/"):
+            remote.append(k)
+        else:
+            other[status] = other.get(status, 0) + 1
+            if time.monotonic() > deadline:
+                raise SystemExit(f"sorting keys: {other} answers other than 200 / 307 to B")
+    if len(local) < want or len(remote) < want:
+        raise SystemExit(f"sorting keys: only {len(local)} local and {len(remote)} forwarded keys "
+                         f"({other or 'no'} other answers)")
+    console.print(f"keys sorted by A's answer: {len(local)} local, {len(remote)} owned by B"
+                  + (f" (other answers: {other})" if other else ""))
+    return local, remote
+
+
+class _Latencies:
+    """Queries to A, local (200) or forwarded (307, then B's 200, followed by hand), timed."""
+
+    def __init__(self, client: HttpClient, a: Instance, b: Instance):
+        self.client, self.a, self.b = client, a, b
+        self.lat: dict[str, list[float]] = {"local": [], "forwarded": [], "hop1": [], "hop2": []}
+        self.errors: dict = {"local": {}, "forwarded": {}}
+        self.wrong_instance = 0
+
+    def query(self, kind: str, key: str, record: bool) -> None:
+        client, lat = self.client, self.lat
+        t0 = time.perf_counter()
+        status, loc, body = client.get(self.a.url, _key_path(key))
+        t1 = time.perf_counter()
+        if kind == "local":
+            ok = status == 200
+            if ok and record:
+                lat["local"].append((t1 - t0) * 1000)
+                self.wrong_instance += orjson.loads(body).get("instance") != self.a.url
+        else:
+            ok = status == 307 and loc is not None
+            if ok:
+                base, path = _split(loc)
+                status, _, body = client.get(base, path)
+                t2 = time.perf_counter()
+                ok = status == 200
+                if ok and record:
+                    lat["forwarded"].append((t2 - t0) * 1000)
+                    lat["hop1"].append((t1 - t0) * 1000)
+                    lat["hop2"].append((t2 - t1) * 1000)
+                    self.wrong_instance += orjson.loads(body).get("instance") != self.b.url
+        if not ok and record:
+            self.errors[kind][status] = self.errors[kind].get(status, 0) + 1
+
+
+def _paced_queries(q: _Latencies, rng: random.Random, local: list[str], remote: list[str], args,
+                   console: Console) -> None:
+    """``args.queries`` queries of each kind, interleaved, at ``args.query_rate``/s in all."""
+    total = 2 * args.queries
+    interval = 1.0 / args.query_rate
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task(f"{total:,} queries at {args.query_rate}/s", total=total)
+        nxt = time.monotonic()
+        for i in range(total):
+            now = time.monotonic()
+            if nxt > now:
+                time.sleep(nxt - now)
+            elif now - nxt > 1.0:
+                nxt = now                # fell behind by a second (a stall): do not burst to catch up
+            nxt += interval
+            kind = "local" if i % 2 == 0 else "forwarded"
+            q.query(kind, rng.choice(local if kind == "local" else remote), True)
+            if i % 200 == 0:
+                prog.update(task, completed=i)
+                for inst in (q.a, q.b):
+                    inst.check()
+
+
 def part_latency(args, bootstrap: str, admin: AdminClient, tmp: str, topology_path: str, run_id: str,
                  console: Console, cleanup: "Cleanup") -> dict:
     topic, out, app_id = f"queries-input-{run_id}", f"queries-out-{run_id}", f"queries-latency-{run_id}"
@@ -415,118 +534,25 @@ def part_latency(args, bootstrap: str, admin: AdminClient, tmp: str, topology_pa
     client = HttpClient()
     try:
         # ---- ready: both /ready, the 4 tasks split between them, the seed committed
-        deadline = time.monotonic() + args.timeout
-        with console.status("starting instances A and B") as st:
-            while True:
-                for inst in (a, b):
-                    inst.check()
-                if producer.error is not None:
-                    raise SystemExit(f"load producer failed: {producer.error!r}")
-                ra, sa = _get_json(f"{a.url}/status")
-                rb, sb = _get_json(f"{b.url}/status")
-                offs = monitor.offsets()
-                running = (sa.get("running", 0), sb.get("running", 0))
-                seeded = offs is not None and all(o >= e for o, e in zip(offs, ends))
-                st.update(f"starting instances A and B: tasks running {running[0]} + {running[1]} of {PARTITIONS}, "
-                          f"seed {'committed' if seeded else 'not committed yet'}")
-                if (ra == rb == 200 and sum(running) == PARTITIONS and min(running) > 0 and seeded
-                        and _get_json(f"{a.url}/ready")[0] == 200 and _get_json(f"{b.url}/ready")[0] == 200):
-                    break
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the instances were not ready within {args.timeout:.0f} s (tasks running "
-                                     f"A {running[0]}, B {running[1]}; seed committed: {seeded}"
-                                     f"{'; ' + monitor.last_error if monitor.last_error else ''})\n"
-                                     f"A:\n{a.tail(1500)}\nB:\n{b.tail(1500)}")
-                time.sleep(0.5)
+        running = _wait_ready(a, b, producer, monitor, ends, args.timeout, console)
         console.print(f"instances ready: A {a.url} runs {running[0]} task(s), B {b.url} runs {running[1]}")
-
         # ---- which keys are local to A: A's answer (200 here, 307 to B)
-        local: list[str] = []
-        remote: list[str] = []
-        other: dict = {}
-        order = list(range(KEYS))
-        random.Random(3).shuffle(order)
-        want = min(args.distinct, KEYS // 4)
-        deadline = time.monotonic() + args.timeout
-        for i in order:
-            if len(local) >= want and len(remote) >= want:
-                break
-            k = _key(i)
-            status, loc, _ = client.get(a.url, _key_path(k))
-            if status == 200:
-                local.append(k)
-            elif status == 307 and loc and loc.startswith(b.url + "/"):
-                remote.append(k)
-            else:
-                other[status] = other.get(status, 0) + 1
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"sorting keys: {other} answers other than 200 / 307 to B")
-        if len(local) < want or len(remote) < want:
-            raise SystemExit(f"sorting keys: only {len(local)} local and {len(remote)} forwarded keys "
-                             f"({other or 'no'} other answers)")
-        console.print(f"keys sorted by A's answer: {len(local)} local, {len(remote)} owned by B"
-                      + (f" (other answers: {other})" if other else ""))
-
+        local, remote = _sort_keys(client, a, b, min(args.distinct, KEYS // 4), args.timeout, console)
         # ---- the measured queries, local and forwarded interleaved, paced
+        q = _Latencies(client, a, b)
         rng = random.Random(4)
-        lat: dict[str, list[float]] = {"local": [], "forwarded": [], "hop1": [], "hop2": []}
-        errors = {"local": {}, "forwarded": {}}
-        wrong_instance = 0
-
-        def query(kind: str, key: str, record: bool) -> None:
-            nonlocal wrong_instance
-            t0 = time.perf_counter()
-            status, loc, body = client.get(a.url, _key_path(key))
-            t1 = time.perf_counter()
-            if kind == "local":
-                ok = status == 200
-                if ok and record:
-                    lat["local"].append((t1 - t0) * 1000)
-                    wrong_instance += orjson.loads(body).get("instance") != a.url
-            else:
-                ok = status == 307 and loc is not None
-                if ok:
-                    base, path = _split(loc)
-                    status, _, body = client.get(base, path)
-                    t2 = time.perf_counter()
-                    ok = status == 200
-                    if ok and record:
-                        lat["forwarded"].append((t2 - t0) * 1000)
-                        lat["hop1"].append((t1 - t0) * 1000)
-                        lat["hop2"].append((t2 - t1) * 1000)
-                        wrong_instance += orjson.loads(body).get("instance") != b.url
-            if not ok and record:
-                errors[kind][status] = errors[kind].get(status, 0) + 1
-
         for i in range(args.warmup):          # not measured: connections, caches, the secondaries
-            query("local", rng.choice(local), False)
-            query("forwarded", rng.choice(remote), False)
+            q.query("local", rng.choice(local), False)
+            q.query("forwarded", rng.choice(remote), False)
         c0, p0, t0 = monitor.committed(), producer.delivered, time.monotonic()
-        total = 2 * args.queries
-        interval = 1.0 / args.query_rate
-        with Progress(console=console, transient=True) as prog:
-            task = prog.add_task(f"{total:,} queries at {args.query_rate}/s", total=total)
-            nxt = time.monotonic()
-            for i in range(total):
-                now = time.monotonic()
-                if nxt > now:
-                    time.sleep(nxt - now)
-                elif now - nxt > 1.0:
-                    nxt = now                # fell behind by a second (a stall): do not burst to catch up
-                nxt += interval
-                kind = "local" if i % 2 == 0 else "forwarded"
-                query(kind, rng.choice(local if kind == "local" else remote), True)
-                if i % 200 == 0:
-                    prog.update(task, completed=i)
-                    for inst in (a, b):
-                        inst.check()
+        _paced_queries(q, rng, local, remote, args, console)
         t1 = time.monotonic()
         c1, p1 = monitor.committed(), producer.delivered
         if producer.error is not None or producer.failed:
             raise SystemExit(f"load producer: {producer.error!r}, {len(producer.failed)} delivery failure(s)")
         span = t1 - t0
         return {
-            "lat": lat, "errors": errors, "wrong_instance": wrong_instance, "opened": client.opened,
+            "lat": q.lat, "errors": q.errors, "wrong_instance": q.wrong_instance, "opened": client.opened,
             "seconds": span, "produced_rate": (p1 - p0) / span,
             "committed_rate": (c1 - c0) / span if c0 is not None and c1 is not None else None,
             "lag": (sum(ends) + p1 - c1) if c1 is not None else None, "tasks": running,
@@ -814,6 +840,33 @@ def print_latency(console: Console, r: dict, args, broker_name: str) -> None:
                   f"client (keep-alive); answers naming the wrong instance: {r['wrong_instance']}")
 
 
+def cost_summary(runs: list[dict]) -> dict:
+    """Medians of the runs without and with queries, and what serving the queries cost: ``rate_ratio``
+    (records/s with / without), ``cpu_ratio`` (CPU µs/record with / without), ``throughput_cost``
+    (1 - rate_ratio), ``cost`` (the larger of the throughput and the CPU cost: the target's figure)
+    and the extra CPU µs per query answered (whole tree, and the supervisor alone)."""
+    off = [r for r in runs if not r["queries"]]
+    on = [r for r in runs if r["queries"]]
+    med = {k: {f: statistics.median(x[f] for x in rs) for f in ("rate", "cpu_us", "sup_us")}
+           for k, rs in (("off", off), ("on", on))}
+    for m in med.values():
+        m["work_us"] = m["cpu_us"] - m["sup_us"]
+    med["on"]["qps"] = statistics.median(x["qps"] for x in on)
+    rate_ratio = med["on"]["rate"] / med["off"]["rate"]
+    cpu_ratio = med["on"]["cpu_us"] / med["off"]["cpu_us"]
+    # extra CPU per query: the CPU µs/record difference over the records, per query answered in the span
+    per_q = [(a["cpu_us"] - med["off"]["cpu_us"]) * a["records"] / max(a["n_queries"], 1) for a in on]
+    per_q_sup = [(a["sup_us"] - med["off"]["sup_us"]) * a["records"] / max(a["n_queries"], 1) for a in on]
+    statuses: dict = {}
+    for r in on:
+        for s, n in r["statuses"].items():
+            statuses[s] = statuses.get(s, 0) + n
+    return {"median_off": med["off"], "median_on": med["on"], "rate_ratio": rate_ratio, "cpu_ratio": cpu_ratio,
+            "throughput_cost": 1 - rate_ratio, "cost": max(1 - rate_ratio, cpu_ratio - 1),
+            "cpu_us_per_query": statistics.median(per_q), "sup_us_per_query": statistics.median(per_q_sup),
+            "statuses": statuses}
+
+
 def print_cost(console: Console, runs: list[dict], args, broker_name: str) -> None:
     table = Table(title=f"Cost of serving {args.qps} queries/s: 1 instance x 1 worker processing a backlog of "
                         f"{args.messages:,} records ({PARTITIONS} partitions, {KEYS:,} keys, non-windowed count, "
@@ -826,36 +879,43 @@ def print_cost(console: Console, runs: list[dict], args, broker_name: str) -> No
             else ("-", "-")
         table.add_row(r["name"], f"{r['rate']:,.0f}", f"{r['cpu_us']:.2f}", f"{r['sup_us']:.2f}",
                       f"{r['cpu_us'] - r['sup_us']:.2f}", *q)
-    off = [r for r in runs if not r["queries"]]
-    on = [r for r in runs if r["queries"]]
-    med = {k: {f: statistics.median(x[f] for x in rs) for f in ("rate", "cpu_us", "sup_us")}
-           for k, rs in (("off", off), ("on", on))}
-    for m in med.values():
-        m["work_us"] = m["cpu_us"] - m["sup_us"]
+    summary = cost_summary(runs)
+    med = {"off": summary["median_off"], "on": summary["median_on"]}
     table.add_section()
     for k, label in (("off", "median without queries"), ("on", f"median with {args.qps} queries/s")):
         m = med[k]
         table.add_row(label, f"{m['rate']:,.0f}", f"{m['cpu_us']:.2f}", f"{m['sup_us']:.2f}", f"{m['work_us']:.2f}",
-                      f"{statistics.median(x['qps'] for x in on):.0f}/s" if k == "on" else "-", "-")
-    rate_ratio = med["on"]["rate"] / med["off"]["rate"]
-    cpu_ratio = med["on"]["cpu_us"] / med["off"]["cpu_us"]
+                      f"{m['qps']:.0f}/s" if k == "on" else "-", "-")
+    rate_ratio, cpu_ratio = summary["rate_ratio"], summary["cpu_ratio"]
     table.add_row("with / without", f"{rate_ratio:.3f}x", f"{cpu_ratio:.3f}x",
                   f"{med['on']['sup_us'] / med['off']['sup_us']:.2f}x" if med["off"]["sup_us"] > 0 else "-",
                   f"{med['on']['work_us'] / med['off']['work_us']:.3f}x", "-", "-")
     console.print(table)
-    # extra CPU per query: the CPU µs/record difference over the records, per query answered in the span
-    per_q = [(a["cpu_us"] - med["off"]["cpu_us"]) * a["records"] / max(a["n_queries"], 1) for a in on]
-    per_q_sup = [(a["sup_us"] - med["off"]["sup_us"]) * a["records"] / max(a["n_queries"], 1) for a in on]
-    cost = max(1 - rate_ratio, cpu_ratio - 1)
     console.print(f"  throughput cost {100 * (1 - rate_ratio):+.1f}%, CPU per record {100 * (cpu_ratio - 1):+.1f}%; "
-                  f"extra CPU per query ~{statistics.median(per_q):,.0f} µs (supervisor alone "
-                  f"~{statistics.median(per_q_sup):,.0f} µs); target < 5%: "
-                  + ("[green]met[/]" if cost < 0.05 else "[red]not met[/]"))
-    statuses: dict = {}
-    for r in on:
-        for s, n in r["statuses"].items():
-            statuses[s] = statuses.get(s, 0) + n
-    console.print(f"  answers to the queries in the spans: {statuses} (404: a key the backlog had not reached yet)")
+                  f"extra CPU per query ~{summary['cpu_us_per_query']:,.0f} µs (supervisor alone "
+                  f"~{summary['sup_us_per_query']:,.0f} µs); target < 5%: "
+                  + ("[green]met[/]" if summary["cost"] < 0.05 else "[red]not met[/]"))
+    console.print(f"  answers to the queries in the spans: {summary['statuses']} (404: a key the backlog had not "
+                  f"reached yet)")
+
+
+def latency_summary(r: dict) -> dict:
+    """Part 1 without the raw latencies: p50, p99 and mean ms and the count of each kind."""
+    lat = {kind: {"n": len(xs), "p50_ms": _pct(xs, 50), "p99_ms": _pct(xs, 99),
+                  "mean_ms": statistics.fmean(xs) if xs else None} for kind, xs in r["lat"].items()}
+    return {**{k: v for k, v in r.items() if k != "lat"}, "latency": lat}
+
+
+def write_json(path: str, latency: dict | None, cost: list[dict] | None, args, broker_name: str) -> None:
+    data = {"benchmark": "queries", "partitions": PARTITIONS, "keys": KEYS, "guarantee": args.guarantee,
+            "broker": broker_name, "latency": None, "cost": None}
+    if latency is not None:
+        data["latency"] = {"query_rate": args.query_rate, "producer_rate": args.rate, **latency_summary(latency)}
+    if cost is not None:
+        data["cost"] = {"messages": args.messages, "qps": args.qps, "rounds": args.rounds, "runs": cost,
+                        **cost_summary(cost)}
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
 
 
 def main(argv=None) -> int:
@@ -874,6 +934,7 @@ def main(argv=None) -> int:
     ap.add_argument("--qps", type=int, default=100, help="part 2: queries/s during the run with queries")
     ap.add_argument("--rounds", type=int, default=2, help="part 2: rounds of (without, with), medians reported")
     ap.add_argument("--timeout", type=float, default=900, help="seconds a run or a wait may take")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = ap.parse_args(argv)
     if args.messages is None:
         args.messages = 200_000 if args.quick else 1_000_000
@@ -909,6 +970,8 @@ def main(argv=None) -> int:
             print_latency(console, latency, args, broker_name)
         if cost is not None:
             print_cost(console, cost, args, broker_name)
+        if args.json:
+            write_json(args.json, latency, cost, args, broker_name)
         return 0
     except KeyboardInterrupt:
         console.print("[red]interrupted: cleaning up[/]")
