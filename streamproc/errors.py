@@ -7,7 +7,7 @@ class StreamprocError(Exception):
 
 
 class UnrecoverableError(StreamprocError):
-    """A failure that restarting cannot fix (DESIGN.md section 7): the instance stops at once, exit code 2."""
+    """A failure that restarting cannot fix (DESIGN section 7): the instance stops at once, exit code 2."""
 
 
 class TopologyError(UnrecoverableError):

@@ -1,4 +1,4 @@
-"""Deterministic identities of functions and store definitions (DESIGN.md section 5).
+"""Deterministic identities of functions and store definitions (DESIGN section 5).
 
 A stateful operator's store carries a fingerprint of its definition. It is stored with the
 state and in the changelog, and a restart refuses state written by another definition, so the
@@ -16,8 +16,10 @@ API
     The same for a captured value (plain data by value, functions by identity).
 ``digest(*parts) -> str``
     The first 16 hex characters of the sha256 of the canonical encoding of ``parts`` (str, bytes,
-    int, float, bool, None and tuples/lists of those); combines a store's definition parts (kind,
-    window description, aggregation fingerprints) into one fingerprint.
+    int, float, bool, None and tuples/lists of those; a ``StrEnum`` member such as a
+    ``streamproc.kinds.StoreKind`` is its plain string value, so ``digest(StoreKind.JOIN)`` is
+    ``digest("join")``); combines a store's definition parts (kind, window description,
+    aggregation fingerprints) into one fingerprint.
 
 Encoding
 --------
@@ -436,6 +438,8 @@ def fingerprint_value(x) -> str:
 
 
 def _digest_part(x) -> bytes:
+    if isinstance(x, enum.StrEnum):              # a kind (streamproc.kinds): its plain string, never its repr
+        x = x.value
     s = _scalar(x) if type(x) in (type(None), bool, int, float, str, bytes) else None
     if s is not None:
         return s

@@ -1,6 +1,6 @@
-"""The closed vocabularies of a topology: what a graph node does and what a store holds.
+"""The closed vocabularies of a topology: what a graph node does, what a store holds, what a join joins.
 
-Both are ``StrEnum``s: a kind prints, serializes and compares as its plain name (``"window"`` in a
+All are ``StrEnum``s: a kind prints, serializes and compares as its plain name (``"window"`` in a
 changelog's metadata, ``"aggregate"`` in ``describe``), but code names it by member, so a misspelt
 kind is an ``AttributeError`` at import, not a comparison that is silently never true.
 See docs/design.md ("Where each rule lives").
@@ -50,3 +50,12 @@ class StoreKind(StrEnum):
     SESSION = "session"
     TABLE = "table"            # a table read from a topic
     JOIN = "join"              # one side of a stream-stream join's buffer
+
+
+class JoinKind(StrEnum):
+    """What a ``join`` node joins (its ``params["join"]``): one operator per kind (``operators/join.py``)."""
+
+    STREAM_STREAM = "stream_stream"    # windowed; a store per side (StoreKind.JOIN)
+    STREAM_TABLE = "stream_table"      # each record joins the table's current row
+    STREAM_GLOBAL = "stream_global"    # the row key(k, v) of a global table
+    TABLE_TABLE = "table_table"        # every change re-computes the key's result

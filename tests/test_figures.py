@@ -43,7 +43,8 @@ from streamproc.runtime.instance import logs
 from streamproc.runtime.options import RunOptions
 from streamproc.runtime.instance.observe import Observer
 from streamproc.runtime.worker.stats import WorkerStats
-from streamproc.runtime.worker.loop import Worker, describe_group
+from streamproc.runtime.worker.group import describe_group
+from streamproc.runtime.worker.loop import Worker
 from streamproc.state import DELETED, MemoryBackend
 
 S, J = serdes.String(), serdes.Json()

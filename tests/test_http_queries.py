@@ -649,7 +649,7 @@ def test_bad_requests_health_ready_and_metrics(app):
 
 def _changelog(app, store: str, read_committed: bool = True) -> dict:
     """``{(partition, offset): (key, presented value)}`` of ``store``'s changelog (metadata records left out)."""
-    from streamproc.runtime.serve.queries import presenter
+    from streamproc.operators.present import presenter
 
     spec = app.plan.store(store)
     st = next(s for s in app.plan.subtopologies if spec in s.stores)

@@ -237,7 +237,7 @@ def _pairs_input(n=600):
 
 
 def test_tuple_keys_of_equal_strings_go_to_one_partition_and_one_window(tmp_path, kafka, monkeypatch):
-    from streamproc.runtime.worker import loop as worker_mod
+    from streamproc.runtime.worker import purge as worker_mod
 
     monkeypatch.setattr(worker_mod, "PURGE_INTERVAL_S", 3600.0)    # keep the repartition records to read them
     s1 = "sensor-alpha-000"
@@ -332,7 +332,7 @@ def test_pickle_on_a_repartition_topic_is_never_unpickled(tmp_path, kafka):
     """Three apps side by side (their group joins overlap): the upstream source of D is
     ``on_error="dead-letter"``, that of F ``on_error="fail"``, that of S ``on_error="skip"``.
     Pickles are produced straight to their repartition topics while they run."""
-    from streamproc.runtime.worker.loop import ProcessingFailed
+    from streamproc.runtime.worker.errors import ProcessingFailed
 
     _check_payload_is_live(tmp_path)
     bootstrap = kafka[0]

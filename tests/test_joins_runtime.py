@@ -45,6 +45,7 @@ from streamproc.partitioner import partition_for
 from streamproc.runtime.options import RunOptions
 from streamproc.runtime.instance.load import process_id
 from streamproc.runtime.instance.app import prepare_topics
+from streamproc.operators.present import entries
 
 pytestmark = pytest.mark.broker
 
@@ -579,7 +580,9 @@ def _watch_restores(w: h.WorkerThread) -> dict:
         orig()
         for key, task in w.worker.tasks.items():
             if key not in seen:
-                seen[key] = (task.snapshot("rows"), {p.store: p for p in w.worker.restorer.parts(key)})
+                spec = task.subtopology.stores[[s.name for s in task.subtopology.stores].index("rows")]
+                seen[key] = (entries(task.subtopology, spec, task.state.store("rows").items()),
+                             {p.store: p for p in w.worker.restorer.parts(key)})
     w.worker._restore_step = spy
     return seen
 

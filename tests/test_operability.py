@@ -625,6 +625,9 @@ class _FakeProducer:
     def produce(self, topic, value=None, key=None, partition=-1, timestamp=0, headers=None):
         self.produced.append(topic)
 
+    def begin_transaction(self):
+        self.calls.append("begin_transaction")
+
     def send_offsets_to_transaction(self, offsets, group_metadata, timeout=None):
         self.calls.append("send_offsets_to_transaction")
 
@@ -639,8 +642,19 @@ class _FakeProducer:
 
 
 class _FakeConsumer:
+    def __init__(self):
+        self.seeks: list = []
+
     def consumer_group_metadata(self):
         return None
+
+    def committed(self, tps, timeout=None):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, -1001) for tp in tps]
+
+    def seek(self, tp):
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
 
 
 class _FakeWorker:
@@ -652,9 +666,10 @@ class _FakeWorker:
     def __init__(self, tm):
         from streamproc.runtime.worker.checkpoint import Checkpoint
 
-        self.ckpt = Checkpoint(0.1, txn_budget_s=10.0)
         self.producer, self.consumer, self.task_manager = _FakeProducer(), _FakeConsumer(), tm
         self.stats = WorkerStats("app-p-0")
+        self.ckpt = Checkpoint(self.producer, self.consumer, tm, eos=True, commit_interval_s=0.1, txn_budget_s=10.0,
+                               timeout_s=1.0, stats=self.stats, send=self.produce)
         self.resets = 0
 
     def produce(self, topic, value, key, partition=-1, timestamp=0, headers=None):
@@ -668,9 +683,7 @@ class _FakeWorker:
         from streamproc.operators import RawBatch
 
         c = self.ckpt
-        c.opened()
-        if not c.in_txn:
-            c.began_transaction()
+        c.begin()
         offsets = list(range(first_offset, first_offset + len(records)))
         raw = RawBatch("in", 0, [None if k is None else k.encode() for k, _, _ in records],
                        [J.serialize(v) for _, v, _ in records], [ts for _, _, ts in records], offsets)
@@ -684,7 +697,7 @@ class _FakeWorker:
 
 def test_a_rolled_back_checkpoint_counts_nothing_and_its_input_processed_again_counts_once():
     from streamproc.plan import compile_topology
-    from streamproc.runtime.worker import checkpoint as cp
+    from confluent_kafka import OFFSET_BEGINNING
     from streamproc.runtime.engine.lifecycle import TaskManager
     from streamproc.runtime.worker.loop import Worker
     from streamproc.state import MemoryBackend
@@ -705,9 +718,9 @@ def test_a_rolled_back_checkpoint_counts_nothing_and_its_input_processed_again_c
     first = tm.running(key)
     assert first.ctx.pending == {("late", "c"): 1, ("none_key", "c"): 1}
     w.ckpt.deadline = time.monotonic() - 1                # the transaction is too old: rolled back
-    assert cp.checkpoint(w) is False
+    assert w.ckpt.commit() is False
     assert "abort_transaction" in w.producer.calls and "commit_transaction" not in w.producer.calls
-    assert w.resets == 1
+    assert w.consumer.seeks == [("in", 0, OFFSET_BEGINNING)]
     snap = w.stats.snapshot()
     assert (snap["consumed"], snap["produced"], snap["drops"]) == ({}, {}, {})
     assert (snap["checkpoints"], snap["rollbacks"]) == (0, 1)
@@ -716,7 +729,7 @@ def test_a_rolled_back_checkpoint_counts_nothing_and_its_input_processed_again_c
 
     aborted = list(w.producer.produced)
     w.process(key, records, 0)                            # the same input again, from the committed offset
-    assert cp.checkpoint(w) is True
+    assert w.ckpt.commit() is True
     committed = w.producer.produced[len(aborted):]
     snap = w.stats.snapshot()
     assert snap["consumed"] == {("in", 0): 4}
@@ -863,7 +876,7 @@ raise RuntimeError("this topology cannot be built")
 
 def test_a_workers_last_log_records_reach_the_supervisor(tmp_path):
     from streamproc.runtime.options import RunOptions
-    from streamproc.runtime.worker.loop import worker_main
+    from streamproc.runtime.worker.process import worker_main
 
     ref = h.write_topology(tmp_path / "logs_then_fails.py", WORKER_LOGS_THEN_FAILS)
     got = []

@@ -45,7 +45,7 @@ def snapshot(plan, state_dir) -> dict:
                     continue
                 b = RocksDBBackend.for_task(os.path.join(root, name), st, read_only=True)
                 try:
-                    out[(spec.name, int(part))] = Task(st, int(part), b).operator(spec.name).snapshot()
+                    out[(spec.name, int(part))] = Task(st, int(part), b).snapshot(spec.name)
                 finally:
                     b.close()
     return out
@@ -310,7 +310,7 @@ def test_memory_backend_restores_the_whole_changelog(tmp_path, kafka):
             return True
         return False
     run_until(plan, opts, done)
-    state = tasks["first"].operator("windows").snapshot()       # a MemoryBackend outlives its closed task
+    state = tasks["first"].snapshot("windows")       # a MemoryBackend outlives its closed task
     assert state, "no windows in the state"
     assert not [d for d in os.listdir(os.path.join(opts.state_dir, plan.app_id)) if d[0].isdigit()]
     changelog = h.read_to_end(bootstrap, plan.stores[0].changelog)
@@ -323,4 +323,4 @@ def test_memory_backend_restores_the_whole_changelog(tmp_path, kafka):
     w = run_until(plan, opts, restored)
     assert w.records_in == 0, "the restarted worker processed input again: its state is not the restored one"
     assert w.restorer.records_restored == len(changelog)
-    assert tasks["second"].operator("windows").snapshot() == state
+    assert tasks["second"].snapshot("windows") == state

@@ -54,7 +54,7 @@ def _restored_counts(plan, bootstrap, app_id):
         backend = MemoryBackend()
         restore_blocking(restore_consumer_config(bootstrap, app_id), (st.id, p), backend, st.stores, p,
                          stall_timeout_s=3.0)
-        out.update(Task(st, p, backend).operator("counts").snapshot())
+        out.update(Task(st, p, backend).snapshot("counts"))
     return {k: v["count"] for k, v in out.items()}
 
 

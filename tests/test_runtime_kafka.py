@@ -145,7 +145,7 @@ def test_differential_through_repartition_topics(tmp_path, bootstrap, monkeypatc
     """group_by => repartition topic => downstream sub-topology; one source partition so the
     windowed results are order-exact, plus a table compared by its final values. Processed
     repartition records are purged at every checkpoint here (every 30 s normally)."""
-    from streamproc.runtime.worker import loop as worker_mod
+    from streamproc.runtime.worker import purge as worker_mod
 
     monkeypatch.setattr(worker_mod, "PURGE_INTERVAL_S", 0.0)
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_REPARTITION, 1, outputs=("out_win", "out_table"))
@@ -172,7 +172,7 @@ def test_restart_restores_state_and_stream_time(tmp_path, bootstrap):
     w = h.WorkerThread(plan, opts, process_id="same").start()
     h.wait_until(lambda: w.worker.records_in >= len(part1) and not w.worker.open, 60, what="part 1 processed")
     before = {k: t.state.stream_time for k, t in w.worker.tasks.items()}
-    state_before = {k: dict(t.operator("windows").snapshot()) for k, t in w.worker.tasks.items()}
+    state_before = {k: dict(t.snapshot("windows")) for k, t in w.worker.tasks.items()}
     w.stop()
     assert all(st > 0 for st in before.values())
 
@@ -188,7 +188,7 @@ def test_restart_restores_state_and_stream_time(tmp_path, bootstrap):
         orig_restore_step()
         for k, t in w.worker.tasks.items():
             if k not in restored:
-                restored[k] = (t.state.stream_time, dict(t.operator("windows").snapshot()))
+                restored[k] = (t.state.stream_time, dict(t.snapshot("windows")))
     w.worker._restore_step = spy
     w.start()
     want = expected(ref, names, part1 + part2, 2, ["out_map", "out_win"])
@@ -289,7 +289,7 @@ def test_dead_letter_queue(tmp_path, bootstrap):
 def test_fail_policy_stops_without_committing_past_the_record(tmp_path, bootstrap):
     from confluent_kafka import Consumer, TopicPartition
 
-    from streamproc.runtime.worker.loop import ProcessingFailed
+    from streamproc.runtime.worker.errors import ProcessingFailed
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_BAD_INPUT, 1, outputs=("out",), policy="fail")
     good = [(f"k{i}", {"x": i}, 1_700_000_000_000 + i) for i in range(10)]
@@ -315,7 +315,7 @@ def test_a_fenced_producer_stops_the_worker_without_committing(tmp_path, bootstr
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from streamproc.kafka.config import transactional_producer_config
-    from streamproc.runtime.worker.checkpoint import WorkerFenced
+    from streamproc.runtime.worker.errors import WorkerFenced
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_BAD_INPUT, 1, outputs=("out",), policy="fail")
     good = [(f"k{i}", {"x": i}, 1_700_000_000_000 + i) for i in range(20)]
@@ -346,7 +346,7 @@ def test_a_fenced_producer_stops_the_worker_without_committing(tmp_path, bootstr
 def test_a_second_instance_with_the_same_identity_fences_the_first(tmp_path, bootstrap):
     """Same process id and worker index = same transactional.id and group.instance.id: the newcomer
     fences the old one, which stops without committing; nothing is lost or doubled."""
-    from streamproc.runtime.worker.checkpoint import FatalKafkaError
+    from streamproc.runtime.worker.errors import FatalKafkaError
 
     names, ref, plan, opts = setup_app(tmp_path, bootstrap, TOPO_COUNT, 2, outputs=("out_table", "out_ids"))
     recs = events(3000, seed=9, late_every=0)

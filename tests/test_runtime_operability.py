@@ -15,7 +15,8 @@ from streamproc import serdes
 from streamproc.errors import UnrecoverableError
 from streamproc.runtime.options import RunOptions
 from streamproc.runtime.instance.app import prepare_topics
-from streamproc.runtime.worker.loop import ConfigError, check_assignor
+from streamproc.runtime.worker.errors import ConfigError
+from streamproc.runtime.worker.group import check_assignor
 
 STR, JSON = serdes.String(), serdes.Json()
 
@@ -144,7 +145,7 @@ class _Admin:
 
 
 def test_purging_retries_with_backoff_after_failures_and_keeps_the_offsets(monkeypatch):
-    from streamproc.runtime.worker import loop as W
+    from streamproc.runtime.worker import purge as W
 
     clock = [1000.0]
     monkeypatch.setattr(W.time, "monotonic", lambda: clock[0])
@@ -153,7 +154,7 @@ def test_purging_retries_with_backoff_after_failures_and_keeps_the_offsets(monke
         id, app_id = "w", "app"
         options = RunOptions("b:1")
 
-    purger = W._Purger(_W())
+    purger = W.Purger(_W.options, _W.app_id, _W.id)
     purger._admin = admin = _Admin(fail=2)
     purger.committed({("rp", 0): 10, ("rp", 1): 7})
     purger.tick()

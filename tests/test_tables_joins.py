@@ -265,7 +265,7 @@ def test_join_state_outlives_its_task_and_closes_on_time(tmp_path, backend):
     assert _feed(task, "r", [("z", "y", 115)]) == []
     assert _feed(task, "r", [("z", "y", 116)]) == [("b", {"left": 2, "right": None}, 100)]
     assert _feed(task, "r", [("a", "late-enough", 140)]) == []
-    assert task.operator("j-left").snapshot("j-left") == {}      # state bounded by window + grace
+    assert task.snapshot("j-left") == {}      # state bounded by window + grace
     if backend == "rocksdb":
         b.close()
 
@@ -345,9 +345,9 @@ def test_checkpoint_writes_no_changelog_for_a_table_and_records_its_consumed_off
             self.produced.append(topic)
 
     w = W()
-    cp._write_changelogs(w, task)
+    cp._write_changelogs(task, w.produce)
     assert w.produced == []                         # the topic itself is the changelog
-    c = cp.Checkpoint(1.0, 10.0)
+    c = cp.Checkpoint(None, None, None, eos=False, commit_interval_s=1.0, txn_budget_s=10.0)
     c.ran((0, 0), ("customers", 0), 42)
     task.state.apply(cp._task_changelog_offsets(c, task))
     assert task.state.backend.get_meta("changelog_offsets") == {"customers": 41}

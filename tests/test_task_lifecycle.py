@@ -434,10 +434,11 @@ class FakeWorker:
     """What checkpoint()/rollback() need from a worker."""
 
     def __init__(self, tm, *, eos=True, txn_budget_s=10.0):
-        self.ckpt = Checkpoint(0.1, txn_budget_s=txn_budget_s)
         self.eos = eos
         self.producer = FakeProducer()
         self.consumer = FakeMainConsumer()
+        self.ckpt = Checkpoint(self.producer, self.consumer, tm, eos=eos, commit_interval_s=0.1,
+                               txn_budget_s=txn_budget_s, timeout_s=1.0, send=self.produce)
         self.task_manager = tm
         self.timeout_s = 1.0
         self.resets: list = []
@@ -457,7 +458,7 @@ def test_checkpoint_cannot_reach_the_closed_backend_of_a_revoked_task(tmp_path):
     tm.restored(SKEY(1))
     w = FakeWorker(tm, eos=False)
     t0, t1 = tm.running(SKEY(0)), tm.running(SKEY(1))
-    w.ckpt.opened()
+    w.ckpt.begin()
     for t in (t0, t1):
         _feed(t, [0, 1, 2])
         w.ckpt.ran(SKEY(t.partition), (STATEFUL_IN, t.partition), 3)
@@ -468,7 +469,7 @@ def test_checkpoint_cannot_reach_the_closed_backend_of_a_revoked_task(tmp_path):
     assert _is_closed(b0)
     assert tm.running(SKEY(0)) is None            # how checkpoint() finds tasks
 
-    assert cp.checkpoint(w) is True               # a closed backend would raise StateError("... is closed")
+    assert w.ckpt.commit() is True                # a closed backend would raise StateError("... is closed")
     partitions = {p for (topic, _k, _v, p) in w.producer.produced if topic == CHANGELOG}
     assert partitions == {1}                      # only the running task wrote its changelog
     assert t1.state.backend.get("counts", ("k1", 0)) == (3000, 2)
@@ -1061,11 +1062,12 @@ def test_restore_skips_to_the_log_start_when_the_stored_offset_was_deleted(tmp_p
 
 # ================================================================================ 3. Checkpoint
 def test_time_left_is_the_cap_outside_a_transaction_and_bounded_by_the_deadline_inside():
-    c = Checkpoint(0.1, txn_budget_s=2.0)
+    c = Checkpoint(FakeProducer(), FakeMainConsumer(), TaskManager({}, None, None), eos=True, commit_interval_s=0.1,
+                   txn_budget_s=2.0)
     assert c.time_left(30.0) == 30.0 and c.time_left(0.5) == 0.5
-    c.opened()
+    c._open()
     assert c.time_left(30.0) == 30.0                      # open checkpoint, no transaction
-    c.began_transaction()
+    c.begin()
     assert c.in_txn
     now = time.monotonic()
     left = c.time_left(30.0)
@@ -1075,7 +1077,7 @@ def test_time_left_is_the_cap_outside_a_transaction_and_bounded_by_the_deadline_
     assert c.time_left(30.0) <= 0.4
     c.deadline = time.monotonic() - 1.0                   # passed: the shortest positive bound
     assert 0 < c.time_left(30.0) <= 0.1                   # (a negative timeout means "forever" to librdkafka)
-    c.clear()
+    c.abort()
     assert not c.in_txn and c.time_left(30.0) == 30.0
 
 
@@ -1087,19 +1089,18 @@ def test_checkpoint_past_its_deadline_rolls_back(kind, tmp_path):
     w = FakeWorker(tm, eos=True, txn_budget_s=5.0)
     task = tm.running(SKEY(0))
     c = w.ckpt
-    c.opened()
-    c.began_transaction()
+    c.begin()
     _feed(task, [0, 1, 2])
     c.ran(SKEY(0), (STATEFUL_IN, 0), 3)
     assert task.state.store("counts").get(("k1", 0)) == (3000, 2)
     c.deadline = time.monotonic() - 0.01                  # the transaction is too old already
 
-    assert cp.checkpoint(w) is False
+    assert c.commit() is False
     calls = w.producer.calls
     assert "abort_transaction" in calls
     assert "commit_transaction" not in calls and "send_offsets_to_transaction" not in calls
     assert w.consumer.commits == []
-    assert w.resets == [None]                              # reset_to_committed() of the running inputs
+    assert w.consumer.seeks == [(STATEFUL_IN, 0, OFFSET_BEGINNING)]   # the running inputs, to their committed offsets
     # the task's uncommitted state is gone, from the old object and from the rebuilt one
     assert task.state.store("counts").get(("k1", 0)) is None and task.state._pending is None
     new = tm.running(SKEY(0))
@@ -1118,13 +1119,12 @@ def test_checkpoint_within_its_deadline_commits(tmp_path):
     tm.restored(SKEY(0))
     w = FakeWorker(tm, eos=True, txn_budget_s=5.0)
     task = tm.running(SKEY(0))
-    w.ckpt.opened()
-    w.ckpt.began_transaction()
+    w.ckpt.begin()
     _feed(task, [0, 1, 2])
     w.ckpt.ran(SKEY(0), (STATEFUL_IN, 0), 3)
-    assert cp.checkpoint(w) is True
-    assert w.producer.calls == ["send_offsets_to_transaction", "flush", "commit_transaction"]
-    assert w.resets == []
+    assert w.ckpt.commit() is True
+    assert w.producer.calls == ["begin_transaction", "send_offsets_to_transaction", "flush", "commit_transaction"]
+    assert w.consumer.seeks == []
     assert tm.running(SKEY(0)) is task
     assert mt.backend.get("counts", ("k1", 0)) == (3000, 2) and mt.backend.get_meta("stream_time") == 3000
     changelog = [(k, v) for (t, k, v, p) in w.producer.produced if t == CHANGELOG]
@@ -1153,3 +1153,30 @@ def test_a_key_in_a_form_streamproc_never_writes_is_refused(kind, tmp_path):
             r.step(0.01)
     if kind == "rocksdb":
         backend.close()
+
+
+def test_at_least_once_offsets_not_committed_are_not_reported_as_committed(tmp_path):
+    """Under at-least-once a failed offset commit keeps the positions for the next checkpoint; the checkpoint
+    reports no committed offsets, so the worker does not purge repartition records it may read again."""
+    tm = _manager("memory", tmp_path, [])
+    tm.assign([(STATEFUL_IN, 0)])
+    tm.restored(SKEY(0))
+    w = FakeWorker(tm, eos=False)
+    t0 = tm.running(SKEY(0))
+
+    def refuse(offsets=None, asynchronous=True):
+        raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing"))
+
+    w.consumer.commit = refuse
+    w.ckpt.begin()
+    _feed(t0, [0, 1, 2])
+    w.ckpt.ran(SKEY(0), (STATEFUL_IN, 0), 3)
+    assert w.ckpt.commit() is True                       # the changelog holds the state: applied
+    assert w.ckpt.offsets_committed == {}
+    assert w.ckpt.positions == {(STATEFUL_IN, 0): 3}     # committed again next time
+    assert w.ckpt.open
+
+    del w.consumer.commit                                # the class's commit records and succeeds
+    assert w.ckpt.commit() is True
+    assert w.ckpt.offsets_committed == {(STATEFUL_IN, 0): 3}
+    assert w.consumer.commits and not w.ckpt.open

@@ -270,7 +270,7 @@ def test_offsets_of_held_records_are_committed_when_another_inputs_fetch_lets_th
     import confluent_kafka
 
     import runtime_helpers as h
-    import streamproc.runtime.worker.loop as worker_mod
+    import streamproc.runtime.worker.clients as worker_mod
     from streamproc.kafka import make_admin
     from streamproc.kafka.admin import group_offsets
     from streamproc.runtime.options import RunOptions

@@ -17,7 +17,7 @@ window is kept, and a kept session never merges again.
 * RocksDB: a task rebuilt again and again from its backend, and one built on state restored from the
   changelog, keep, emit and expire exactly what a task that never was rebuilt does.
 * The DSL's errors, the store fingerprint (unchanged: retention is not part of it), the changelog's
-  ``retention.ms``, and the HTTP presentation (``runtime.queries.presenter``), which shows what the
+  ``retention.ms``, and the HTTP presentation (``operators.present.presenter``), which shows what the
   driver and ``streamproc state`` show.
 """
 from __future__ import annotations
@@ -556,10 +556,10 @@ def test_changing_the_retention_keeps_the_state_and_never_emits_twice(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_http_queries_show_the_windows_the_driver_shows(kind):
-    """``runtime.queries.presenter`` (HTTP ``/stores/<store>/<key>``, the SSE changes) presents the stored
+    """``operators.present.presenter`` (HTTP ``/stores/<store>/<key>``, the SSE changes) presents the stored
     values as the operator does for ``TopologyTestDriver.state`` and ``streamproc state``: every window of
     the key by start, kept closed ones marked ``"closed": true``."""
-    from streamproc.runtime.serve.queries import presenter
+    from streamproc.operators.present import presenter
 
     sub = _topology(kind, retention=45)
     task = Task(sub, 0, MemoryBackend())

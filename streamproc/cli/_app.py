@@ -8,7 +8,7 @@ may come back). No traceback walls.
 
 Log lines of every command but ``run`` are text (``HH:MM:SS LEVEL logger: message``), like the
 paragraphs ``say`` prints; ``run`` chooses its stream's format (``--log-format``) before it
-writes anything, and ``say`` follows it (``runtime/logs.py``).
+writes anything, and ``say`` follows it (``runtime/instance/logs.py``).
 """
 from __future__ import annotations
 

@@ -56,8 +56,7 @@ def state(
     """Print the contents of a local store (RocksDB state written by `streamproc run`), one JSON line per entry.
 
     With several stores, name one with --store (the store names: `streamproc describe`)."""
-    from ..runtime.engine.task import Task
-    from ..state.rocksdb import RocksDBBackend
+    from ..operators.present import WINDOWED, entry_key
 
     _, plan = compile_file(topology)
     spec = _pick_store(plan, store)
@@ -72,40 +71,43 @@ def state(
         layout.bind_cluster(state_dir, plan.app_id, md.cluster_id, bootstrap_servers, topology, record=False,
                             verb="inspect the app's state")
     if spec in plan.global_tables:
-        snapshots = _global_snapshots(state_dir, plan, spec)
+        shown = _global_entries(state_dir, plan, spec)
     else:
-        st = next(s for s in plan.subtopologies if spec in s.stores)
-        dirs = [d for d in layout.task_dirs(state_dir, plan.app_id) if d[0] == st.id]
-        if not dirs:
-            raise StateError(f"no local state for {plan.app_id!r} sub-topology {st.id} under {state_dir!r} "
-                             f"(run the app there first, or `streamproc replay` it from the changelog)")
-        snapshots = []
-        for _, partition, path in dirs:
-            backend = RocksDBBackend.for_task(path, st, read_only=True)
-            try:
-                snapshots.append(Task(st, partition, backend).snapshot(spec.name))
-            finally:
-                backend.close()
-    windowed = spec.window is not None and spec.kind != "join"     # keys (group key, window start)
-    found = []
-    for snapshot in snapshots:
-        for skey, value in snapshot.items():
-            group_key = skey[0] if windowed else skey
-            if key is None or _matches(group_key, key):
-                found.append((group_key, value))
+        shown = _task_entries(state_dir, plan, spec)
+    found = [(entry_key(spec, k), v) for entries in shown for k, v in entries.items()
+             if key is None or _matches(entry_key(spec, k), key)]
     if key is not None:
         if not found:
             raise StreamprocError(f"key {key!r} is not in store {spec.name!r}")
-        value = [v for _, v in found] if windowed else found[0][1]
-        typer.echo(_dump(value))
+        typer.echo(_dump([v for _, v in found] if spec.kind in WINDOWED else found[0][1]))
         return
     for k, v in found:
         typer.echo(_dump({"key": k, "value": v}))
 
 
-def _global_snapshots(state_dir: str, plan, spec) -> list[dict]:
-    """A global table's rows as held by the first worker directory that has them (each worker holds all)."""
-    from ..operators.global_table import GlobalStore
+def _task_entries(state_dir: str, plan, spec) -> list[dict]:
+    """A store's entries (``operators.present``) in each local task directory of its sub-topology."""
+    from ..operators.present import entries
+    from ..state.rocksdb import RocksDBBackend
+
+    st = next(s for s in plan.subtopologies if spec in s.stores)
+    dirs = [d for d in layout.task_dirs(state_dir, plan.app_id) if d[0] == st.id]
+    if not dirs:
+        raise StateError(f"no local state for {plan.app_id!r} sub-topology {st.id} under {state_dir!r} "
+                         f"(run the app there first, or `streamproc replay` it from the changelog)")
+    out = []
+    for _, _, path in dirs:
+        backend = RocksDBBackend.for_task(path, st, read_only=True)
+        try:
+            out.append(entries(st, spec, backend.items(spec.name)))
+        finally:
+            backend.close()
+    return out
+
+
+def _global_entries(state_dir: str, plan, spec) -> list[dict]:
+    """A global table's entries as held by the first worker directory that has them (each worker holds all)."""
+    from ..operators.present import entries
     from ..state.rocksdb import RocksDBBackend
 
     dirs = layout.global_dirs(state_dir, plan.app_id)
@@ -114,7 +116,7 @@ def _global_snapshots(state_dir: str, plan, spec) -> list[dict]:
                          f"(run the app there first)")
     backend = RocksDBBackend(dirs[0][2], plan.global_tables, read_only=True)
     try:
-        return [GlobalStore(spec, backend).snapshot()]
+        return [entries(None, spec, backend.items(spec.name))]
     finally:
         backend.close()
 
@@ -198,34 +200,9 @@ def reset(
                              ["session.timeout.ms"])
             kafka.wait_for_empty_group(session_ms / 1000.0)
         _reached("checked")
-
         # ---------------------------------------------------------------- marked, then deleted
-        layout.write_reset_marker(state_dir, app_id, {
-            "app_id": app_id, "topology": topology, "local_only": local_only,
-            "bootstrap_servers": bootstrap_servers if not local_only else None,
-            "cluster_id": kafka.cluster_id if kafka is not None else (prior or {}).get("cluster_id")})
-        _reached("marked")
-        if kafka is not None:
-            kafka.mark()
-            _reached("marked-in-kafka")
-            kafka.delete_group()              # first: the one step another party can still make fail
-            _reached("group-deleted")
-            kafka.delete_topics()
-            _reached("topics-deleted")
-        for i, path in enumerate(local):
-            layout.remove_tree(path)
-            if i == 0:
-                _reached("local-deleting")
-        for f in (layout.cluster_record_path(state_dir, app_id),):
-            try:
-                os.unlink(f)
-            except FileNotFoundError:
-                pass
-        _reached("local-deleted")
-        if kafka is not None:
-            kafka.unmark()
-            _reached("kafka-marker-deleted")
-        layout.remove_reset_marker(state_dir, app_id)
+        _mark_and_delete(state_dir, app_id, topology, bootstrap_servers if not local_only else None, kafka, prior,
+                         local)
     finally:
         for tl in task_locks:
             tl.release()
@@ -236,6 +213,38 @@ def reset(
             except OSError:
                 pass
     err.print(f"reset {app_id}: deleted {'; '.join(what)}")
+
+
+def _mark_and_delete(state_dir: str, app_id: str, topology: str, bootstrap_servers: Optional[str], kafka,
+                     prior: dict | None, local: list[str]) -> None:
+    """The deleting half of `reset` (its checks passed): marked, then deleted step by step, then unmarked.
+    ``bootstrap_servers`` and ``kafka`` are None for a --local-only reset."""
+    layout.write_reset_marker(state_dir, app_id, {
+        "app_id": app_id, "topology": topology, "local_only": kafka is None,
+        "bootstrap_servers": bootstrap_servers,
+        "cluster_id": kafka.cluster_id if kafka is not None else (prior or {}).get("cluster_id")})
+    _reached("marked")
+    if kafka is not None:
+        kafka.mark()
+        _reached("marked-in-kafka")
+        kafka.delete_group()              # first: the one step another party can still make fail
+        _reached("group-deleted")
+        kafka.delete_topics()
+        _reached("topics-deleted")
+    for i, path in enumerate(local):
+        layout.remove_tree(path)
+        if i == 0:
+            _reached("local-deleting")
+    for f in (layout.cluster_record_path(state_dir, app_id),):
+        try:
+            os.unlink(f)
+        except FileNotFoundError:
+            pass
+    _reached("local-deleted")
+    if kafka is not None:
+        kafka.unmark()
+        _reached("kafka-marker-deleted")
+    layout.remove_reset_marker(state_dir, app_id)
 
 
 class _ResetKafka:
@@ -347,35 +356,17 @@ def replay(
     The selected stores of each task are emptied and refilled from the whole changelog (read
     committed), so the local state then equals what the changelog holds. Refused while a
     worker holds the task directory."""
-    import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from ..kafka.admin import group_offsets, make_admin, wait_for_broker
+    from ..kafka.admin import wait_for_broker
     from ..kafka.config import admin_config, restore_consumer_config
-    from ..runtime.changelog.records import META_CHANGELOG_OFFSETS, changelog_offsets
     from ..runtime.changelog.restore import Restorer
-    from ..state.rocksdb import RocksDBBackend
     from .run import _parse_config
 
     if not bootstrap_servers:
         raise StreamprocError("replay reads the changelog topics: give --bootstrap-servers "
                               "(or STREAMPROC_BOOTSTRAP_SERVERS)")
     _, plan = compile_file(topology)
-    if store is not None:
-        specs = [_pick_store(plan, store)]
-        if specs[0] in plan.global_tables:
-            raise StreamprocError(f"{specs[0].name!r} is a global table: every worker rebuilds it from topic "
-                                  f"{specs[0].changelog!r} when it starts; there is nothing to replay")
-    else:
-        specs = list(plan.stores)
-        if not specs:
-            raise StreamprocError(f"topology {plan.app_id!r} has no stores: nothing to replay")
-    by_st = []
-    for st in plan.subtopologies:
-        mine = [s for s in st.stores if s in specs]
-        if mine:
-            by_st.append((st, mine))
+    specs = _replay_specs(plan, store)
+    by_st = [(st, mine) for st in plan.subtopologies if (mine := [s for s in st.stores if s in specs])]
     # nothing is written before these checks: a reset left unfinished, state of another cluster
     layout.refuse_if_reset_incomplete(state_dir, plan.app_id, topology, bootstrap_servers)
     cluster = wait_for_broker(admin_config(bootstrap_servers, plan.app_id), timeout_s=30)
@@ -384,71 +375,114 @@ def replay(
     layout.bind_cluster(state_dir, plan.app_id, cluster.cluster_id, bootstrap_servers, topology, record=False,
                         verb="replay the app")
     restorer = Restorer(restore_consumer_config(bootstrap_servers, plan.app_id, _parse_config(config)))
-    backends = []
+    backends: list = []
     try:
-        md = restorer.topics(30)
-        tasks = []
-        for st, mine in by_st:
-            topic = mine[0].changelog
-            if topic not in md or md[topic].error is not None:
-                raise StreamprocError(f"changelog topic {topic!r} of store {mine[0].name!r} does not exist "
-                                      f"(has the app run against this cluster?)")
-            available = sorted(md[topic].partitions)
-            parts = sorted(set(partition)) if partition else available
-            missing = [p for p in parts if p not in available]
-            if missing:
-                raise StreamprocError(f"changelog {topic!r} has partitions {available[0]}..{available[-1]}, "
-                                      f"not {', '.join(map(str, missing))}")
-            tasks += [(st, mine, p) for p in parts]
-        # a table's restore ends at the app's committed offset of its topic (processing resumes there)
-        tables = [(s.changelog, p) for st, mine, p in tasks for s in mine if s.source is not None]
-        committed = group_offsets(make_admin(bootstrap_servers, plan.app_id), plan.app_id, tables) if tables else {}
-        # empty the selected stores (and forget their changelog offsets): the replay reads each changelog whole
+        tasks = _replay_tasks(by_st, restorer.topics(30), partition)
+        ends = _table_ends(bootstrap_servers, plan.app_id, tasks)
         layout.bind_cluster(state_dir, plan.app_id, cluster.cluster_id, bootstrap_servers, topology,
                             verb="replay the app")                 # records the cluster the state comes from
         for st, mine, p in tasks:
-            path = layout.task_dir(state_dir, plan.app_id, layout.task_id(st.id, p))
-            b = RocksDBBackend.for_task(path, st)           # refuses, naming the holder, while a worker runs
-            names = {s.name for s in mine}
-            for name in names:
-                b.drop_store(name)
-            offsets = {k: v for k, v in changelog_offsets(b).items() if k not in names}
-            b.write({}, {META_CHANGELOG_OFFSETS: offsets})
-            b.close()
-            b = RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
-            backends.append(b)
-            restorer.start((st.id, p), b, mine, p,
-                           {s.name: committed[(s.changelog, p)] for s in mine if (s.changelog, p) in committed})
-        all_parts = [part for st, _, p in tasks for part in restorer.parts((st.id, p))]
-        # the bar counts changelog offsets: records, and the offsets that hold none (transaction markers,
-        # records compacted away); the final line gives the same figure and then the records among them
-        total = sum(max(0, part.end - part.first) for part in all_parts)
-
-        def offsets_read() -> int:
-            return sum(max(0, min(part.position, part.end) - part.first) for part in all_parts)
-
-        t0 = time.monotonic()
-        with Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("changelog offsets {task.fields[rate]}"), TimeRemainingColumn(), console=err,
-                      transient=False) as progress:
-            bar = progress.add_task(plan.app_id, total=total, rate="")
-            while restorer.pending:
-                restorer.step(0.2)
-                secs = time.monotonic() - t0
-                progress.update(bar, completed=offsets_read(),
-                                rate=f"({restorer.records_restored / secs:,.0f} records/s)" if secs > 0 else "")
-            done = offsets_read()
-            progress.update(bar, completed=done)
-        secs = time.monotonic() - t0
+            backends.append(_emptied(state_dir, plan.app_id, st, mine, p))
+            restorer.start((st.id, p), backends[-1], mine, p, ends[(st.id, p)])
+        progress, secs = _restore_with_bar(restorer, [(st.id, p) for st, _, p in tasks], plan.app_id)
     finally:
         restorer.close()
         for b in backends:
             b.close()
-    n = restorer.records_restored
+    typer.echo(_replay_summary(progress, secs, tasks))
+
+
+def _replay_specs(plan, store: Optional[str]) -> list:
+    """The stores to replay: ``store``, or every store of the plan (global tables have nothing to replay)."""
+    if store is not None:
+        specs = [_pick_store(plan, store)]
+        if specs[0] in plan.global_tables:
+            raise StreamprocError(f"{specs[0].name!r} is a global table: every worker rebuilds it from topic "
+                                  f"{specs[0].changelog!r} when it starts; there is nothing to replay")
+        return specs
+    if not plan.stores:
+        raise StreamprocError(f"topology {plan.app_id!r} has no stores: nothing to replay")
+    return list(plan.stores)
+
+
+def _replay_tasks(by_st: list, md: dict, partitions: list[int]) -> list[tuple]:
+    """``(sub-topology, its stores to replay, partition)`` of every task to replay; ``md``: the cluster's
+    topics. Refused if a changelog or an asked-for partition of it does not exist."""
+    tasks = []
+    for st, mine in by_st:
+        topic = mine[0].changelog
+        if topic not in md or md[topic].error is not None:
+            raise StreamprocError(f"changelog topic {topic!r} of store {mine[0].name!r} does not exist "
+                                  f"(has the app run against this cluster?)")
+        available = sorted(md[topic].partitions)
+        parts = sorted(set(partitions)) if partitions else available
+        missing = [p for p in parts if p not in available]
+        if missing:
+            raise StreamprocError(f"changelog {topic!r} has partitions {available[0]}..{available[-1]}, "
+                                  f"not {', '.join(map(str, missing))}")
+        tasks += [(st, mine, p) for p in parts]
+    return tasks
+
+
+def _table_ends(bootstrap: str, app_id: str, tasks: list) -> dict:
+    """``{task key: ends}`` for ``Restorer.start``: a table's restore ends at the app's committed offset of
+    its topic (processing resumes there)."""
+    from ..kafka.admin import group_offsets, make_admin
+    from ..runtime.changelog.restore import table_ends, table_partitions
+
+    tps = [tp for st, mine, p in tasks for tp in table_partitions(mine, p)]
+    committed = group_offsets(make_admin(bootstrap, app_id), app_id, tps) if tps else {}
+    return {(st.id, p): table_ends(mine, p, committed) for st, mine, p in tasks}
+
+
+def _emptied(state_dir: str, app_id: str, st, stores: list, partition: int):
+    """The task's RocksDB backend with ``stores`` emptied and their changelog offsets forgotten: the
+    replay reads each changelog whole. Refused, naming the holder, while a worker runs the task."""
+    from ..runtime.changelog.records import META_CHANGELOG_OFFSETS, changelog_offsets
+    from ..state.rocksdb import RocksDBBackend
+
+    path = layout.task_dir(state_dir, app_id, layout.task_id(st.id, partition))
+    b = RocksDBBackend.for_task(path, st)
+    names = {s.name for s in stores}
+    for name in names:
+        b.drop_store(name)
+    offsets = {k: v for k, v in changelog_offsets(b).items() if k not in names}
+    b.write({}, {META_CHANGELOG_OFFSETS: offsets})
+    b.close()
+    return RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
+
+
+def _restore_with_bar(restorer, keys: list, app_id: str) -> tuple:
+    """Run the restores of ``keys`` to their end under a progress bar; ``(RestoreProgress, seconds)``.
+
+    The bar counts changelog offsets: records, and the offsets that hold none (transaction markers,
+    records compacted away); the final line gives the same figure and then the records among them."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    t0 = time.monotonic()
+    with Progress(TextColumn("replay {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("changelog offsets {task.fields[rate]}"), TimeRemainingColumn(), console=err,
+                  transient=False) as bar_view:
+        bar = bar_view.add_task(app_id, total=restorer.progress(keys).offsets_total, rate="")
+
+        def show() -> None:
+            now = restorer.progress(keys)
+            secs = time.monotonic() - t0
+            bar_view.update(bar, completed=now.offsets_read,
+                            rate=f"({now.records / secs:,.0f} records/s)" if secs > 0 else "")
+
+        restorer.run(0.2, on_step=show)
+        final = restorer.progress(keys)
+        bar_view.update(bar, completed=final.offsets_read)
+    return final, time.monotonic() - t0
+
+
+def _replay_summary(progress, secs: float, tasks: list) -> str:
+    n, done = progress.records, progress.offsets_read
     n_stores = len({s.name for _, mine, _ in tasks for s in mine})
     rate = n / secs if secs > 0 else 0.0
     other = done - n
-    typer.echo(f"replayed {done}/{total} changelog offsets into {n_stores} store(s) of {len(tasks)} task(s) in "
-               f"{secs:.2f} s: {n} records ({rate:,.0f} records/s)"
-               + (f"; the other {other} offsets hold no record (transaction markers, or compacted away)"
-                  if other > 0 else ""))
+    return (f"replayed {done}/{progress.offsets_total} changelog offsets into {n_stores} store(s) of {len(tasks)} "
+            f"task(s) in {secs:.2f} s: {n} records ({rate:,.0f} records/s)"
+            + (f"; the other {other} offsets hold no record (transaction markers, or compacted away)"
+               if other > 0 else ""))

@@ -5,6 +5,8 @@ import inspect
 import os
 from dataclasses import dataclass, field
 
+from ..kinds import NodeKind
+
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -12,14 +14,14 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Node:
     """One logical operation.
 
-    ``kind`` is one of: source, table_source, map, map_values, filter, flat_map, peek, branch,
-    branch_out, merge, select_key, aggregate, table_filter, table_map_values, to_stream, join,
-    sink. ``params`` holds the user's functions and specs. ``key_changed`` says whether records leaving this node may have a key other than the one their topic was
+    ``kind``: a :class:`~streamproc.kinds.NodeKind` (any but the plan's repartition_sink and
+    repartition_source). ``params`` holds the user's functions and specs. ``key_changed`` says
+    whether records leaving this node may have a key other than the one their topic was
     partitioned by (so a stateful operator downstream needs a repartition).
     """
 
     id: int
-    kind: str
+    kind: NodeKind
     parents: list["Node"]
     params: dict = field(default_factory=dict)
     key_changed: bool = False

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..agg import Aggregation
 from ..errors import TopologyError
+from ..kinds import JoinKind, NodeKind
 from ..windows import WindowSpec
 
 
@@ -25,7 +26,7 @@ class Stream:
         self.key_serde = key_serde        # what the key is known to be, if known (default sink serde)
         self.value_serde = value_serde
 
-    def _then(self, kind, params=None, *, key_changed=None, key_serde="same", value_serde="same",
+    def _then(self, kind: NodeKind, params=None, *, key_changed=None, key_serde="same", value_serde="same",
               parents=None) -> "Stream":
         node = self.topology._add(kind, parents or [self.node], params,
                                   self.node.key_changed if key_changed is None else key_changed)
@@ -37,27 +38,27 @@ class Stream:
     def map(self, fn) -> "Stream":
         """``fn(key, value) -> (key, value)``. Changing the key marks the stream for repartitioning."""
         _need_callable(fn, "map")
-        return self._then("map", {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
+        return self._then(NodeKind.MAP, {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
 
     def map_values(self, fn) -> "Stream":
         """``fn(value) -> value``; the key is kept, so no repartition is needed."""
         _need_callable(fn, "map_values")
-        return self._then("map_values", {"fn": fn}, value_serde=None)
+        return self._then(NodeKind.MAP_VALUES, {"fn": fn}, value_serde=None)
 
     def filter(self, fn) -> "Stream":
         """Keep records for which ``fn(key, value)`` is true."""
         _need_callable(fn, "filter")
-        return self._then("filter", {"fn": fn})
+        return self._then(NodeKind.FILTER, {"fn": fn})
 
     def flat_map(self, fn) -> "Stream":
         """``fn(key, value) -> iterable of (key, value)``; each output keeps the input's timestamp."""
         _need_callable(fn, "flat_map")
-        return self._then("flat_map", {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
+        return self._then(NodeKind.FLAT_MAP, {"fn": fn}, key_changed=True, key_serde=None, value_serde=None)
 
     def peek(self, fn) -> "Stream":
         """Call ``fn(key, value)`` for each record (side effects only), pass records on unchanged."""
         _need_callable(fn, "peek")
-        return self._then("peek", {"fn": fn})
+        return self._then(NodeKind.PEEK, {"fn": fn})
 
     def branch(self, *predicates) -> list["Stream"]:
         """One stream per predicate; a record goes to the first whose ``pred(key, value)`` is true."""
@@ -65,10 +66,10 @@ class Stream:
             raise TopologyError("branch() needs at least one predicate")
         for p in predicates:
             _need_callable(p, "branch")
-        b = self.topology._add("branch", [self.node], {"predicates": list(predicates)}, self.node.key_changed)
+        b = self.topology._add(NodeKind.BRANCH, [self.node], {"predicates": list(predicates)}, self.node.key_changed)
         outs = []
         for i in range(len(predicates)):
-            node = self.topology._add("branch_out", [b], {"index": i}, self.node.key_changed)
+            node = self.topology._add(NodeKind.BRANCH_OUT, [b], {"index": i}, self.node.key_changed)
             outs.append(Stream(self.topology, node, key_serde=self.key_serde, value_serde=self.value_serde))
         return outs
 
@@ -78,7 +79,7 @@ class Stream:
             raise TopologyError("merge() needs another Stream of the same Topology")
         same_k = self.key_serde if self.key_serde == other.key_serde else None
         same_v = self.value_serde if self.value_serde == other.value_serde else None
-        return self._then("merge", {}, parents=[self.node, other.node],
+        return self._then(NodeKind.MERGE, {}, parents=[self.node, other.node],
                           key_changed=self.node.key_changed or other.node.key_changed,
                           key_serde=same_k, value_serde=same_v)
 
@@ -86,7 +87,7 @@ class Stream:
     def group_by(self, fn, *, name: str | None = None) -> "GroupedStream":
         """Group by a new key ``fn(key, value)``: records are repartitioned by it."""
         _need_callable(fn, "group_by")
-        s = self._then("select_key", {"fn": fn}, key_changed=True, key_serde=None)
+        s = self._then(NodeKind.SELECT_KEY, {"fn": fn}, key_changed=True, key_serde=None)
         return GroupedStream(s, name=name)
 
     def group_by_key(self) -> "GroupedStream":
@@ -122,7 +123,7 @@ class Stream:
                 raise TopologyError("a stream-global-table join has no window: remove window=")
             if key is not None:
                 _need_callable(key, "join key=")
-            params = {"join": "stream_global", "global": other, "key": key}
+            params = {"join": JoinKind.STREAM_GLOBAL, "global": other, "key": key}
             parents = [self.node]
         elif isinstance(other, Table):
             _check_how(how, ("inner", "left"), "a stream-table join")
@@ -134,7 +135,7 @@ class Stream:
                 raise TopologyError(
                     "key= picks the row of a GlobalTable only; a stream-table join uses the stream's key "
                     "(re-key the stream first with .map(...) or use topology.global_table(...))")
-            params = {"join": "stream_table", "key": None}
+            params = {"join": JoinKind.STREAM_TABLE, "key": None}
             parents = [self.node, other.node]
         elif isinstance(other, Stream):
             _check_how(how, ("inner", "left", "outer"), "a stream-stream join")
@@ -146,14 +147,14 @@ class Stream:
             if key is not None:
                 raise TopologyError("key= picks the row of a GlobalTable only; a stream-stream join matches "
                                     "records with equal keys (re-key a stream first with .map(...))")
-            params = {"join": "stream_stream", "key": None}
+            params = {"join": JoinKind.STREAM_STREAM, "key": None}
             parents = [self.node, other.node]
         else:
             raise TopologyError(f"join() needs a Stream, Table or GlobalTable, got {other!r}")
         if name is not None and not isinstance(name, str):
             raise TopologyError(f"join(name=) must be a string, got {name!r}")
         params.update({"how": how, "joiner": joiner, "window": window, "name": name})
-        node = self.topology._add("join", parents, params, key_changed=False)
+        node = self.topology._add(NodeKind.JOIN, parents, params, key_changed=False)
         return Stream(self.topology, node, key_serde=self.key_serde, value_serde=None)
 
     # -- sinks --------------------------------------------------------------------------
@@ -166,7 +167,7 @@ class Stream:
         for what, s in (("key", key), ("value", value)):
             if s is not None and not isinstance(s, serdes.Serde):
                 raise TopologyError(f"to({topic!r}): {what}= must be a serde such as serdes.Json(), got {s!r}")
-        self._then("sink", {
+        self._then(NodeKind.SINK, {
             "topic": topic,
             "key_serde": key or self.key_serde or serdes.Json(),
             "value_serde": value or self.value_serde or serdes.Json(),
@@ -251,7 +252,7 @@ class GroupedStream:
         up = self._stream
         from .. import serdes
 
-        node = up.topology._add("aggregate", [up.node], {
+        node = up.topology._add(NodeKind.AGGREGATE, [up.node], {
             "aggs": dict(aggs), "window": self._window, "emit": emit, "retention": retention,
             "store": name, "repartition_name": self._name, "late_topic": self._late_topic,
             "late_key_serde": up.key_serde or serdes.Json(), "late_value_serde": up.value_serde or serdes.Json(),

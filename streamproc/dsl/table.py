@@ -8,6 +8,7 @@ gives the plain stream of changes.
 from __future__ import annotations
 
 from ..errors import TopologyError
+from ..kinds import JoinKind, NodeKind
 from .stream import Stream, _check_how, _need_callable
 
 
@@ -18,12 +19,12 @@ class Table(Stream):
         """Keep rows for which ``fn(key, value)`` is true; a row that stops passing is deleted (flows as
         ``None``), a key that never passed flows nothing."""
         _need_callable(fn, "Table.filter")
-        return self._table_then("table_filter", {"fn": fn}, value_serde="same")
+        return self._table_then(NodeKind.TABLE_FILTER, {"fn": fn}, value_serde="same")
 
     def map_values(self, fn) -> "Table":
         """``fn(value) -> value`` for every row (deleted rows stay deleted)."""
         _need_callable(fn, "Table.map_values")
-        return self._table_then("table_map_values", {"fn": fn}, value_serde=None)
+        return self._table_then(NodeKind.TABLE_MAP_VALUES, {"fn": fn}, value_serde=None)
 
     def join(self, other, joiner=None, *, how: str = "inner", name: str | None = None) -> "Table":
         """Table-table join: every change of either side re-computes the key's result from both sides'
@@ -38,17 +39,17 @@ class Table(Stream):
         if joiner is not None:
             _need_callable(joiner, "join")
         _check_how(how, ("inner", "left", "outer"), "a table-table join")
-        node = self.topology._add("join", [self.node, other.node], {
-            "join": "table_table", "how": how, "joiner": joiner, "window": None, "key": None, "name": name,
+        node = self.topology._add(NodeKind.JOIN, [self.node, other.node], {
+            "join": JoinKind.TABLE_TABLE, "how": how, "joiner": joiner, "window": None, "key": None, "name": name,
         })
         return Table(self.topology, node, key_serde=self.key_serde, value_serde=None)
 
     def to_stream(self) -> Stream:
         """The stream of this table's changes (a deleted key is a record with value ``None``)."""
-        return Stream(self.topology, self.topology._add("to_stream", [self.node], {}, self.node.key_changed),
+        return Stream(self.topology, self.topology._add(NodeKind.TO_STREAM, [self.node], {}, self.node.key_changed),
                       key_serde=self.key_serde, value_serde=self.value_serde)
 
-    def _table_then(self, kind, params, *, value_serde) -> "Table":
+    def _table_then(self, kind: NodeKind, params, *, value_serde) -> "Table":
         node = self.topology._add(kind, [self.node], params, self.node.key_changed)
         return Table(self.topology, node, key_serde=self.key_serde,
                      value_serde=self.value_serde if value_serde == "same" else value_serde)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from ..errors import TopologyError
+from ..kinds import USER_SOURCE_KINDS, NodeKind
 from .graph import Node, caller_location
 
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -43,7 +44,7 @@ class Topology:
         self.global_tables: list = []      # GlobalTable definitions (outside the graph: every task reads them)
         self.where = caller_location()
 
-    def _add(self, kind: str, parents: list[Node], params: dict | None = None,
+    def _add(self, kind: NodeKind, parents: list[Node], params: dict | None = None,
              key_changed: bool = False) -> Node:
         node = Node(len(self.nodes), kind, parents, params or {}, key_changed, caller_location())
         self.nodes.append(node)
@@ -63,11 +64,11 @@ class Topology:
         """
         from .stream import Stream
 
-        node = self._source_node("stream", topic, key, value, timestamp, on_error, kind="source",
+        node = self._source_node("stream", topic, key, value, timestamp, on_error, kind=NodeKind.SOURCE,
                                  partitioner=partitioner)
         return Stream(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
 
-    def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: str,
+    def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: NodeKind,
                      partitioner: str = "murmur2") -> Node:
         from .. import serdes
 
@@ -104,7 +105,7 @@ class Topology:
         """
         from .table import Table
 
-        node = self._source_node("table", topic, key, value, None, on_error, kind="table_source",
+        node = self._source_node("table", topic, key, value, None, on_error, kind=NodeKind.TABLE_SOURCE,
                                  partitioner=partitioner)
         node.params["store"] = name
         return Table(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
@@ -128,7 +129,7 @@ class Topology:
                     f"global_table({topic!r}): {what}= must be a serde such as serdes.String(), got {s!r}")
         where = caller_location()
         for n in self.nodes:
-            if n.kind in ("source", "table_source") and n.params["topic"] == topic:
+            if n.kind in USER_SOURCE_KINDS and n.params["topic"] == topic:
                 raise TopologyError(f"topic {topic!r} is read twice ({n.where} and {where}): a global table's "
                                     f"topic cannot also be a stream or table of the same topology")
         for g in self.global_tables:

@@ -1,4 +1,4 @@
-"""The one retry policy of the broker calls made at start-up (DESIGN.md section 7).
+"""The one retry policy of the broker calls made at start-up (DESIGN section 7).
 
 A cluster answers some requests with a transient refusal: a partition whose leader is not
 elected yet (``LEADER_NOT_AVAILABLE``, ``NOT_LEADER_FOR_PARTITION``) - typical of a topic another

@@ -1,6 +1,7 @@
 """Physical operators: batch in, batch out. They see records and a state API, never Kafka."""
 from __future__ import annotations
 
+from ..kinds import JoinKind, NodeKind
 from .aggregate import TableAggregateOp, TimeWindowAggregateOp
 from .base import Operator, ProcessingError, TaskContext
 from .batch import Batch
@@ -12,15 +13,17 @@ from .stateless import (BranchOp, BranchOutOp, FilterOp, FlatMapOp, MapOp, MapVa
 from .table import TableFilterOp, TableMapValuesOp, TableSourceOp, TableView, ToStreamOp
 
 _BY_KIND = {
-    "source": SourceOp, "repartition_source": SourceOp,
-    "sink": SinkOp, "repartition_sink": SinkOp,
-    "map": MapOp, "map_values": MapValuesOp, "select_key": SelectKeyOp, "filter": FilterOp,
-    "flat_map": FlatMapOp, "peek": PeekOp, "branch": BranchOp, "branch_out": BranchOutOp, "merge": MergeOp,
-    "table_source": TableSourceOp, "table_filter": TableFilterOp, "table_map_values": TableMapValuesOp,
-    "to_stream": ToStreamOp,
+    NodeKind.SOURCE: SourceOp, NodeKind.REPARTITION_SOURCE: SourceOp,
+    NodeKind.SINK: SinkOp, NodeKind.REPARTITION_SINK: SinkOp,
+    NodeKind.MAP: MapOp, NodeKind.MAP_VALUES: MapValuesOp, NodeKind.SELECT_KEY: SelectKeyOp,
+    NodeKind.FILTER: FilterOp, NodeKind.FLAT_MAP: FlatMapOp, NodeKind.PEEK: PeekOp, NodeKind.BRANCH: BranchOp,
+    NodeKind.BRANCH_OUT: BranchOutOp, NodeKind.MERGE: MergeOp,
+    NodeKind.TABLE_SOURCE: TableSourceOp, NodeKind.TABLE_FILTER: TableFilterOp,
+    NodeKind.TABLE_MAP_VALUES: TableMapValuesOp, NodeKind.TO_STREAM: ToStreamOp,
 }
-_JOIN_BY_KIND = {"stream_stream": StreamStreamJoinOp, "stream_table": StreamTableJoinOp,
-                 "stream_global": StreamGlobalJoinOp, "table_table": TableTableJoinOp}
+_JOIN_BY_KIND = {JoinKind.STREAM_STREAM: StreamStreamJoinOp, JoinKind.STREAM_TABLE: StreamTableJoinOp,
+                 JoinKind.STREAM_GLOBAL: StreamGlobalJoinOp, JoinKind.TABLE_TABLE: TableTableJoinOp}
+# by the window's kind (``WindowSpec.kind``; None: not windowed)
 _AGGREGATE_BY_WINDOW = {None: TableAggregateOp, "tumbling": TimeWindowAggregateOp,
                         "hopping": TimeWindowAggregateOp, "sliding": SlidingAggregateOp,
                         "session": SessionAggregateOp}
@@ -28,10 +31,10 @@ _AGGREGATE_BY_WINDOW = {None: TableAggregateOp, "tumbling": TimeWindowAggregateO
 
 def make_operator(node, ctx: TaskContext) -> Operator:
     """The physical operator for a plan node."""
-    if node.kind == "aggregate":
+    if node.kind == NodeKind.AGGREGATE:
         w = node.params["window"]
         return _AGGREGATE_BY_WINDOW[None if w is None else w.kind](node, ctx)
-    if node.kind == "join":
+    if node.kind == NodeKind.JOIN:
         return _JOIN_BY_KIND[node.params["join"]](node, ctx)
     return _BY_KIND[node.kind](node, ctx)
 

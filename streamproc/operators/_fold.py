@@ -140,11 +140,7 @@ def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> l
     cols = [maxts]
     for j, (a, p) in enumerate(zip(aggs, partials), 1):
         if isinstance(p, GroupValues):          # sequential fold from the stored state
-            add, init = a.add, a.init
-            try:
-                cols.append([add(init() if o is None else o[j], vs) for o, vs in zip(olds, p)])
-            except Exception as e:  # noqa: BLE001 - say which group's fold failed
-                raise GroupFoldError(_failing_group(add, init, j, olds, p), e) from e
+            cols.append(_fold_from_stored(a, j, olds, p))
         else:
             cols.append(p)
     exist = [i for i, o in enumerate(olds) if o is not None]
@@ -157,30 +153,43 @@ def merge_states(aggs: list, maxts: np.ndarray, partials: list, olds: list) -> l
             if j and isinstance(partials[j - 1], GroupValues):
                 merged_cols.append(col)         # already folded from the stored state
                 continue
-            old = [r[j] for r in rows]
-            uf = ufuncs[j]
-            if uf is not None and isinstance(col, np.ndarray):
-                try:
-                    old_arr = np.asarray(old)
-                except (OverflowError, ValueError):
-                    old_arr = None
-                if old_arr is not None and old_arr.dtype.kind in "iuf" and _fits_int64(old_arr, col):
-                    m = uf(old_arr, col[exist])
-                    col = col.astype(np.result_type(col, m), copy=True)
-                    col[exist] = m
-                    merged_cols.append(col)
-                    continue
-            col = col.tolist() if isinstance(col, np.ndarray) else list(col)
-            c = combs[j]
-            for i, o in zip(exist, old):
-                col[i] = c(o, col[i])
-            merged_cols.append(col)
+            merged_cols.append(_merge_column(col, [r[j] for r in rows], exist, ufuncs[j], combs[j]))
         cols = merged_cols
     return list(zip(*[c.tolist() if isinstance(c, np.ndarray) else c for c in cols]))
 
 
+def _fold_from_stored(a, j: int, olds: list, groups: "GroupValues") -> list:
+    """Aggregation ``a`` (state ``j`` of a stored row) folded over each group's values, from the stored
+    state (or ``init()`` for a new group)."""
+    add, init = a.add, a.init
+    try:
+        return [add(init() if o is None else o[j], vs) for o, vs in zip(olds, groups)]
+    except Exception as e:  # noqa: BLE001 - say which group's fold failed
+        raise GroupFoldError(_failing_group(add, init, j, olds, groups), e) from e
+
+
+def _merge_column(col, old: list, exist: list, uf, combine):
+    """Column ``col`` (one state per group) with the stored states ``old`` of the groups ``exist``
+    merged in: one numpy call ``uf`` when both are plain numbers, else ``combine`` one by one."""
+    if uf is not None and isinstance(col, np.ndarray):
+        try:
+            old_arr = np.asarray(old)
+        except (OverflowError, ValueError):
+            old_arr = None
+        if old_arr is not None and old_arr.dtype.kind in "iuf" and _fits_int64(old_arr, col):
+            m = uf(old_arr, col[exist])
+            col = col.astype(np.result_type(col, m), copy=True)
+            col[exist] = m
+            return col
+    col = col.tolist() if isinstance(col, np.ndarray) else list(col)
+    for i, o in zip(exist, old):
+        col[i] = combine(o, col[i])
+    return col
+
+
 class CloseIndex:
-    """Open windows ordered by the stream time at which they close (``WindowSpec.close_time``)."""
+    """Open windows ordered by the stream time at which they close (given by the operator, from
+    ``WindowSpec.close_time``: this index only orders them)."""
 
     def __init__(self):
         self._buckets: dict[int, dict] = {}
@@ -248,6 +257,7 @@ class BackendSweep:
     __slots__ = ("store", "indexed", "swept", "upto")
 
     def __init__(self, store, kind: str):
+        """``kind``: the store's ``StoreKind`` (the backend keeps a time index for the windowed kinds)."""
         self.store = store
         self.indexed = store.declare_index(kind)
         self.swept = None

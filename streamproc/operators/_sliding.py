@@ -9,7 +9,11 @@ aggregate of a neighbouring window, which is exact only for records in order (ou
 loses records, see tests/reference_model.py ``kafka_sliding_port``). Here a new window is folded
 from the *records* in its range instead (exact in every order, and in arrival order for
 order-sensitive aggregations); so each key also keeps its records, but only those a window that
-can still open may contain: ``ts >= stream_time - d - grace - 1``.
+can still open may contain (until ``Sliding.forget_time(ts)``).
+
+The window rules (closing, lateness, the earliest window still open, when a record or a kept closed
+window can go) are the ``Sliding`` spec's (``streamproc.windows``): :class:`SlidingLayout` takes them
+once, as offsets from the spec's methods, and the per-record code adds them.
 
 Per key, :class:`SlidingEntry` holds
 
@@ -37,7 +41,8 @@ The stored value (``SlidingEntry.state()``, codec-ready lists) is::
 plus, for a store with a retention longer than the default (``aggregate(..., retention=)``), a ninth
 element while the key has closed windows kept: ``[[start, max_ts, [states per agg]], ...]`` by start,
 each the window's final value, removed once ``stream_time >= start + retention`` (Kafka Streams'
-window store retention, measured from the window start; never before the window closed).
+window store retention, measured from the window start; never before the window closed:
+``Sliding.expire_offset``).
 
 ``due`` first: the smallest stream time at which the key needs a visit (a window closes, its
 last record expires, or a kept closed window expires); the backend indexes keys by it (``state.backend``).
@@ -404,15 +409,19 @@ _HANDLERS = {"count": _CountH, "sum": _SumH, "min": _MinH, "max": _MaxH, "mean":
 
 
 class SlidingLayout:
-    """What every key's entry of one operator shares: the aggregations as columns, the record fields."""
+    """What every key's entry of one operator shares: the aggregations as columns, the record fields,
+    and the ``Sliding`` window's rules as offsets (each rule is linear in time: ``rule(x) == x + rule(0)``,
+    see ``streamproc.windows``), so the per-record code adds a constant instead of calling the spec."""
 
-    def __init__(self, aggs: list, d: int, grace: int, emit_final: bool = False, retention: int | None = None):
+    def __init__(self, aggs: list, window, emit_final: bool = False, retention: int | None = None):
         self.aggs = aggs
-        self.d = d
-        self.grace = grace
-        # a closed window is kept until stream_time >= start + keep_for (never before it closed: d + grace + 1)
-        self.keep_for = max(d + grace + 1, retention or 0)
-        self.retains = self.keep_for > d + grace + 1
+        self.d = window.max_difference
+        # the window [s, s + d] closes at stream time s + close_after; a record at t is late from t + close_after
+        self.close_after = window.close_offset()
+        self.open_from = window.first_open_start(0)       # at stream time st: open iff start >= st + open_from
+        self.forget_after = window.forget_time(0)         # a record at ts can go at stream time ts + forget_after
+        self.keep_for = window.expire_offset(retention)   # a closed window leaves the store at start + keep_for
+        self.retains = window.retains(retention)          # ... later than when it closes
         self.fields: list = []             # record columns: one per distinct field (column_key)
         field_of: dict = {}
         self.handlers: list[_Handler] = []
@@ -507,15 +516,15 @@ class SlidingEntry(Deferred):
 
     def due_of(self, first_start, last_ts) -> int:
         """Smallest stream time at which the key has something to do: its first window closes
-        (``start + d + grace + 1``), its last record can go (``ts + d + grace + 2``) or its first kept
-        closed window expires (``start + keep_for``)."""
+        (``start + close_after``), its last record can go (``ts + forget_after``) or its first kept
+        closed window expires (``start + keep_for``); see :class:`SlidingLayout`."""
         L = self.L
         if first_start is None:
-            due = last_ts + L.d + L.grace + 2 if last_ts is not None else None
+            due = last_ts + L.forget_after if last_ts is not None else None
         else:
-            due = first_start + L.d + L.grace + 1
-            if last_ts is not None and last_ts + L.d + L.grace + 2 < due:
-                due = last_ts + L.d + L.grace + 2
+            due = first_start + L.close_after
+            if last_ts is not None and last_ts + L.forget_after < due:
+                due = last_ts + L.forget_after
         closed = self.closed
         if closed:
             c = closed[0][0] + L.keep_for
@@ -577,12 +586,12 @@ class _Small(SlidingEntry):
 
     def add(self, t: int, st: int, xs: list) -> bool:
         L = self.L
-        d, grace = L.d, L.grace
-        if st > t + d + grace:
+        if st >= t + L.close_after:                      # late: even [t, t+d] is closed (Sliding.is_late)
             return False
         if self.shared:
             self._own()
-        lo_open = st - d - grace
+        d = L.d
+        lo_open = st + L.open_from                       # a window is open iff its start >= lo_open
         rts, ws = self.rts, self.ws
         r_left, r_at = bisect_left(rts, t - d), bisect_left(rts, t)
         r_after, r_rend = bisect_right(rts, t), bisect_left(rts, t + 2 + d)
@@ -598,16 +607,7 @@ class _Small(SlidingEntry):
         else:
             has_prev_right = True
         if i < j:                                        # every open window containing t
-            wm = self.wm
-            for q in range(i, j):
-                if wm[q] < t:
-                    wm[q] = t
-            for h, col in zip(L.handlers, self.wst):
-                add, vals = h.agg.add, [xs[h.rc - 2] if h.rc is not None else None]
-                for q in range(i, j):
-                    col[q] = add(col[q], vals)
-            if L.track:
-                self.dirty.update(ws[i:j])
+            self._grow(i, j, t, xs)
         if not has_left and t - d >= lo_open:
             self._create(t - d, r_left, r_after, t, xs, True)
         if not has_right and r_rend > r_after:
@@ -622,6 +622,20 @@ class _Small(SlidingEntry):
         if len(ws) > BIG_WINDOWS or len(rts) > BIG_RECORDS:
             self._to_big()
         return True
+
+    def _grow(self, i: int, j: int, t: int, xs: list) -> None:
+        """Add the record ``t``/``xs`` to windows ``[i, j)``."""
+        L = self.L
+        wm = self.wm
+        for q in range(i, j):
+            if wm[q] < t:
+                wm[q] = t
+        for h, col in zip(L.handlers, self.wst):
+            add, vals = h.agg.add, [xs[h.rc - 2] if h.rc is not None else None]
+            for q in range(i, j):
+                col[q] = add(col[q], vals)
+        if L.track:
+            self.dirty.update(self.ws[i:j])
 
     def _create(self, start, ri, rj, t, xs, with_x) -> None:
         L = self.L
@@ -673,9 +687,9 @@ class _Small(SlidingEntry):
     def close(self, st: int, rows: bool) -> list:
         L = self.L
         ws = self.ws
-        if not ws or ws[0] + L.d + L.grace + 1 > st:
+        if not ws or ws[0] + L.close_after > st:         # the first window is still open
             return []
-        n = bisect_right(ws, st - L.d - L.grace - 1)
+        n = bisect_right(ws, st - L.close_after)         # the windows with start + close_after <= st
         out = self._rows(0, n) if rows or L.retains else []
         if L.retains:
             self._keep(out, st)
@@ -699,9 +713,9 @@ class _Small(SlidingEntry):
     def prune(self, st: int) -> None:
         self._expire(st)
         rts = self.rts
-        horizon = st - self.L.grace - self.L.d - 1
-        if rts and rts[0] < horizon:
-            cut = bisect_left(rts, horizon)
+        last_gone = st - self.L.forget_after               # records with ts + forget_after <= st can go
+        if rts and rts[0] <= last_gone:
+            cut = bisect_right(rts, last_gone)
             self.rts, self.rseq = rts[cut:], self.rseq[cut:]     # new lists: the old ones may be shared
             self.rx = [c[cut:] for c in self.rx]
 
@@ -751,9 +765,9 @@ class _Big(SlidingEntry):
 
     def add(self, t: int, st: int, xs: list) -> bool:
         L = self.L
-        d, grace = L.d, L.grace
-        if st > t + d + grace:
+        if st >= t + L.close_after:                   # late: even [t, t+d] is closed (Sliding.is_late)
             return False
+        d = L.d
         W, R = self.W, self.R
         for h in L.handlers:
             if h.rc is not None:
@@ -762,7 +776,7 @@ class _Big(SlidingEntry):
             a = R.arrs[2 + i]
             if a.dtype is not _OBJ and not L.field_fits(a.dtype, x):
                 R.retype(2 + i, L.field_dtype(x) if len(R) == 0 else _OBJ)
-        lo_open = st - d - grace                      # a window is open iff its start >= lo_open
+        lo_open = st + L.open_from                    # a window is open iff its start >= lo_open
         rts = R.col(0)
         r_left, r_at, r_after, r_rend = rts.searchsorted([t - d, t, t + 1, t + 2 + d]).tolist()
         p = int(rts[r_at - 1]) if r_at > 0 else None  # the record just before t
@@ -775,13 +789,7 @@ class _Big(SlidingEntry):
         has_right = j < n and ws[j] == t + 1
         has_prev_right = p is None or (found[3] < n and ws[found[3]] == p + 1)
         if i < j:                                     # every open window containing t
-            lo = W.lo
-            mx = W.arrs[1][lo + i:lo + j]
-            np.maximum(mx, t, out=mx)
-            if L.track:
-                W.arrs[2][lo + i:lo + j] = True
-            for h in L.handlers:
-                h.grow(W, i, j, xs[h.rc - 2] if h.rc is not None else None)
+            self._grow(i, j, t, xs)
         if not has_left and t - d >= lo_open:         # left window [t-d, t]: the stored records in it, and t
             self._create(t - d, r_left, r_after, t, xs, True)
         if not has_right and r_rend > r_after:        # right window [t+1, t+1+d] when records follow t
@@ -793,6 +801,17 @@ class _Big(SlidingEntry):
         R.insert(r_after, [t, self.seq] + list(xs))
         self.seq += 1
         return True
+
+    def _grow(self, i: int, j: int, t: int, xs: list) -> None:
+        """Add the record ``t``/``xs`` to windows ``[i, j)``: one numpy call per column."""
+        W, L = self.W, self.L
+        lo = W.lo
+        mx = W.arrs[1][lo + i:lo + j]
+        np.maximum(mx, t, out=mx)
+        if L.track:
+            W.arrs[2][lo + i:lo + j] = True
+        for h in L.handlers:
+            h.grow(W, i, j, xs[h.rc - 2] if h.rc is not None else None)
 
     def _create(self, start: int, ri: int, rj: int, t, xs: list, with_x: bool) -> None:
         """Insert window ``[start, start+d]`` holding stored records ``[ri, rj)`` (and the current
@@ -827,9 +846,9 @@ class _Big(SlidingEntry):
     def close(self, st: int, rows: bool) -> list:
         L = self.L
         W = self.W
-        if not len(W) or int(W.arrs[0][W.lo]) + L.d + L.grace + 1 > st:
+        if not len(W) or int(W.arrs[0][W.lo]) + L.close_after > st:     # the first window is still open
             return []
-        n = int(W.col(0).searchsorted(st - L.d - L.grace - 1, side="right"))
+        n = int(W.col(0).searchsorted(st - L.close_after, side="right"))  # start + close_after <= st
         out = self._rows(0, n) if rows or L.retains else []
         if L.retains:
             self._keep(out, st)
@@ -851,15 +870,15 @@ class _Big(SlidingEntry):
 
     def prune(self, st: int) -> None:
         """Drop records no window that can still open contains (nor needs as its right window's
-        left edge): ``ts < st - grace - d - 1``; and the kept closed windows that expired."""
+        left edge): ``Sliding.forget_time(ts) <= st``; and the kept closed windows that expired."""
         self._expire(st)
         R = self.R
         if not len(R):
             return
-        horizon = st - self.L.grace - self.L.d - 1
-        if int(R.arrs[0][R.lo]) >= horizon:
+        last_gone = st - self.L.forget_after           # records with ts + forget_after <= st can go
+        if int(R.arrs[0][R.lo]) > last_gone:
             return
-        R.drop_front(int(R.col(0).searchsorted(horizon)))
+        R.drop_front(int(R.col(0).searchsorted(last_gone, side="right")))
 
 
 def check_rows(rows) -> None:

@@ -4,6 +4,10 @@ Both fold a whole batch at once: records are grouped by (key, window) with one n
 built-in aggregations fold each group with ``reduceat``, and each group then costs one
 store read and one store write. Lateness is decided per record from the stream time it
 was processed at (``Batch.stream_times``), so batching changes no result.
+
+The window rules (when a window closes, is late for a record, expires from a store kept for a
+retention) are the window spec's (``streamproc.windows``); this module calls them, vectorised over
+each batch's windows.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import numpy as np
 
 from ..agg import Aggregation
 from ..errors import CodecError, StreamprocError
+from ..kinds import StoreKind
 from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
@@ -153,17 +158,6 @@ class _AggregateBase(Operator):
     def _results(self, state) -> dict:
         return {n: a.result(s) for n, a, s in zip(self.names, self.aggs, state[1:])}
 
-    def snapshot(self, store_name: str | None = None) -> dict:
-        """The store's current contents, each entry as the operator would emit it."""
-        return {self._snapshot_key(k, v): v for k, v in self._snapshot_items()}
-
-    def _snapshot_key(self, k, v):
-        return k
-
-    def _snapshot_items(self):
-        for k, state in self.store.items():
-            yield k, self._results(state)
-
 
 class TableAggregateOp(_AggregateBase):
     """``group_by(...).aggregate(...)`` without a window: a table, the current value per key; its changes
@@ -187,8 +181,8 @@ class TableAggregateOp(_AggregateBase):
 class TimeWindowAggregateOp(_AggregateBase):
     """Tumbling and hopping windows. Window state: ``(max_ts, *agg_states)`` under ``(key, start)``.
 
-    Closing: a window is closed once ``start <= stream_time - size - grace``. The windows this
-    operator creates go into its ``CloseIndex`` (in memory, by close time); the windows the store
+    Closing: a window is closed once ``start <= window.last_closed_start(stream_time)``. The windows
+    this operator creates go into its ``CloseIndex`` (in memory, by close time); the windows the store
     already held when the operator was built are found through the backend's time index, which
     orders them by start (``BackendSweep``): building the operator reads nothing from the store,
     and each batch closes what its stream time passed with a bounded range scan of that index,
@@ -196,11 +190,12 @@ class TimeWindowAggregateOp(_AggregateBase):
 
     Retention (``aggregate(..., retention=R)`` longer than size + grace, see ``streamproc.windows``): a
     closed window is not deleted but kept with its final value, marked closed - ``(max_ts, *agg_states,
-    True)`` - until ``stream_time >= start + R``, then deleted (a tombstone in the changelog). The mark
-    is what says a window was closed (and, in ``emit="final"``, emitted): a window met again when the
-    store is swept after a rebuild is emitted only if it is not marked. The windows this operator closes
-    wait for expiry in a FIFO by start (windows close in start order, and expire in it); those the store
-    held when it was built are found by a second sweep of the time index (bound ``stream_time - R``).
+    True)`` - until ``start <= window.last_expired_start(stream_time, R)``, then deleted (a tombstone
+    in the changelog). The mark is what says a window was closed (and, in ``emit="final"``, emitted):
+    a window met again when the store is swept after a rebuild is emitted only if it is not marked. The
+    windows this operator closes wait for expiry in a FIFO by start (windows close in start order, and
+    expire in it); those the store held when it was built are found by a second sweep of the time
+    index (bound: that last expired start).
     """
 
     def __init__(self, node, ctx):
@@ -213,9 +208,9 @@ class TimeWindowAggregateOp(_AggregateBase):
     def _start_index(self) -> None:
         self.index = CloseIndex()
         self._generation = self.store.generation
-        self._sweep = BackendSweep(self.store, "window")
+        self._sweep = BackendSweep(self.store, StoreKind.WINDOW)
         self._expiring: deque = deque()         # (start, [group keys]) of closed windows kept, by start
-        self._expire_sweep = BackendSweep(self.store, "window") if self.retains else None
+        self._expire_sweep = BackendSweep(self.store, StoreKind.WINDOW) if self.retains else None
         if not self._sweep.indexed:             # a backend without a time index: read the store once
             w = self.window
             kept = []
@@ -223,7 +218,7 @@ class TimeWindowAggregateOp(_AggregateBase):
                 if self.retains and len(state) > self._width:
                     kept.append((start, k))
                 else:
-                    self.index.add(w.close_time(start + w.size), (k, start))
+                    self.index.add(w.close_time(w.end_of(start)), (k, start))
             kept.sort(key=itemgetter(0))
             self._keep([(k, start) for start, k in kept])
 
@@ -235,7 +230,7 @@ class TimeWindowAggregateOp(_AggregateBase):
         keys, values, ts = [], [], []
         if len(b):
             rec, wstart = w.assign(b.timestamps)
-            open_ = b.stream_times[rec] < w.close_time(wstart + w.size)
+            open_ = ~w.is_closed(w.end_of(wstart), b.stream_times[rec])
             if not open_.all():
                 late = np.unique(rec[~open_])
                 self.ctx.drop("late", self.metric_label, len(late), int(b.seq[late[0]]))
@@ -245,13 +240,13 @@ class TimeWindowAggregateOp(_AggregateBase):
                 skeys, states, is_new = self._fold_into_store(b, rec, wstart)
                 if any(is_new):
                     new = np.fromiter(is_new, dtype=bool, count=len(is_new))
-                    self.index.add_many(w.close_time(self._group_starts[new] + w.size),
+                    self.index.add_many(w.close_time(w.end_of(self._group_starts[new])),
                                         list(compress(skeys, is_new)))
                 if not self.emit_final:
                     self._results_into(skeys, states, keys, values, ts)
         st = self.ctx.state.stream_time
         closed = self.index.pop_closed(st)
-        stored = self._sweep.due(st - w.size - w.grace)
+        stored = self._sweep.due(w.last_closed_start(st))
         if stored:
             if closed:                          # also in the CloseIndex if written after the operator was built
                 seen = set(closed)
@@ -285,7 +280,7 @@ class TimeWindowAggregateOp(_AggregateBase):
         fresh = [i for i, s in enumerate(states) if s is not None and len(s) == width]
         if self.emit_final and fresh:
             self._results_into([closed[i] for i in fresh], [states[i] for i in fresh], keys, values, ts)
-        bound = st - self.retention               # a window with start <= bound has expired
+        bound = self.window.last_expired_start(st, self.retention)    # a window with start <= bound has expired
         gone = [closed[i] for i in fresh if closed[i][1] <= bound]
         if gone:
             self.store.delete_many(gone)
@@ -315,7 +310,7 @@ class TimeWindowAggregateOp(_AggregateBase):
 
     def _expire(self, st: int) -> None:
         """Delete the kept closed windows whose retention stream time ``st`` reached."""
-        bound = st - self.retention
+        bound = self.window.last_expired_start(st, self.retention)
         q = self._expiring
         dead = []
         while q and q[0][0] <= bound:
@@ -339,15 +334,6 @@ class TimeWindowAggregateOp(_AggregateBase):
                 v.update({n: a.result(s) for n, a, s in zip(names, aggs, state[1:])})
             values.append(v)
             ts.append(state[0])
-
-    def _snapshot_items(self):
-        width = self._width
-        for sk, state in self.store.items():
-            keys, values, ts = [], [], []
-            self._results_into([sk], [state], keys, values, ts)
-            if len(state) > width:              # a closed window kept for the store's retention
-                values[0]["closed"] = True
-            yield sk, values[0]
 
 
 def last_per_key(b: Batch) -> Batch:

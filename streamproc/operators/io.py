@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CodecError, SerdeError
+from ..kinds import NodeKind
 from ..state import codec
 from .base import DeadLetter, Operator
 from .batch import Batch
@@ -85,7 +86,7 @@ class SourceOp(Operator):
         """The records of ``raw`` that decode (bad ones follow ``on_error``), and the indices in ``raw``
         of those kept (None: all of them). The batch's ``stream_times`` are not set yet (:meth:`stamp`)."""
         p = self.node.params
-        if self.node.kind == "repartition_source":
+        if self.node.kind == NodeKind.REPARTITION_SOURCE:
             keys, values, ts, kept = self._decode_internal(raw)
             ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
             carried = raw.carried
@@ -103,7 +104,7 @@ class SourceOp(Operator):
     def moves_time(self) -> bool:
         """Whether this input's records move the task's stream time: a source's do; a repartition
         topic's time comes from its upstream tasks' watermarks (``runtime/watermarks.py``)."""
-        return self.node.kind != "repartition_source"
+        return self.node.kind != NodeKind.REPARTITION_SOURCE
 
     def stamp(self, b: Batch) -> Batch:
         """Set each record's stream time: the running max of event time, updated before the record. A
@@ -237,7 +238,7 @@ class SinkOp(Operator):
             return None
         p = self.node.params
         topic = p["topic"]
-        if self.node.kind == "repartition_sink":
+        if self.node.kind == NodeKind.REPARTITION_SINK:
             where = f" (defined at {self.node.where})" if self.node.where else ""
             try:
                 kb, vb = codec.encode_keys(b.keys), codec.encode_values(b.values)

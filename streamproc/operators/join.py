@@ -23,6 +23,9 @@ table-table
 
 stream-stream, ``JoinWindow(before, after, grace)``
     A left record at ``tl`` matches right records with ``tl - before <= tr <= tl + after``.
+    The window rules (the match range, when a record's own window closes) are the
+    ``JoinWindow``'s (``streamproc.windows``: ``match_range``, ``close_time``); the operator takes
+    them once as offsets (``close_offset``, ``match_range(0, side)``) and adds them per record.
     Records are processed one at a time in processing order (both sides of one batch
     interleaved by position), each at its stream time ``st``:
 
@@ -48,6 +51,7 @@ from itertools import count
 import numpy as np
 
 from ..errors import CodecError
+from ..kinds import NodeKind, StoreKind
 from ..state import Deferred
 from ..state.codec import check_value
 from .base import Operator
@@ -72,7 +76,7 @@ def _moves_time(node) -> bool:
         if n.id in seen:
             continue
         seen.add(n.id)
-        if n.kind == "repartition_source":
+        if n.kind == NodeKind.REPARTITION_SOURCE:
             return False
         todo.extend(n.parents)
     return True
@@ -203,50 +207,59 @@ class TableTableJoinOp(_JoinBase, TableView):
         return out
 
     def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
-        changed: dict = {}        # key -> [left change or None, right change or None]; change = (old, ts, st, seq)
-        for side, b in ((0, left), (1, right)):
-            if b is None or not len(b):
-                continue
-            olds = b.olds if b.olds is not None else [None] * len(b)
-            for k, old, t, st, sq in zip(b.keys, olds, b.timestamps.tolist(), b.stream_times.tolist(),
-                                         b.seq.tolist()):
-                if k is None:
-                    continue
-                c = changed.setdefault(k, [None, None])
-                prev = c[side]
-                c[side] = (old if prev is None else prev[0], t, st, sq)
+        changed = _changes(left, right)
         if not changed:
             return Batch.empty()
         keys = list(changed)
-        lrows, rrows = self.left.rows(keys), self.right.rows(keys)
-        out_k, out_v, out_old, out_ts, out_st, out_seq = [], [], [], [], [], []
-        for k, l, r in zip(keys, lrows, rrows):
-            lc, rc = changed[k]
-            lv, rv = (None if l is None else l[1]), (None if r is None else r[1])
-            lold = lv if lc is None else lc[0]
-            rold = rv if rc is None else rc[0]
-            had, has = self._exists(lold, rold), self._exists(lv, rv)
-            if not had and not has:
-                continue
-            ts = max([c[1] for c in (lc, rc) if c is not None]
-                     + [row[0] for row, c in ((l, lc), (r, rc)) if c is None and row is not None])
-            last = max((c for c in (lc, rc) if c is not None), key=lambda c: c[3])
-            new = self._join(k, lv, rv, last[3]) if has else None
-            old = self._join(k, lold, rold, last[3]) if had else None
-            if new is _SKIP:
-                continue
-            out_k.append(k)
-            out_v.append(new)
-            out_old.append(None if old is _SKIP else old)
-            out_ts.append(ts)
-            out_st.append(last[2])
-            out_seq.append(last[3])
-        if not out_k:
+        out = []
+        for k, l, r in zip(keys, self.left.rows(keys), self.right.rows(keys)):
+            res = self._result(k, l, r, *changed[k])
+            if res is not None:
+                out.append(res)
+        if not out:
             return Batch.empty()
+        out_k, out_v, out_old, out_ts, out_st, out_seq = (list(c) for c in zip(*out))
         order = np.argsort(np.asarray(out_seq, dtype=np.int64), kind="stable")
         b = Batch(out_k, out_v, np.asarray(out_ts, dtype=np.int64), np.asarray(out_st, dtype=np.int64),
                   np.asarray(out_seq, dtype=np.int64), out_old)
         return b if (order == np.arange(len(order))).all() else b.take(order)
+
+    def _result(self, k, l, r, lc, rc):
+        """The change of key ``k``'s result, ``(k, new, old, ts, st, seq)``, from its rows ``l``/``r`` now
+        and its sides' changes ``lc``/``rc`` (``(old value, ts, st, seq)`` or None); None: no change
+        flows (it had and has no result, or the joiner failed and the policy dropped it)."""
+        lv, rv = (None if l is None else l[1]), (None if r is None else r[1])
+        lold = lv if lc is None else lc[0]
+        rold = rv if rc is None else rc[0]
+        had, has = self._exists(lold, rold), self._exists(lv, rv)
+        if not had and not has:
+            return None
+        ts = max([c[1] for c in (lc, rc) if c is not None]
+                 + [row[0] for row, c in ((l, lc), (r, rc)) if c is None and row is not None])
+        last = max((c for c in (lc, rc) if c is not None), key=lambda c: c[3])
+        new = self._join(k, lv, rv, last[3]) if has else None
+        old = self._join(k, lold, rold, last[3]) if had else None
+        if new is _SKIP:
+            return None
+        return k, new, None if old is _SKIP else old, ts, last[2], last[3]
+
+
+def _changes(left: Batch | None, right: Batch | None) -> dict:
+    """Per key the batch changed, ``[left change or None, right change or None]``; a change is
+    ``(old value before the batch, ts, st, seq)`` of the side's last record for the key."""
+    changed: dict = {}
+    for side, b in ((0, left), (1, right)):
+        if b is None or not len(b):
+            continue
+        olds = b.olds if b.olds is not None else [None] * len(b)
+        for k, old, t, st, sq in zip(b.keys, olds, b.timestamps.tolist(), b.stream_times.tolist(),
+                                     b.seq.tolist()):
+            if k is None:
+                continue
+            c = changed.setdefault(k, [None, None])
+            prev = c[side]
+            c[side] = (old if prev is None else prev[0], t, st, sq)
+    return changed
 
 
 class StreamStreamJoinOp(_JoinBase):
@@ -265,8 +278,10 @@ class StreamStreamJoinOp(_JoinBase):
         self.window = w
         left, right = node.params["stores"]
         self.stores = (ctx.state.store(left.name), ctx.state.store(right.name))
-        # close time of a record of side s at t: t + reach[s]; reach = how far after t it can match, + grace + 1
-        self.reach = (w.after + w.grace + 1, w.before + w.grace + 1)
+        # per side (0 left, 1 right), the window rules as offsets from a record's timestamp t: its window
+        # closes at t + close_after[side]; it matches the other side's records in t + match[side]
+        self.close_after = (w.close_offset("left"), w.close_offset("right"))
+        self.match = (w.match_range(0, "left"), w.match_range(0, "right"))
         self.emit_unmatched = (self.how in ("left", "outer"), self.how == "outer")
         # a side read from a repartition topic does not move the task's time (its watermarks do): its
         # records are judged at their own stream time but expire nothing (runtime/watermarks.py)
@@ -282,7 +297,7 @@ class StreamStreamJoinOp(_JoinBase):
         self._live: tuple[dict, dict] = ({}, {})       # side -> key -> [[ts, value, matched], ...]
         self._expired_to: int | None = None
         self._generation = tuple(s.generation for s in self.stores)
-        self._sweeps = [BackendSweep(s, "join") for s in self.stores]
+        self._sweeps = [BackendSweep(s, StoreKind.JOIN) for s in self.stores]
         for side, (store, sweep) in enumerate(zip(self.stores, self._sweeps)):
             if not sweep.indexed:                 # a backend without a time index: read the store once
                 for k, value in store.items():
@@ -299,8 +314,7 @@ class StreamStreamJoinOp(_JoinBase):
         dirty: tuple[set, set] = (set(), set())
         self._prefetch(left, right)
         live = self._live
-        reach = self.reach
-        w = self.window
+        close_after, match = self.close_after, self.match
         cols = [None if b is None else (b.keys, b.values, b.timestamps.tolist(), b.stream_times.tolist(),
                                         b.seq.tolist()) for b in (left, right)]
         for side, i in _in_order(left, right):
@@ -311,7 +325,7 @@ class StreamStreamJoinOp(_JoinBase):
             sq = seq_l[i]
             if self._moves[side] and (self._expired_to is None or st > self._expired_to):
                 self._expire(st, dirty, out, st, sq)
-            if st >= t + reach[side]:
+            if st >= t + close_after[side]:          # late: its own window is closed (JoinWindow.is_closed)
                 self.ctx.drop("late", self.metric_label, 1, sq)
                 continue
             other = 1 - side
@@ -321,11 +335,12 @@ class StreamStreamJoinOp(_JoinBase):
             if entries is None:
                 entries = self._load(other, k)
             if entries:
-                lo, hi = (t - w.before, t + w.after) if side == 0 else (t - w.after, t + w.before)
-                oreach = reach[other]
+                m_lo, m_hi = match[side]
+                lo, hi = t + m_lo, t + m_hi               # JoinWindow.match_range(t, side)
+                o_close = close_after[other]
                 for e in entries:
                     et = e[0]
-                    if lo <= et <= hi and st < et + oreach:
+                    if lo <= et <= hi and st < et + o_close:
                         res = self._join(k, v, e[1], sq) if side == 0 else self._join(k, e[1], v, sq)
                         if res is not _SKIP:
                             out.add(k, res, t if t > et else et, st, sq)
@@ -340,7 +355,7 @@ class StreamStreamJoinOp(_JoinBase):
                 mine = self._load(side, k)
             mine.append([t, v, matched])
             dirty[side].add(k)
-            heapq.heappush(self._heap, (t + reach[side], next(self._tick), side, k))
+            heapq.heappush(self._heap, (t + close_after[side], next(self._tick), side, k))
         if self._expired_to is None or st_now > self._expired_to:
             self._expire(st_now, dirty, out, st_now, _MAXSEQ)
         self._write_back(dirty)
@@ -392,13 +407,13 @@ class StreamStreamJoinOp(_JoinBase):
             entries = self._live[side].get(k)
             if entries is None:
                 entries = self._load(side, k)
-            reach = self.reach[side]
-            if all(e[0] + reach > st for e in entries):     # nothing of it closes yet (a stale heap entry)
+            close_after = self.close_after[side]
+            if all(e[0] + close_after > st for e in entries):     # nothing of it closes yet (a stale heap entry)
                 self._push_entries(side, k, entries)
                 continue
             keep = []
             for e in entries:
-                if e[0] + reach <= st:
+                if e[0] + close_after <= st:
                     if not e[2] and self.emit_unmatched[side]:
                         res = self._join(k, e[1], None) if side == 0 else self._join(k, None, e[1])
                         if res is not _SKIP:
@@ -413,28 +428,25 @@ class StreamStreamJoinOp(_JoinBase):
         """Make sure the heap holds the key's earliest remaining close time (records found through the
         backend sweep are in the heap only from now on)."""
         if entries:
-            heapq.heappush(self._heap, (min(e[0] for e in entries) + self.reach[side], next(self._tick), side, k))
+            heapq.heappush(self._heap, (min(e[0] for e in entries) + self.close_after[side], next(self._tick),
+                                        side, k))
 
     def _write_back(self, dirty) -> None:
         for side in (0, 1):
             if not dirty[side]:
                 continue
-            store, live, reach = self.stores[side], self._live[side], self.reach[side]
+            store, live, close_after = self.stores[side], self._live[side], self.close_after[side]
             dels = []
             for k in dirty[side]:
                 entries = live[k]
                 if entries:
                     if not store.holds_deferred(k):      # else the one put already reads this list
-                        store.put_deferred(k, _Records(entries, reach))
+                        store.put_deferred(k, _Records(entries, close_after))
                 else:
                     dels.append(k)
                     del live[k]
             if dels:
                 store.delete_many(dels)
-
-    def snapshot(self, store_name: str | None = None) -> dict:
-        side = 0 if store_name is None or store_name == self.stores[0].name else 1
-        return {k: [[e[0], e[1]] for e in value[1:]] for k, value in self.stores[side].items()}
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes})
@@ -444,15 +456,15 @@ class _Records(Deferred):
     """A key's records of one join side as the store holds them: ``[due, [ts, value, matched], ...]``,
     built from the operator's working list when the store is read or checkpointed."""
 
-    __slots__ = ("entries", "reach")
+    __slots__ = ("entries", "close_after")
 
-    def __init__(self, entries: list, reach: int):
+    def __init__(self, entries: list, close_after: int):
         self.entries = entries
-        self.reach = reach
+        self.close_after = close_after        # a record at t closes at t + close_after (JoinWindow.close_offset)
 
     def state(self):
         entries = self.entries
-        return [min(e[0] for e in entries) + self.reach] + [[e[0], e[1], e[2]] for e in entries]
+        return [min(e[0] for e in entries) + self.close_after] + [[e[0], e[1], e[2]] for e in entries]
 
 
 def _in_order(left: Batch | None, right: Batch | None):

@@ -7,6 +7,10 @@ windows (and, for sliding windows, the records future windows still need), led b
 *due time*: the smallest stream time at which the key needs a visit (a window closes, records
 expire). ``[due, ...]``.
 
+The window rules (when a window closes, a record is late, a kept closed window expires) are the
+window spec's (``streamproc.windows``): sessions call ``Session.close_time``/``expire_time``; sliding
+windows take them as offsets once (``_sliding.SlidingLayout``).
+
 Closing, without reading the store: the keys this operator writes go into its ``CloseIndex`` by
 due time (in memory); the keys the store already held when the operator was built are found
 through the backend's time index, which keeps every stored key by the due time at the head of
@@ -30,6 +34,7 @@ from operator import itemgetter
 
 from ..agg import Aggregation
 from ..errors import CodecError, StateError
+from ..kinds import StoreKind
 from ._fold import BackendSweep, CloseIndex
 from ._sliding import SlidingEntry, SlidingLayout, check_rows
 from .aggregate import _AggregateBase
@@ -43,8 +48,7 @@ class _RecordWindowOp(_AggregateBase):
     by due time. Subclasses give ``_load``, ``_add``, ``_changed_results``, ``_close``, ``_is_empty``,
     ``_save``, ``_entry_due`` and ``_stored_due`` for their per-key state."""
 
-    _kind = ""
-    _snapshot_by_end = False      # snapshot keys (key, start, end) instead of (key, start)
+    _kind: StoreKind              # the store's kind (its backend time index)
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -160,12 +164,6 @@ class _RecordWindowOp(_AggregateBase):
             value.update({n: a.result(x) for n, a, x in zip(self.names, self.aggs, states)})
         return value
 
-    def _snapshot_items(self):
-        present, full = self._present, self._snapshot_by_end
-        for k, value in self.store.items():
-            for w in present(value):
-                yield ((k, w["window_start"], w["window_end"]) if full else (k, w["window_start"])), w
-
 
 class SlidingAggregateOp(_RecordWindowOp):
     """Kafka Streams sliding windows (``max_difference`` d), both ends inclusive.
@@ -178,21 +176,19 @@ class SlidingAggregateOp(_RecordWindowOp):
       window ``[t+1, t+1+d]``, and the right window of the record just before it when that one
       lacks it (the only earlier record that can: any other has a record after it within d), each
       folded from the stored records in its range (in arrival order) and t,
-    * is late when even ``[t, t+d]``, the last window it could join, is closed.
+    * is late when even ``[t, t+d]``, the last window it could join, is closed (``Sliding.is_late``).
 
     The working forms of the hottest keys stay in memory between batches (``_LIVE_MAX``); the
     store receives them as ``Deferred`` values, encoded only at the checkpoint.
     """
 
-    _kind = "sliding"
+    _kind = StoreKind.SLIDING
 
     def __init__(self, node, ctx):
         p = node.params
         w = p["window"]
-        self.layout = SlidingLayout(list(p["aggs"].values()), w.max_difference, w.grace, p["emit"] == "final",
-                                    p.get("retention"))
+        self.layout = SlidingLayout(list(p["aggs"].values()), w, p["emit"] == "final", p.get("retention"))
         self._live: OrderedDict = OrderedDict()
-        self._present = sliding_windows(p)
         super().__init__(node, ctx)
 
     def _columns(self, b: Batch) -> list:
@@ -285,7 +281,8 @@ class SessionAggregateOp(_RecordWindowOp):
 
     A record at t merges every session of its key with ``end >= t - gap`` and ``start <= t + gap``
     that is still open when the record is processed, into one ``[min start, max end]``; if that
-    merged session is already closed the record is late and nothing changes. A closed session
+    merged session is already closed the record is late and nothing changes (a session is closed
+    iff ``stream_time >= Session.close_time(end)``). A closed session
     has been emitted and is deleted from the store (tombstoned in the changelog) at the end of
     its batch; it never merges again. This is Kafka Streams' behaviour: its session store
     retention defaults to gap + grace, and a fetch never returns a session older than that, so
@@ -299,16 +296,11 @@ class SessionAggregateOp(_RecordWindowOp):
     """
 
     _S = 3   # session list layout: [start, end, max_ts, *states]
-    _kind = "session"
+    _kind = StoreKind.SESSION
 
     def __init__(self, node, ctx):
         self.retention = node.params.get("retention")
-        self._present = session_windows(node.params)
-        # a kept closed session and a later session of its key can start at the same time (a record at
-        # its start extends an open session back to it without merging it): a store that keeps closed
-        # sessions shows them by (key, start, end), as a Kafka Streams session store keys them
         self.retains = node.params["window"].retains(self.retention)
-        self._snapshot_by_end = self.retains
         super().__init__(node, ctx)
 
     def _stored_due(self, k, value):
@@ -477,7 +469,7 @@ def sliding_windows(params):
     names, aggs, simple = _names_aggs(params)
     w = params["window"]
     d = w.max_difference
-    layout = SlidingLayout(aggs, d, w.grace, params["emit"] == "final", params.get("retention"))
+    layout = SlidingLayout(aggs, w, params["emit"] == "final", params.get("retention"))
 
     def present(value) -> list:
         e = SlidingEntry.load(layout, value, _extract)

@@ -12,7 +12,9 @@ aggregation) plus a chain of value transforms (``Table.filter``, ``Table.map_val
   through the table's view; a table-table join is itself a view over its two sides.
 
 Store values of a table read from a topic are ``[timestamp, value]`` (the record's timestamp:
-the table-table join's result timestamp is the larger of its sides').
+the table-table join's result timestamp is the larger of its sides'), made by
+``state.table_rows``: the one conversion of a topic record into a row, shared with global
+tables and the restore of a table from its topic.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import logging
 import numpy as np
 
 from ..errors import CodecError
-from ..state.codec import check_value
+from ..state.table_rows import row_of
 from .base import Operator
 from .batch import Batch
 from .io import SourceOp
@@ -100,32 +102,29 @@ class TableSourceOp(SourceOp):
         keys = [b.keys[i] for i in idx]
         olds = [None if r is None else r[1] for r in self.store.get_many(keys)]
         news = [b.values[i] for i in idx]
-        ts = b.timestamps[ix].tolist()
-        puts_k, puts_v, dels = [], [], []
-        for k, v, t, old in zip(keys, news, ts, olds):
-            if v is None:
-                if old is not None:
-                    dels.append(k)
-            else:
-                puts_k.append(k)
-                puts_v.append([t, v])
-        try:
-            for k, row in zip(puts_k, puts_v):
-                check_value(row[1])
-        except CodecError as e:
-            where = f" (defined at {self.node.where})" if self.node.where else ""
-            raise CodecError(f"table {self.spec.name!r}{where} cannot store the value of key {k!r}: "
-                             f"{e.reason}") from None
-        self.store.put_many(puts_k, puts_v)
-        if dels:
-            self.store.delete_many(dels)
+        self._write(keys, news, b.timestamps[ix].tolist(), olds)
         keep = [not (o is None and v is None) for o, v in zip(olds, news)]
         out = Batch(keys, news, b.timestamps[ix], b.stream_times[ix], b.seq[ix], olds)
         return out if all(keep) else out.select(keep)
 
-    def snapshot(self, store_name: str | None = None) -> dict:
-        """The table's rows: ``{key: value}``."""
-        return {k: row[1] for k, row in self.store.items()}
+    def _write(self, keys: list, news: list, timestamps: list, olds: list) -> None:
+        """Each key's row (``state.table_rows``): put, or deleted by a tombstone if the table held it."""
+        puts_k, puts_v, dels = [], [], []
+        for k, v, t, old in zip(keys, news, timestamps, olds):
+            try:
+                row = row_of(v, t)
+            except CodecError as e:
+                where = f" (defined at {self.node.where})" if self.node.where else ""
+                raise CodecError(f"table {self.spec.name!r}{where} cannot store the value of key {k!r}: "
+                                 f"{e.reason}") from None
+            if row is not None:
+                puts_k.append(k)
+                puts_v.append(row)
+            elif old is not None:
+                dels.append(k)
+        self.store.put_many(puts_k, puts_v)
+        if dels:
+            self.store.delete_many(dels)
 
 
 class TableFilterOp(Operator):

@@ -12,6 +12,7 @@ import re
 from ..dsl import Topology
 from ..errors import TopologyError
 from ..fingerprint import digest
+from ..kinds import SOURCE_KINDS, USER_SOURCE_KINDS, JoinKind, NodeKind, StoreKind
 from ..windows import format_duration
 from .model import GeneratedName, Plan, PlanNode, StoreSpec, SubTopology, TableSource
 from .placement import check_join_inputs, placements
@@ -32,45 +33,14 @@ def compile_topology(topology: Topology) -> Plan:
     if not isinstance(topology, Topology):
         raise TopologyError(f"expected a streamproc.Topology, got {type(topology).__name__}")
     nodes = topology.nodes
-    if not any(n.kind in ("source", "table_source") for n in nodes):
+    if not any(n.kind in USER_SOURCE_KINDS for n in nodes):
         raise TopologyError(f"topology {topology.app_id!r} has no input: add topology.stream('topic', ...)")
     _check_sources(nodes)
 
     c = _Names(topology.app_id, next_id=len(nodes))
     pnodes: dict[int, PlanNode] = {}
     for n in nodes:
-        parents = [pnodes[p.id] for p in n.parents]
-        params = dict(n.params)
-        name = ""
-        if n.kind == "aggregate":
-            name = c.store_name(params.get("store"), f"aggregate-{n.id}", n.where)
-            generated = not params.get("store")
-            up = n.parents[0]
-            if up.key_changed:
-                parents = [c.repartition(up, pnodes[up.id], n.params.get("repartition_name") or name,
-                                         generated and not n.params.get("repartition_name"), n.where,
-                                         "group_by(..., name=...)")]
-            window = params.get("window")
-            kind = "kv" if window is None else {"tumbling": "window", "hopping": "window"}.get(window.kind, window.kind)
-            # retention: how long closed windows stay (read by runtime.app.window_retention_ms); not in the
-            # fingerprint (see _fingerprint)
-            store = StoreSpec(name, kind, f"{c.app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
-                              description=_description(kind, params), generated_name=generated,
-                              retention=params.get("retention"))
-            c.add_store(store, n.where, "aggregate/count/reduce(..., name=...)")
-            params["store"] = store
-            params["stores"] = [store]
-        elif n.kind == "table_source":
-            name = c.store_name(params.get("store"), params["topic"], n.where)
-            src = TableSource(params["topic"], params["key_serde"], params["value_serde"], params["on_error"],
-                              params.get("partitioner", "murmur2"))
-            store = _table_store(name, src, n.id)
-            c.add_store(store, n.where, "table(..., name=...)")
-            params["store"] = store
-            params["stores"] = [store]
-        elif n.kind == "join":
-            name, parents = c.join(n, params, [pnodes[p.id] for p in n.parents])
-        pnodes[n.id] = PlanNode(n.id, n.kind, parents, params, n.where, name)
+        pnodes[n.id] = _plan_node(n, [pnodes[p.id] for p in n.parents], c)
 
     all_nodes = list(pnodes.values()) + c.extra
     subs = _split(all_nodes)
@@ -79,11 +49,9 @@ def compile_topology(topology: Topology) -> Plan:
     plan = Plan(
         app_id=c.app,
         subtopologies=subs,
-        source_topics=[n.params["topic"] for n in all_nodes if n.kind in ("source", "table_source")],
-        sink_topics=_unique([n.params["topic"] for n in all_nodes if n.kind == "sink"]
-                            + [n.params["late_topic"] for n in all_nodes
-                               if n.kind == "aggregate" and n.params.get("late_topic")]),
-        repartition_topics=[n.params["topic"] for n in c.extra if n.kind == "repartition_source"],
+        source_topics=_topics(all_nodes, USER_SOURCE_KINDS),
+        sink_topics=_sink_topics(all_nodes),
+        repartition_topics=_topics(c.extra, {NodeKind.REPARTITION_SOURCE}),
         stores=c.stores,
         where=topology.where,
         generated_names=c.generated,
@@ -95,9 +63,23 @@ def compile_topology(topology: Topology) -> Plan:
     check_join_inputs(plan)
     plan.placements = placements(plan)
     for n in c.extra:
-        if n.kind == "repartition_sink":
+        if n.kind == NodeKind.REPARTITION_SINK:
             n.params["placement"] = plan.placements[n.params["topic"]]
     return plan
+
+
+def _plan_node(n, parents: list[PlanNode], c: "_Names") -> PlanNode:
+    """The plan node of logical node ``n`` (``parents``: its parents' plan nodes). A stateful node gets
+    its stores and, where its input was re-keyed upstream, a repartition_source as that parent."""
+    params = dict(n.params)
+    name = ""
+    if n.kind == NodeKind.AGGREGATE:
+        name, parents = c.aggregate(n, params, parents)
+    elif n.kind == NodeKind.TABLE_SOURCE:
+        name = c.table_source(n, params)
+    elif n.kind == NodeKind.JOIN:
+        name, parents = c.join(n, params, parents)
+    return PlanNode(n.id, n.kind, parents, params, n.where, name)
 
 
 class _Names:
@@ -142,12 +124,45 @@ class _Names:
         rp = {"topic": topic, "generated_name": generated}
         if generated:
             self.generated.append(GeneratedName("repartition topic", topic, up.where or where, call))
-        sink = PlanNode(self.next_id, "repartition_sink", [up_plan], dict(rp), where)
-        src = PlanNode(self.next_id + 1, "repartition_source", [], {**rp, "on_error": _policy_upstream(up)}, where)
+        sink = PlanNode(self.next_id, NodeKind.REPARTITION_SINK, [up_plan], dict(rp), where)
+        src = PlanNode(self.next_id + 1, NodeKind.REPARTITION_SOURCE, [], {**rp, "on_error": _policy_upstream(up)},
+                       where)
         self.next_id += 2
         self.extra += [sink, src]
         self._repartition_of[up.id] = src
         return src
+
+    def aggregate(self, n, params: dict, parents: list[PlanNode]) -> tuple[str, list[PlanNode]]:
+        """Name an aggregate's store, give it to the node and repartition its input if it was re-keyed."""
+        name = self.store_name(params.get("store"), f"aggregate-{n.id}", n.where)
+        generated = not params.get("store")
+        up = n.parents[0]
+        if up.key_changed:
+            parents = [self.repartition(up, parents[0], n.params.get("repartition_name") or name,
+                                        generated and not n.params.get("repartition_name"), n.where,
+                                        "group_by(..., name=...)")]
+        window = params.get("window")
+        kind = _store_kind(window)
+        # retention: how long closed windows stay (read by runtime.instance.app.window_retention_ms); not in
+        # the fingerprint (see _fingerprint)
+        store = StoreSpec(name, kind, f"{self.app}-{name}-changelog", _fingerprint(kind, params), n.id, window,
+                          description=_description(kind, params), generated_name=generated,
+                          retention=params.get("retention"))
+        self.add_store(store, n.where, "aggregate/count/reduce(..., name=...)")
+        params["store"] = store
+        params["stores"] = [store]
+        return name, parents
+
+    def table_source(self, n, params: dict) -> str:
+        """Name the store of a table read from a topic (the topic is its changelog) and give it to the node."""
+        name = self.store_name(params.get("store"), params["topic"], n.where)
+        src = TableSource(params["topic"], params["key_serde"], params["value_serde"], params["on_error"],
+                          params.get("partitioner", "murmur2"))
+        store = _table_store(name, src, n.id)
+        self.add_store(store, n.where, "table(..., name=...)")
+        params["store"] = store
+        params["stores"] = [store]
+        return name
 
     def join(self, n, params: dict, parents: list[PlanNode]) -> tuple[str, list[PlanNode]]:
         """Name a join, give it its stores (stream-stream) and repartition its re-keyed stream inputs."""
@@ -156,25 +171,25 @@ class _Names:
         base = given or f"join-{n.id}"
         _check_name(base, "join", n.where)
         call = "join(..., name=...)"
-        if kind in ("stream_stream", "stream_table"):
-            sides = ("left", "right") if kind == "stream_stream" else ("left",)
+        if kind in (JoinKind.STREAM_STREAM, JoinKind.STREAM_TABLE):
+            sides = ("left", "right") if kind == JoinKind.STREAM_STREAM else ("left",)
             for i, side in enumerate(sides):
                 up = n.parents[i]
                 if up.key_changed:
                     parents[i] = self.repartition(up, parents[i], f"{base}-{side}", not given, n.where, call)
-        if kind == "stream_stream":
+        if kind == JoinKind.STREAM_STREAM:
             stores = []
             for side in ("left", "right"):
                 name = self.store_name(f"{given}-{side}" if given else None, f"{base}-{side}", n.where)
                 w = params["window"]
-                store = StoreSpec(name, "join", f"{self.app}-{name}-changelog",
-                                  digest("join", side, w.describe()), n.id, w,
+                store = StoreSpec(name, StoreKind.JOIN, f"{self.app}-{name}-changelog",
+                                  digest(StoreKind.JOIN, side, w.describe()), n.id, w,
                                   description=f"join store ({side} side); {w.describe()}",
                                   generated_name=not given, side=side)
                 self.add_store(store, n.where, call)
                 stores.append(store)
             params["stores"] = stores
-        if kind == "stream_global":
+        if kind == JoinKind.STREAM_GLOBAL:
             params["global"] = params["global"].name
         return base, parents
 
@@ -182,8 +197,8 @@ class _Names:
 def _table_store(name: str, src: TableSource, node_id: int, generated: bool = False) -> StoreSpec:
     """The store of a table read from topic ``src.topic``: that topic is its changelog."""
     desc = f"table of topic {src.topic!r}; key {src.key_serde.fingerprint()}, value {src.value_serde.fingerprint()}"
-    return StoreSpec(name, "table", src.topic, digest("table", src.topic, src.key_serde.fingerprint(),
-                                                       src.value_serde.fingerprint()),
+    return StoreSpec(name, StoreKind.TABLE, src.topic, digest(StoreKind.TABLE, src.topic, src.key_serde.fingerprint(),
+                                                               src.value_serde.fingerprint()),
                      node_id, None, description=desc, generated_name=generated, source=src)
 
 
@@ -201,7 +216,7 @@ def _policy_upstream(node) -> str:
         if n.id in seen:
             continue
         seen.add(n.id)
-        if n.kind in ("source", "table_source"):
+        if n.kind in USER_SOURCE_KINDS:
             policies.add(n.params.get("on_error", "fail"))
         todo.extend(n.parents)
     for p in ("fail", "dead-letter", "skip"):
@@ -213,7 +228,7 @@ def _policy_upstream(node) -> str:
 def _check_sources(nodes) -> None:
     seen: dict[str, str] = {}
     for n in nodes:
-        if n.kind in ("source", "table_source"):
+        if n.kind in USER_SOURCE_KINDS:
             t = n.params["topic"]
             if t in seen:
                 raise TopologyError(
@@ -241,7 +256,7 @@ def _split(all_nodes: list[PlanNode]) -> list[SubTopology]:
         groups.setdefault(find(n.id), []).append(n)
 
     def first_source(members):
-        ids = [m.id for m in members if m.kind in ("source", "table_source", "repartition_source")]
+        ids = [m.id for m in members if m.kind in SOURCE_KINDS]
         return min(ids) if ids else min(m.id for m in members)
 
     subs = []
@@ -250,12 +265,10 @@ def _split(all_nodes: list[PlanNode]) -> list[SubTopology]:
         subs.append(SubTopology(
             id=i,
             nodes=ordered,
-            source_topics=[n.params["topic"] for n in ordered if n.kind in ("source", "table_source")],
-            repartition_sources=[n.params["topic"] for n in ordered if n.kind == "repartition_source"],
-            sink_topics=_unique([n.params["topic"] for n in ordered if n.kind == "sink"]
-                                + [n.params["late_topic"] for n in ordered
-                                   if n.kind == "aggregate" and n.params.get("late_topic")]),
-            repartition_sinks=[n.params["topic"] for n in ordered if n.kind == "repartition_sink"],
+            source_topics=_topics(ordered, USER_SOURCE_KINDS),
+            repartition_sources=_topics(ordered, {NodeKind.REPARTITION_SOURCE}),
+            sink_topics=_sink_topics(ordered),
+            repartition_sinks=_topics(ordered, {NodeKind.REPARTITION_SINK}),
             stores=[s for n in ordered for s in n.params.get("stores", ())],
         ))
     return subs
@@ -280,7 +293,29 @@ def _topo_order(members: list[PlanNode]) -> list[PlanNode]:
     return out
 
 
-def _fingerprint(kind: str, params: dict) -> str:
+def _topics(nodes, kinds) -> list[str]:
+    """The topics of the ``nodes`` of ``kinds`` (sources, sinks, repartition topics), in node order."""
+    return [n.params["topic"] for n in nodes if n.kind in kinds]
+
+
+def _sink_topics(nodes) -> list[str]:
+    """The external topics ``nodes`` write: sinks' and aggregates' late-record topics, each once."""
+    return _unique(_topics(nodes, {NodeKind.SINK})
+                   + [n.params["late_topic"] for n in nodes
+                      if n.kind == NodeKind.AGGREGATE and n.params.get("late_topic")])
+
+
+#: The store of an aggregate over a window of each kind (``WindowSpec.kind``).
+_STORE_OF_WINDOW = {"tumbling": StoreKind.WINDOW, "hopping": StoreKind.WINDOW,
+                    "sliding": StoreKind.SLIDING, "session": StoreKind.SESSION}
+
+
+def _store_kind(window) -> StoreKind:
+    """The kind of an aggregate's store: ``KV`` without a window, else by the window's kind."""
+    return StoreKind.KV if window is None else _STORE_OF_WINDOW.get(window.kind, window.kind)
+
+
+def _fingerprint(kind: StoreKind, params: dict) -> str:
     """The store's identity: its kind, window and aggregations (functions by their code, see
     ``streamproc.fingerprint``): the same in every process, whatever ``PYTHONHASHSEED``.
 
@@ -295,7 +330,7 @@ def _fingerprint(kind: str, params: dict) -> str:
                   [(k, a.fingerprint()) for k, a in params["aggs"].items()])
 
 
-def _description(kind: str, params: dict) -> str:
+def _description(kind: StoreKind, params: dict) -> str:
     """The store's definition in words, shown when a changed definition is refused."""
     w = params.get("window")
     aggs = ", ".join(f"{k}={a.describe()}" for k, a in params["aggs"].items())

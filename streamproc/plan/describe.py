@@ -4,40 +4,44 @@ from __future__ import annotations
 from rich.text import Text
 from rich.tree import Tree
 
+from ..kinds import JoinKind, NodeKind
 from .model import Plan, PlanNode
 
 
 _GENERATED = " (generated name: add name=)"
+_STYLE = {NodeKind.SOURCE: "green", NodeKind.REPARTITION_SOURCE: "green", NodeKind.TABLE_SOURCE: "green",
+          NodeKind.SINK: "magenta", NodeKind.REPARTITION_SINK: "magenta",
+          NodeKind.AGGREGATE: "yellow", NodeKind.JOIN: "yellow"}    # other kinds: white
 
 
 def node_detail(n: PlanNode) -> str:
     p = n.params
-    if n.kind == "source":
+    if n.kind == NodeKind.SOURCE:
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}" + (
             "  timestamp=extractor" if p.get("timestamp") else "") + _partitioner(p) + (
             f"  on_error={p['on_error']}" if p.get("on_error", "fail") != "fail" else "")
-    if n.kind == "sink":
+    if n.kind == NodeKind.SINK:
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}"
-    if n.kind == "repartition_sink":
+    if n.kind == NodeKind.REPARTITION_SINK:
         return (p["topic"] + (_GENERATED if p.get("generated_name") else "")
                 + (f"  partitioned {p['placement'].describe()}" if p.get("placement") else ""))
-    if n.kind == "repartition_source":
+    if n.kind == NodeKind.REPARTITION_SOURCE:
         return p["topic"] + (_GENERATED if p.get("generated_name") else "")
-    if n.kind == "aggregate":
+    if n.kind == NodeKind.AGGREGATE:
         store = p["store"]
         w = p["window"]
         aggs = " ".join(f"{k}={a.describe()}" for k, a in p["aggs"].items())
         return (f"{w.describe() if w else 'table'}  {aggs}  emit={p['emit']}  "
                 f"store={store.name}{_GENERATED if store.generated_name else ''} changelog={store.changelog}")
-    if n.kind == "table_source":
+    if n.kind == NodeKind.TABLE_SOURCE:
         store = p["store"]
         return (f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}{_partitioner(p)}  "
                 f"store={store.name}  (the topic is the store's changelog)")
-    if n.kind == "join":
+    if n.kind == NodeKind.JOIN:
         return _join_detail(n)
-    if n.kind == "branch":
+    if n.kind == NodeKind.BRANCH:
         return f"{len(p['predicates'])} predicates"
-    if n.kind == "branch_out":
+    if n.kind == NodeKind.BRANCH_OUT:
         return f"#{p['index']}"
     fn = p.get("fn")
     return getattr(fn, "__name__", "") if fn is not None else ""
@@ -51,13 +55,13 @@ def _join_detail(n: PlanNode) -> str:
     p = n.params
     kind = p["join"].replace("_", "-")
     parts = [f"{kind} how={p['how']}"]
-    if p["join"] == "stream_stream":
+    if p["join"] == JoinKind.STREAM_STREAM:
         parts.append(p["window"].describe())
         parts += [f"store={s.name}{_GENERATED if s.generated_name else ''} changelog={s.changelog}"
                   for s in p["stores"]]
-    elif p["join"] == "stream_table":
+    elif p["join"] == JoinKind.STREAM_TABLE:
         parts.append(f"table={n.parents[1].label}")
-    elif p["join"] == "table_table":
+    elif p["join"] == JoinKind.TABLE_TABLE:
         parts.append(f"tables={n.parents[0].label},{n.parents[1].label}")
     else:
         key = p.get("key")
@@ -81,8 +85,7 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
                 children.setdefault(par.id, []).append(n)
 
         def add(tree, n):
-            style = {"source": "green", "repartition_source": "green", "table_source": "green", "sink": "magenta",
-                     "repartition_sink": "magenta", "aggregate": "yellow", "join": "yellow"}.get(n.kind, "white")
+            style = _STYLE.get(n.kind, "white")
             extra = ""
             if len(n.parents) > 1:
                 extra = "  (also from " + ", ".join(p.label for p in n.parents[1:]) + ")"
@@ -116,6 +119,7 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
 
 
 def to_dict(plan: Plan) -> dict:
+    """The plan as plain JSON-ready data (kinds as their plain strings)."""
     return {
         "app_id": plan.app_id,
         "subtopologies": [
@@ -123,7 +127,7 @@ def to_dict(plan: Plan) -> dict:
                 "id": st.id,
                 "input_topics": st.input_topics,
                 "nodes": [
-                    {"id": n.id, "kind": n.kind, "name": n.label, "parents": [p.label for p in n.parents],
+                    {"id": n.id, "kind": str(n.kind), "name": n.label, "parents": [p.label for p in n.parents],
                      "detail": node_detail(n), "defined_at": n.where}
                     for n in st.nodes
                 ],
@@ -140,7 +144,7 @@ def to_dict(plan: Plan) -> dict:
             "tables": plan.table_topics,
         },
         "stores": [
-            {"name": s.name, "kind": s.kind, "changelog": s.changelog, "fingerprint": s.fingerprint,
+            {"name": s.name, "kind": str(s.kind), "changelog": s.changelog, "fingerprint": s.fingerprint,
              "window": s.window.describe() if s.window else None, "description": s.description,
              "generated_name": s.generated_name}
             for s in plan.stores

@@ -3,19 +3,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..kinds import NodeKind, StoreKind
+
 
 @dataclass(eq=False)
 class PlanNode:
     """A physical node of one sub-topology.
 
-    Kinds: the logical ones (source, table_source, map, map_values, filter, flat_map, peek,
-    branch, branch_out, merge, select_key, aggregate, table_filter, table_map_values, to_stream,
-    join, sink) plus ``repartition_sink`` and ``repartition_source`` inserted where a stateful
-    operator needs records keyed anew. ``params["stores"]``: the ``StoreSpec``s the node owns.
+    ``kind``: a :class:`~streamproc.kinds.NodeKind`: the logical node's, or ``REPARTITION_SINK`` /
+    ``REPARTITION_SOURCE`` inserted where a stateful operator needs records keyed anew.
+    ``params["stores"]``: the ``StoreSpec``s the node owns.
     """
 
     id: int
-    kind: str
+    kind: NodeKind
     parents: list["PlanNode"]
     params: dict
     where: str = ""
@@ -57,7 +58,7 @@ class TableSource:
 @dataclass
 class StoreSpec:
     name: str
-    kind: str              # "window" (tumbling/hopping), "sliding", "session", "kv", "table", "join"
+    kind: StoreKind        # WINDOW (tumbling/hopping), SLIDING, SESSION, KV, TABLE, JOIN
     changelog: str         # changelog topic name (a table's: its source topic)
     fingerprint: str
     node_id: int
@@ -105,7 +106,7 @@ class Plan:
     stores: list[StoreSpec]
     where: str = ""
     generated_names: list["GeneratedName"] = field(default_factory=list)
-    global_tables: list[StoreSpec] = field(default_factory=list)   # kind "table", one store per worker
+    global_tables: list[StoreSpec] = field(default_factory=list)   # StoreKind.TABLE, one per worker
     on_processing_error: str = "fail"
     idle_close: int | None = None      # ms (Topology(idle_close=...)); None: off
     max_task_idle: int = 0             # ms (Topology(max_task_idle=...))

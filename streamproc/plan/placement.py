@@ -25,12 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import CodecError, SerdeError, TopologyError
+from ..kinds import USER_SOURCE_KINDS, JoinKind, NodeKind
 from ..partitioner import partition_for, partitions_for
 from ..state import codec
 
 __all__ = ["Placement", "placements", "check_join_inputs"]
-
-_EXTERNAL = ("source", "table_source")
 
 
 @dataclass(frozen=True)
@@ -86,12 +85,12 @@ def placements(plan) -> dict[str, Placement]:
     out: dict[str, Placement] = {}
     for st in plan.subtopologies:
         for n in st.nodes:
-            if n.kind in _EXTERNAL:
+            if n.kind in USER_SOURCE_KINDS:
                 out[n.params["topic"]] = _of_source(n.params)
     for g in plan.global_tables:
         out[g.source.topic] = Placement(g.source.topic, g.source.key_serde, g.source.partitioner)
     for st in plan.subtopologies:
-        externals = [n for n in st.nodes if n.kind in _EXTERNAL]
+        externals = [n for n in st.nodes if n.kind in USER_SOURCE_KINDS]
         for topic in st.repartition_sources:
             if externals:
                 first = out[externals[0].params["topic"]]
@@ -110,9 +109,9 @@ def check_join_inputs(plan) -> None:
     key would sit in different partition numbers on the two sides and never meet. (A re-keyed side is
     placed like the other side's topic, see the module doc; partition counts are checked at start.)"""
     for st in plan.subtopologies:
-        if not any(n.kind == "join" and n.params.get("join") != "stream_global" for n in st.nodes):
+        if not any(n.kind == NodeKind.JOIN and n.params.get("join") != JoinKind.STREAM_GLOBAL for n in st.nodes):
             continue
-        externals = [n for n in st.nodes if n.kind in _EXTERNAL]
+        externals = [n for n in st.nodes if n.kind in USER_SOURCE_KINDS]
         if len(externals) < 2:
             continue
         first = externals[0].params

@@ -29,10 +29,12 @@ from bisect import bisect_right, insort
 from itertools import groupby
 from operator import itemgetter
 
+from ..kinds import StoreKind
+
 DELETED = object()     # write-cache marker for a deleted key
 
-INDEXED_KINDS = frozenset({"window", "session", "sliding", "join"})
-DUE_KINDS = frozenset({"session", "sliding", "join"})
+INDEXED_KINDS = frozenset({StoreKind.WINDOW, StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN})
+DUE_KINDS = frozenset({StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN})     # indexed by due time
 MIN_TIME = -(1 << 63)
 _start = itemgetter(1)          # a window store key is (group_key, start)
 

@@ -133,6 +133,7 @@ from operator import itemgetter
 import msgpack
 
 from ..errors import CodecError
+from ..kinds import StoreKind
 
 __all__ = [
     "KEY_FORMAT", "VALUE_FORMAT", "KINDS", "WINDOWED_KINDS",
@@ -145,8 +146,8 @@ __all__ = [
 KEY_FORMAT = 0x01
 VALUE_FORMAT = 0x01
 
-KINDS = ("kv", "window", "sliding", "session", "table", "join")
-WINDOWED_KINDS = frozenset({"window"})     # keys are (group_key, window_start)
+KINDS = tuple(StoreKind)                           # every store kind, in StoreKind's order
+WINDOWED_KINDS = frozenset({StoreKind.WINDOW})     # keys are (group_key, window_start)
 
 _PICKLE_FIRST_BYTE = 0x80
 _RESET_ADVICE = ("it was written by an older streamproc version in the pickle format, which this "
@@ -389,6 +390,7 @@ def _terminated(data: bytes, pos: int) -> tuple[bytes, int]:
 
 
 def _dec(data: bytes, pos: int):
+    """The key whose tagged body starts at ``pos`` and the position after it (common tags first)."""
     tag = data[pos]
     pos += 1
     if tag == T_STR:
@@ -415,18 +417,7 @@ def _dec(data: bytes, pos: int):
     if tag == T_TRUE:
         return True, pos
     if tag == T_DICT:
-        d = {}
-        prev = None
-        while data[pos] != 0:
-            if data[pos] != T_STR:
-                raise CodecError(f"not a valid streamproc key: a dict key with tag 0x{data[pos]:02x} (not str)")
-            b, pos = _terminated(data, pos + 1)
-            k = b.decode("utf-8", "surrogatepass")
-            if prev is not None and not prev < k:
-                raise CodecError("not a valid streamproc key: dict keys not in strictly increasing order")
-            d[k], pos = _dec(data, pos)
-            prev = k
-        return d, pos + 1
+        return _dec_dict(data, pos)
     if tag == T_DATETIME:
         return _EPOCH + timedelta(microseconds=_unpack_u64_from(data, pos)[0] - _FLIP), pos + 8
     if tag == T_DATETIME_TZ:
@@ -434,13 +425,34 @@ def _dec(data: bytes, pos: int):
     if tag == T_DATE:
         return date.fromordinal(_U32.unpack_from(data, pos)[0]), pos + 4
     if tag == T_POSBIG or tag == T_NEGBIG:
-        n = data[pos] if tag == T_POSBIG else 255 - data[pos]
-        mag = data[pos + 1:pos + 1 + n]
-        if len(mag) != n:
-            raise IndexError("truncated")
-        i = int.from_bytes(mag, "big")
-        return (i if tag == T_POSBIG else -(i ^ ((1 << (8 * n)) - 1))), pos + 1 + n
+        return _dec_bigint(data, pos, tag == T_POSBIG)
     raise CodecError(f"not a valid streamproc key: unknown tag 0x{tag:02x} at byte {pos - 1}")
+
+
+def _dec_dict(data: bytes, pos: int):
+    """The dict whose entries start at ``pos`` (after its tag) and the position after its ``00``."""
+    d = {}
+    prev = None
+    while data[pos] != 0:
+        if data[pos] != T_STR:
+            raise CodecError(f"not a valid streamproc key: a dict key with tag 0x{data[pos]:02x} (not str)")
+        b, pos = _terminated(data, pos + 1)
+        k = b.decode("utf-8", "surrogatepass")
+        if prev is not None and not prev < k:
+            raise CodecError("not a valid streamproc key: dict keys not in strictly increasing order")
+        d[k], pos = _dec(data, pos)
+        prev = k
+    return d, pos + 1
+
+
+def _dec_bigint(data: bytes, pos: int, positive: bool):
+    """An int beyond 64 bits (tag ``T_POSBIG``/``T_NEGBIG``, read before ``pos``) and the position after it."""
+    n = data[pos] if positive else 255 - data[pos]
+    mag = data[pos + 1:pos + 1 + n]
+    if len(mag) != n:
+        raise IndexError("truncated")
+    i = int.from_bytes(mag, "big")
+    return (i if positive else -(i ^ ((1 << (8 * n)) - 1))), pos + 1 + n
 
 
 def _format_problem(first: int, what: str) -> str:

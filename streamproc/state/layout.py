@@ -38,7 +38,7 @@ log = logging.getLogger("streamproc.state")
 
 #: Name of the task lock file inside a task directory (``state.lock.TaskDirLock``).
 TASK_LOCK = "LOCK"
-#: The instance lock in the app directory (``runtime._load.StateDirLock``).
+#: The instance lock in the app directory (``runtime.instance.load.StateDirLock``).
 LOCK_FILE = ".lock"
 PROCESS_ID_FILE = "process-id"
 CLUSTER_FILE = "cluster.json"

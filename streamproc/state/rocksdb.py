@@ -1,4 +1,4 @@
-"""``RocksDBBackend``: a task's stores on local disk (DESIGN.md section 5).
+"""``RocksDBBackend``: a task's stores on local disk (DESIGN section 5).
 
 Layout of one task directory ``<state-dir>/<app-id>/<task-id>/``::
 
@@ -77,6 +77,7 @@ from rocksdict import (AccessType, BlockBasedOptions, Cache, DBCompressionType, 
                        Rdict, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions)
 
 from ..errors import StateError, StreamprocError
+from ..kinds import StoreKind
 from .backend import DELETED, DUE_KINDS, INDEXED_KINDS, MIN_TIME, Backend
 from .definition import RESET_HINT, changed_definition
 from .codec import (KEY_FORMAT, KINDS, VALUE_FORMAT, WINDOWED_KINDS, decode_key, decode_value, encode_value,
@@ -95,6 +96,7 @@ META_CF = "__meta__"
 INDEX_CF_PREFIX = "__index__:"      # ":" is never in a store name (the plan allows [A-Za-z0-9._-])
 DB_DIR = "rocksdb"
 _SYS_VERSION = b"sys:format_version"
+_KV = StoreKind.KV.value            # a store's kind, as stored and shown, when nothing says otherwise
 
 #: Keys the first count of a store reads per ``live_keys`` call (~25 ms): a large store is counted over
 #: several calls (see the module doc).
@@ -343,6 +345,32 @@ class RocksDBBackend(Backend):
         return kinds, fps, descs
 
     def _open(self, kinds, fps, descs) -> None:
+        """Open the database with the column families of ``kinds`` (store -> kind or None), check its format
+        version and each store's kind and fingerprint, record those of new stores, open the time indexes."""
+        names = self._family_names(kinds)
+        self._connect(names)
+        raw = self._read_meta_family(self._cf.get(META_CF))
+        self._meta = {k[2:].decode(): v for k, v in raw.items() if k.startswith(b"m:")}
+        self._sys = {k: v for k, v in raw.items() if k.startswith(b"sys:")}
+        setup = self._check_version(names)
+        self._kind: dict[str, str] = {}        # store -> kind, a plain str as stored (sys:kind:<store>)
+        for n in names:
+            if n != META_CF and not n.startswith(INDEX_CF_PREFIX):
+                self._kind[n] = self._sys.get(_sys_key("kind", n)) or _KV
+        problems = []
+        for name, kind in kinds.items():
+            problem = self._check_store(name, kind, fps.get(name), descs.get(name, ""), setup)
+            if problem is not None:
+                problems.append(problem)
+        if problems:
+            raise StateError("\n".join(problems))
+        if setup and not self.read_only:
+            self._write_setup(setup)
+        self._open_stores(kinds)
+
+    def _family_names(self, kinds) -> list[str]:
+        """The column families to open: those the database has, plus (writable) the metadata, each store of
+        ``kinds`` and the time index of each indexed one."""
         exists = os.path.exists(os.path.join(self.db_path, "CURRENT"))
         if self.read_only and not exists:
             raise StateError(f"there is no local state in {self.path} (no RocksDB database in {self.db_path})")
@@ -351,10 +379,12 @@ class RocksDBBackend(Backend):
         except Exception as e:  # noqa: BLE001 - rocksdict raises plain Exception
             raise StateError(f"cannot read the local state in {self.db_path}: {e}; {RESET_HINT}") from None
         if self.read_only:
-            names = [c for c in existing if c != "default"]
-        else:
-            names = list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)
-                                       + [_index_cf(n) for n, k in kinds.items() if k in INDEXED_KINDS]))
+            return [c for c in existing if c != "default"]
+        return list(dict.fromkeys([c for c in existing if c != "default"] + [META_CF] + list(kinds)
+                                  + [_index_cf(n) for n, k in kinds.items() if k in INDEXED_KINDS]))
+
+    def _connect(self, names: list[str]) -> None:
+        """Open the database (read-write, read-only or as a secondary) with the column families ``names``."""
         cfs = {n: _cf_options(data=n != META_CF) for n in names}
         if self.secondary is not None:       # follows a running worker's database (catch_up)
             os.makedirs(self.secondary, exist_ok=True)
@@ -367,57 +397,54 @@ class RocksDBBackend(Backend):
             raise StateError(f"cannot open the local state in {self.db_path}: {e}; {RESET_HINT}") from None
         self._cf: dict[str, Rdict] = {n: self._db.get_column_family(n) for n in names}
         self._h = {n: self._db.get_column_family_handle(n) for n in names}
-        meta_cf = self._cf.get(META_CF)
-        raw = self._read_meta_family(meta_cf)
-        self._meta = {k[2:].decode(): v for k, v in raw.items() if k.startswith(b"m:")}
-        self._sys = {k: v for k, v in raw.items() if k.startswith(b"sys:")}
 
+    def _check_version(self, names: list[str]) -> dict:
+        """Refuse state of another format version; new state (no version, no data) gets this one: the
+        ``{sys key: value}`` to record."""
         version = self._sys.get(_SYS_VERSION)
-        setup: dict[bytes, object] = {}
         if version is None:
             stored = [n for n in names if n != META_CF and next(iter(self._cf[n].keys()), None) is not None]
             if stored:
                 raise StateError(
                     f"the local state in {self.path} has data (stores {', '.join(stored)}) but no streamproc format "
                     f"version: it was not written by streamproc or is damaged; {RESET_HINT}")
-            setup[_SYS_VERSION] = FORMAT_VERSION
-        elif version != FORMAT_VERSION:
+            return {_SYS_VERSION: FORMAT_VERSION}
+        if version != FORMAT_VERSION:
             raise StateError(
                 f"the local state in {self.path} has format version {version}, this streamproc reads format "
                 f"version {FORMAT_VERSION}; {RESET_HINT}")
+        return {}
 
-        self._kind: dict[str, str] = {}
-        for n in names:
-            if n != META_CF and not n.startswith(INDEX_CF_PREFIX):
-                self._kind[n] = self._sys.get(_sys_key("kind", n)) or "kv"
-        problems = []
-        for name, kind in kinds.items():
-            stored_kind = self._sys.get(_sys_key("kind", name))
-            if kind is not None and stored_kind is not None and stored_kind != kind:
-                problems.append(self._mismatch(name, f"a {stored_kind} store", f"a {kind} store", None, None))
-                continue
-            if stored_kind is None:
-                self._kind[name] = kind or "kv"
-                setup[_sys_key("kind", name)] = self._kind[name]
-            fp = fps.get(name)
-            if fp is None:
-                continue
-            old = self._sys.get(_sys_key("fingerprint", name))
-            if old is None:
-                setup[_sys_key("fingerprint", name)] = fp
-                setup[_sys_key("description", name)] = descs.get(name, "")
-            elif old != fp:
-                problems.append(self._mismatch(name, self._sys.get(_sys_key("description", name)) or "?",
-                                               descs.get(name) or "?", old, fp))
-        if problems:
-            raise StateError("\n".join(problems))
-        if setup and not self.read_only:
-            wb = WriteBatch(raw_mode=True)
-            h = self._h[META_CF]
-            for k, v in setup.items():
-                wb.put(k, encode_value(v), h)
-            self._db.write(wb)
-            self._sys.update(setup)
+    def _check_store(self, name: str, kind, fp: str | None, desc: str, setup: dict) -> str | None:
+        """Check store ``name`` against its stored kind and fingerprint: the problem (a changed definition),
+        or None. What a new store (or one without a fingerprint yet) records goes into ``setup``."""
+        stored_kind = self._sys.get(_sys_key("kind", name))
+        if kind is not None and stored_kind is not None and stored_kind != kind:
+            return self._mismatch(name, f"a {stored_kind} store", f"a {kind} store", None, None)
+        if stored_kind is None:
+            self._kind[name] = str(kind or _KV)
+            setup[_sys_key("kind", name)] = self._kind[name]
+        if fp is None:
+            return None
+        old = self._sys.get(_sys_key("fingerprint", name))
+        if old is None:
+            setup[_sys_key("fingerprint", name)] = fp
+            setup[_sys_key("description", name)] = desc
+        elif old != fp:
+            return self._mismatch(name, self._sys.get(_sys_key("description", name)) or "?", desc or "?", old, fp)
+        return None
+
+    def _write_setup(self, setup: dict) -> None:
+        """Record ``setup`` (``{sys key: value}``: format version, new stores' kinds and fingerprints)."""
+        wb = WriteBatch(raw_mode=True)
+        h = self._h[META_CF]
+        for k, v in setup.items():
+            wb.put(k, encode_value(v), h)
+        self._db.write(wb)
+        self._sys.update(setup)
+
+    def _open_stores(self, kinds) -> None:
+        """Key codecs and time indexes of every store in the database; stores not in ``kinds`` are stale."""
         self.stale_stores = sorted(n for n in self._kind if n not in kinds)
         if self.stale_stores and kinds:
             log.info("local state %s holds stores the topology no longer has: %s", self.path,
@@ -677,13 +704,13 @@ class RocksDBBackend(Backend):
             cf = self._db.create_column_family(store, _cf_options())
             self._cf[store] = cf
             h = self._h[store] = self._db.get_column_family_handle(store)
-            self._kind[store] = "kv"
-            self._enc[store] = key_encoder("kv")
-            self._dec[store] = key_decoder("kv")
+            self._kind[store] = _KV
+            self._enc[store] = key_encoder(_KV)
+            self._dec[store] = key_decoder(_KV)
             wb = WriteBatch(raw_mode=True)
-            wb.put(_sys_key("kind", store), encode_value("kv"), self._h[META_CF])
+            wb.put(_sys_key("kind", store), encode_value(_KV), self._h[META_CF])
             self._db.write(wb, self._wopt)
-            self._sys[_sys_key("kind", store)] = "kv"
+            self._sys[_sys_key("kind", store)] = _KV
         return h
 
     def write(self, changes, meta):

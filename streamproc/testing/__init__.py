@@ -3,13 +3,16 @@
 It compiles the topology exactly as ``streamproc run`` does and runs the same tasks and
 operators; only the feeder differs. Each ``pipe`` is one batch for one task; records a task
 writes to a repartition topic are handed to the downstream task at once (one batch per
-destination partition), so one ``pipe`` can ripple through every sub-topology.
+destination partition), so one ``pipe`` can ripple through every sub-topology. Each batch ends
+as a committed checkpoint (a failed one as a rolled-back one) through the path the worker's
+checkpoint takes too (``runtime/engine/checkpointing.py``).
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 from ..errors import StreamprocError
+from ..kinds import USER_SOURCE_KINDS, NodeKind
 from ..operators import RawBatch
 from ..operators.base import counts_by_name
 from ..operators.global_table import GlobalStore
@@ -17,6 +20,7 @@ from ..operators.io import carried_times
 from ..partitioner import partition_for
 from ..plan import compile_topology
 from ..plan.partitions import partition_counts
+from ..runtime.engine.checkpointing import apply_committed, discard, rebuilt
 from ..runtime.engine.task import Task
 from ..runtime.engine.watermarks import encode as watermark_encode
 from ..state import MemoryBackend
@@ -38,15 +42,15 @@ class TopologyTestDriver:
         self._sink_serdes = {}
         for st in self.plan.subtopologies:
             for n in st.nodes:
-                if n.kind == "sink":
+                if n.kind == NodeKind.SINK:
                     self._sink_serdes.setdefault(n.params["topic"], (n.params["key_serde"], n.params["value_serde"]))
-                elif n.kind == "aggregate" and n.params.get("late_topic"):
+                elif n.kind == NodeKind.AGGREGATE and n.params.get("late_topic"):
                     self._sink_serdes.setdefault(n.params["late_topic"],
                                                  (n.params["late_key_serde"], n.params["late_value_serde"]))
         self._source_serdes = {}
         for st in self.plan.subtopologies:
             for n in st.nodes:
-                if n.kind in ("source", "table_source"):
+                if n.kind in USER_SOURCE_KINDS:
                     self._source_serdes[n.params["topic"]] = (n.params["key_serde"], n.params["value_serde"])
         # one global store per global table, shared by every task (as by a worker's tasks)
         self._globals = {g.name: GlobalStore(g, MemoryBackend()) for g in self.plan.global_tables}
@@ -142,9 +146,8 @@ class TopologyTestDriver:
             self._roll_back(task)              # as a worker would: nothing of the failed batch remains
             raise
         self._consumed += counted
-        task.state.changes()
-        task.state.apply()
-        task.ctx.commit_counts()                    # each pipe is one committed checkpoint
+        task.state.changes()                        # what a checkpoint takes for the changelogs (none here)
+        apply_committed([task])                     # each pipe is one committed checkpoint
         for dl in task.ctx.dead_letters:
             self._outputs.setdefault(f"{self.plan.app_id}-dlq", []).append((dl.key, dl.value, dl.timestamp))
             self._dead.append(dl)
@@ -194,12 +197,10 @@ class TopologyTestDriver:
                             self._run(task, task.advance)
 
     def _roll_back(self, task: Task) -> None:
-        """Discard what a failed batch did to ``task`` (state, stream time, pending counts)."""
-        task.state.discard()
-        key = (task.subtopology.id, task.partition)
-        fresh = self._tasks[key] = Task(task.subtopology, task.partition, task.state.backend, globals=self._globals,
-                                        partition_count=self._partitions.__getitem__)
-        fresh.ctx.metrics = task.ctx.metrics
+        """Discard what a failed batch did to ``task`` (state, stream time, pending counts), as a rolled-back
+        checkpoint does, and rebuild it over its backend."""
+        discard([task])
+        self._tasks[(task.subtopology.id, task.partition)] = rebuilt(task, self._globals, self._partitions.__getitem__)
 
     # -- output -------------------------------------------------------------------------
     def read_output(self, topic: str) -> list[Record]:

@@ -1,11 +1,12 @@
-"""Window specifications and THE window-closing rule.
+"""Window specifications and THE window rules: closing, lateness, expiry, lifetime.
 
-Every window kind answers two questions, and nothing else in streamproc decides them:
+Every window kind answers these questions, and nothing else in streamproc decides them (the operators
+and the runtime call the methods named here; see docs/design.md, "Where each rule lives"):
 
 * which windows a record at event time ``ts`` belongs to (tumbling/hopping: computed
   from ``ts``; sliding/session: defined by the records themselves, see the operators);
 * ``close_time(end)``: the smallest stream time at which a window ending at ``end``
-  is closed. A window is closed iff ``stream_time >= close_time(end)``:
+  is closed. A window is closed iff ``stream_time >= close_time(end)`` (:meth:`WindowSpec.is_closed`):
 
   ===========  =================================  ===============================
   kind         window                              closed when
@@ -20,6 +21,15 @@ Every window kind answers two questions, and nothing else in streamproc decides 
 
 A record that only belongs to closed windows is *late*.
 
+Windows of a fixed length (tumbling, hopping, sliding: ``end_of(start)``) also read every rule by
+start: :meth:`~_FixedWindow.close_offset`, :meth:`~_FixedWindow.last_closed_start`,
+:meth:`~_FixedWindow.first_open_start`, :meth:`~_FixedWindow.expire_offset`,
+:meth:`~_FixedWindow.last_expired_start` (and, for the records a sliding window keeps,
+:meth:`Sliding.is_late`, :meth:`Sliding.forget_time`). Each of them is linear in time
+(``rule(x) == x + rule(0)``), so an operator's per-record code adds ``rule(0)``, computed once from
+the method, instead of calling it per record; a join record's window likewise
+(:meth:`JoinWindow.close_offset`, :meth:`JoinWindow.match_range`).
+
 Retention (``aggregate(..., retention=)``): how long a window store keeps a window, so queries and
 ``streamproc state`` can read recent closed windows. As in Kafka Streams, it is measured in stream
 time from the window's *start* for time and sliding windows (a window store, whose fetches skip
@@ -31,6 +41,9 @@ as without a retention. :meth:`WindowSpec.expire_time` is the smallest stream ti
 is removed: ``max(close_time(end), anchor + retention)`` - never before it closed. A retained closed
 window holds its final value; it is never updated (a record for it is still late) nor, for sessions,
 merged again, and ``emit="final"`` emitted it once, when it closed.
+
+Lifetime (:meth:`WindowSpec.lifetime`): how long a stored window can live without being written
+again, which the store's changelog ``retention.ms`` covers (``runtime/instance/app.py`` adds a margin).
 """
 from __future__ import annotations
 
@@ -71,7 +84,7 @@ def parse_duration(value, what: str = "duration") -> int:
 
 
 class WindowSpec:
-    """Base of the four window kinds."""
+    """Base of the window kinds: each states its rules once, in the methods below."""
 
     kind: str = ""
     grace: int = 0
@@ -79,6 +92,11 @@ class WindowSpec:
     def close_time(self, end):
         """Smallest stream time at which the window ending at ``end`` is closed (works on arrays)."""
         raise NotImplementedError
+
+    def is_closed(self, end, stream_time):
+        """True when the window ending at ``end`` is closed at ``stream_time``: ``stream_time >=
+        close_time(end)``; a record for a closed window is late (works on arrays)."""
+        return stream_time >= self.close_time(end)
 
     def params(self) -> dict:
         raise NotImplementedError
@@ -95,8 +113,12 @@ class WindowSpec:
         close = self.close_time(end)
         if retention is None:
             return close
-        t = (end if self.kind == "session" else start) + retention
+        t = self._anchor(start, end) + retention
         return t if t > close else close
+
+    def _anchor(self, start, end):
+        """Where a store's retention is measured from: the window start (Kafka Streams' window stores)."""
+        return start
 
     def retains(self, retention: int | None) -> bool:
         """True if a store kept for ``retention`` keeps windows after they close (a retention longer
@@ -106,6 +128,16 @@ class WindowSpec:
 
     def _end_of(self, start: int) -> int:
         return start
+
+    def lifetime(self, retention: int | None = None) -> int:
+        """How long (in stream time) a stored window can live without being written again: the kind's own
+        (``_lifetime``) or the store's ``retention`` when longer. A windowed store's changelog keeps its
+        records that long (plus a margin, ``runtime/instance/app.py``), as Kafka Streams' do."""
+        life = self._lifetime()
+        return retention if retention is not None and retention > life else life
+
+    def _lifetime(self) -> int:
+        raise NotImplementedError
 
     def check_retention(self, retention, store: str | None = None) -> int:
         """``retention`` in milliseconds, or ``TopologyError`` when it is not a duration or is shorter than
@@ -133,7 +165,42 @@ class WindowSpec:
         return self.describe()
 
 
-class _TimeWindow(WindowSpec):
+class _FixedWindow(WindowSpec):
+    """Windows whose end follows from their start (tumbling, hopping, sliding), so every rule also reads
+    by start. Each is linear in time (``rule(x) == x + rule(0)``): per-record code adds ``rule(0)``."""
+
+    def end_of(self, start):
+        """``window_end`` of the window starting at ``start`` (works on arrays)."""
+        raise NotImplementedError
+
+    def _end_of(self, start: int) -> int:
+        return self.end_of(start)
+
+    def close_offset(self) -> int:
+        """The window starting at ``s`` closes at stream time ``s + close_offset()``:
+        ``close_time(end_of(s)) - s``."""
+        return self.close_time(self.end_of(0))
+
+    def last_closed_start(self, stream_time):
+        """The latest start of a window closed at ``stream_time``: the windows starting at or before it
+        are closed, the others open (``start + close_offset() <= stream_time``)."""
+        return stream_time - self.close_offset()
+
+    def first_open_start(self, stream_time):
+        """The earliest start of a window still open at ``stream_time`` (``last_closed_start + 1``)."""
+        return self.last_closed_start(stream_time) + 1
+
+    def expire_offset(self, retention: int | None) -> int:
+        """A window starting at ``s`` leaves a store kept for ``retention`` at stream time
+        ``s + expire_offset(retention)`` (:meth:`expire_time`; never before it closed)."""
+        return self.expire_time(0, self.end_of(0), retention)
+
+    def last_expired_start(self, stream_time, retention: int | None):
+        """The latest start of a window expired at ``stream_time`` from a store kept for ``retention``."""
+        return stream_time - self.expire_offset(retention)
+
+
+class _TimeWindow(_FixedWindow):
     """Epoch-aligned half-open windows ``[k*advance, k*advance + size)``."""
 
     size: int
@@ -146,7 +213,11 @@ class _TimeWindow(WindowSpec):
     def default_retention(self) -> int:
         return self.size + self.grace
 
-    def _end_of(self, start: int) -> int:
+    def _lifetime(self) -> int:
+        """A window is written until it closes, ``size + grace`` after its start."""
+        return self.size + self.grace
+
+    def end_of(self, start):
         return start + self.size
 
     def assign(self, ts: np.ndarray):
@@ -204,8 +275,11 @@ class Hopping(_TimeWindow):
         return {"size": self.size, "advance": self.advance, "grace": self.grace}
 
 
-class Sliding(WindowSpec):
-    """Kafka Streams sliding windows: defined by records, ``[t - max_difference, t]`` inclusive."""
+class Sliding(_FixedWindow):
+    """Kafka Streams sliding windows: defined by records, ``[t - max_difference, t]`` inclusive.
+
+    A record at ``t`` can belong to the windows starting in ``[t - max_difference, t]`` and is needed to
+    build the windows starting up to ``t + 1`` (its right window ``[t + 1, t + 1 + max_difference]``)."""
 
     kind = "sliding"
 
@@ -225,8 +299,23 @@ class Sliding(WindowSpec):
         # stored records, so the store need not keep closed windows for that
         return self.max_difference + self.grace
 
-    def _end_of(self, start: int) -> int:
+    def _lifetime(self) -> int:
+        """``2 x max_difference + grace``, as Kafka Streams sizes a sliding window store (see
+        ``default_retention``)."""
+        return 2 * self.max_difference + self.grace
+
+    def end_of(self, start):
         return start + self.max_difference
+
+    def is_late(self, ts, stream_time):
+        """True when a record at ``ts`` joins no open window: even ``[ts, ts + max_difference]``, the last
+        window it can belong to, is closed at ``stream_time``."""
+        return self.is_closed(self.end_of(ts), stream_time)
+
+    def forget_time(self, ts):
+        """Smallest stream time at which a record at ``ts`` can be forgotten: no window that can still be
+        created holds it, nor starts right after it (its right window, ``ts + 1``, is closed)."""
+        return self.close_time(self.end_of(ts + 1))
 
     def params(self):
         return {"max_difference": self.max_difference, "grace": self.grace}
@@ -250,13 +339,21 @@ class Session(WindowSpec):
     def default_retention(self) -> int:
         return self.gap + self.grace
 
+    def _anchor(self, start, end):
+        """A session store's retention is measured from the session's end (Kafka Streams' session stores)."""
+        return end
+
+    def _lifetime(self) -> int:
+        """A session is written until it closes, ``gap + grace`` after its end."""
+        return self.gap + self.grace
+
     def params(self):
         return {"gap": self.gap, "grace": self.grace}
 
 
 class JoinWindow(WindowSpec):
     """The window of a stream-stream join: a left record at ``tl`` matches right records with
-    ``tl - before <= tr <= tl + after`` (``after`` defaults to ``before``).
+    ``tl - before <= tr <= tl + after`` (``after`` defaults to ``before``; :meth:`match_range`).
 
     Each side's record keeps its *own* join window: the left record's closes when
     ``stream_time > tl + after + grace``, the right record's when ``stream_time > tr + before + grace``
@@ -274,9 +371,27 @@ class JoinWindow(WindowSpec):
         """How far after its own timestamp a record of ``side`` ("left"/"right") can still be matched."""
         return self.after if side == "left" else self.before
 
+    def match_range(self, ts, side: str = "left") -> tuple:
+        """``(lo, hi)``: a record of ``side`` at ``ts`` matches the other side's records with
+        ``lo <= t <= hi`` (left: ``[ts - before, ts + after]``; right: ``[ts - after, ts + before]``)."""
+        other = "right" if side == "left" else "left"
+        return ts - self.reach(other), ts + self.reach(side)
+
     def close_time(self, end, side: str = "left"):
         """Smallest stream time at which the window of a ``side`` record at timestamp ``end`` is closed."""
         return end + self.reach(side) + self.grace + 1
+
+    def is_closed(self, end, stream_time, side: str = "left"):
+        """True when the window of a ``side`` record at ``end`` is closed at ``stream_time``."""
+        return stream_time >= self.close_time(end, side)
+
+    def close_offset(self, side: str = "left") -> int:
+        """The window of a ``side`` record at ``ts`` closes at stream time ``ts + close_offset(side)``."""
+        return self.close_time(0, side)
+
+    def _lifetime(self) -> int:
+        """``before + after + grace``, as Kafka Streams sizes a join window store."""
+        return self.before + self.after + self.grace
 
     def params(self):
         return {"before": self.before, "after": self.after, "grace": self.grace}

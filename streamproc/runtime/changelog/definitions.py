@@ -1,7 +1,7 @@
 """Start-up check: every existing changelog was written by the running definition of its store.
 
 Before ``run`` creates or validates any internal topic, it reads the newest metadata record
-(``_changelog.META_KEY``) of every partition of every existing changelog. Each checkpoint that
+(``records.META_KEY``) of every partition of every existing changelog. Each checkpoint that
 writes to a changelog partition ends with that record, so it sits among the last offsets of the
 partition: reading a short tail finds it. A record naming another fingerprint refuses the start
 with the changed-definition paragraph - before a topic-config check could report a symptom of

@@ -1,8 +1,9 @@
 """Global tables of one worker: restored before it processes anything, then kept current.
 
 Every worker holds every global table of the topology whole (all partitions of its topic) in
-one backend: RocksDB under ``<state-dir>/<app-id>/global-<worker>`` (or memory). A group-less
-``read_committed`` consumer (``assign``, never ``subscribe``) reads the topics:
+one backend: RocksDB under ``<state-dir>/<app-id>/global-<worker>`` (``state.layout.global_dir``;
+or memory). A group-less ``read_committed`` consumer (``assign``, never ``subscribe``) reads the
+topics, whose records become rows in ``GlobalStore.apply`` (``operators/global_table.py``):
 
 * :meth:`GlobalTables.restore`, before the worker joins its consumer group: from the offsets
   the backend already holds (a fresh backend: the beginning) to the end offsets measured when

@@ -39,7 +39,7 @@ def changelog_offsets(backend) -> dict:
 
 def meta_value(spec, stream_time: int, watermarks: dict | None = None) -> bytes:
     """The metadata record's value for store ``spec`` (a ``StoreSpec``) at ``stream_time``; ``watermarks``: the
-    task's upstream watermarks (``runtime/watermarks.py``), so a task restored on another host has them too."""
+    task's upstream watermarks (``runtime/engine/watermarks.py``), so a task restored on another host has them too."""
     meta = {"format": META_FORMAT, "store": spec.name, "fingerprint": spec.fingerprint,
             "definition": spec.description, "stream_time": int(stream_time)}
     if watermarks:

@@ -19,12 +19,13 @@ backend to a :class:`Restorer`. For each store the restorer reads
   partition and offsets. A partial restore never counts as restored.
 
 A table read from a topic (``Topology.table``) has that topic as its changelog: its restore
-reads it up to the task's *committed offset* of it (``ends``), not to its end, because
-processing resumes from that offset; its records are decoded with the table's serdes and
-stored as ``[timestamp, value]``, and the stream time restored is their largest timestamp.
+reads it up to the task's *committed offset* of it (``ends``, :func:`table_ends`), not to its
+end, because processing resumes from that offset; its records become rows as when they were
+processed (``state.table_rows``, with the table's ``on_error``), and the stream time restored is
+their largest timestamp.
 
 Records are applied to the backend in batches with ``backend.write(changes, meta)``:
-a tombstone deletes its key, and the partition's metadata record (``_changelog.META_KEY``) is
+a tombstone deletes its key, and the partition's metadata record (``records.META_KEY``) is
 checked against the store's definition (a changelog written by another definition is refused,
 whatever the backend) and restores the task's stream time. Every record is decoded before it
 is applied: bytes that do not decode stop the restore with an error naming topic, partition
@@ -34,7 +35,8 @@ worker builds the task (its operators index the restored state), seeks its input
 to the committed offsets and resumes them. The main consumer keeps polling all along.
 
 ``step()`` does one bounded slice of work so the worker can interleave restoring with
-processing its ready tasks; :func:`restore_blocking` drives it to the end (for ``replay``).
+processing its ready tasks; ``run()`` steps to the end (``streamproc replay``,
+:func:`restore_blocking`), and ``progress()`` says how far restores got.
 """
 from __future__ import annotations
 
@@ -44,12 +46,13 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from ...errors import BrokerError, SerdeError, StateError
+from ...errors import BrokerError, StateError
 from ...kafka.retry import retrying
 from ...state import DELETED
-from ...state.codec import decode_values, encode_store_key, encode_value, key_decoder, key_encoder
+from ...state.codec import decode_values, key_decoder, key_encoder
+from ...state.table_rows import read_rows
 from .records import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
-                         decode_record, merge_watermarks, read_meta)
+                      decode_record, merge_watermarks, read_meta)
 
 log = logging.getLogger("streamproc.restore")
 
@@ -57,8 +60,8 @@ _PARTITION_EOF = KafkaError._PARTITION_EOF
 
 
 @dataclass(eq=False)
-class _Part:
-    """One changelog partition being restored into one store of one task."""
+class RestorePart:
+    """One changelog partition being restored into one store of one task (:meth:`Restorer.parts`)."""
 
     key: object                  # the task key, e.g. (subtopology id, partition)
     spec: object                 # the store's StoreSpec (name, kind, fingerprint, definition)
@@ -69,7 +72,7 @@ class _Part:
     end: int                     # restore target (exclusive)
     done: bool = False
     last_progress: float = field(default_factory=time.monotonic)
-    restored: int = 0
+    restored: int = 0            # changelog records applied
     first: int = 0               # first offset this restore reads
     retries: int = 0             # fetches started again after no progress
     counted: int = 0             # of ``restored``, how many are in ``Restorer.restored_by_store``
@@ -78,12 +81,50 @@ class _Part:
     def store(self) -> str:
         return self.spec.name
 
+    @property
+    def offsets_total(self) -> int:
+        """Changelog offsets this restore reads: records, and offsets that hold none (transaction
+        markers, records compacted away)."""
+        return max(0, self.end - self.first)
+
+    @property
+    def offsets_read(self) -> int:
+        return max(0, min(self.position, self.end) - self.first)
+
+
+@dataclass(frozen=True)
+class RestoreProgress:
+    """How far restores got (:meth:`Restorer.progress`): changelog offsets read of those to read, and
+    the changelog records applied among them (metadata records included)."""
+
+    offsets_read: int
+    offsets_total: int
+    records: int
+
+
+def table_partitions(stores: list, partition: int) -> list[tuple[str, int]]:
+    """``(topic, partition)`` of the tables among ``stores`` read from a topic: where their restore ends is
+    the consumer group's committed offset of these (see :func:`table_ends`)."""
+    return [(s.changelog, partition) for s in stores if s.source is not None]
+
+
+def table_ends(stores: list, partition: int, committed: dict) -> dict:
+    """``ends`` for :meth:`Restorer.start`: a table read from a topic restores up to where its task's
+    processing resumes, the group's committed offset of its topic's partition (``committed``:
+    ``{(topic, partition): offset}``); a table with nothing committed is left out (nothing to restore)."""
+    ends = {}
+    for s in stores:
+        offset = committed.get((s.changelog, partition))
+        if s.source is not None and offset is not None and offset >= 0:
+            ends[s.name] = offset
+    return ends
+
 
 class Restorer:
     """Restores tasks' stores from changelogs; one per worker, one consumer for all restores."""
 
     def __init__(self, consumer_config: dict, *, batch_size: int = 10_000, stall_timeout_s: float = 60.0,
-                 retry_after_s: float = 5.0, metadata_timeout_s: float = 5.0, progress=None):
+                 retry_after_s: float = 5.0, metadata_timeout_s: float = 5.0):
         conf = dict(consumer_config)
         conf["enable.partition.eof"] = True
         conf.setdefault("isolation.level", "read_committed")
@@ -95,10 +136,9 @@ class Restorer:
         self.stall_timeout_s = stall_timeout_s          # no progress for this long: an error
         self.retry_after_s = retry_after_s              # no progress for this long: fetch again from the position
         self.metadata_timeout_s = metadata_timeout_s
-        self._progress = progress          # optional callable(part) after each applied batch
-        self._tasks: dict[object, list[_Part]] = {}
-        self._by_tp: dict[tuple[str, int], _Part] = {}
-        self._all: dict[object, list[_Part]] = {}        # every part started (kept for reporting)
+        self._tasks: dict[object, list[RestorePart]] = {}
+        self._by_tp: dict[tuple[str, int], RestorePart] = {}
+        self._all: dict[object, list[RestorePart]] = {}        # every part started (kept for reporting)
         self._ready: list = []            # task keys restored with nothing to read
         self._last_step = time.monotonic()
         self.records_restored = 0         # changelog records applied (metadata records included)
@@ -116,8 +156,8 @@ class Restorer:
         """Begin restoring task ``key``: the changelog partition ``partition`` of each ``StoreSpec`` in ``stores``.
 
         ``ends``: ``{store name: end offset}`` for tables read from a topic (their changelog is that
-        topic): the task's committed offset of it (None: nothing committed, nothing to restore).
-        Returns nothing; the parts (with their offset ranges) are in :meth:`parts`."""
+        topic): the task's committed offset of it (None: nothing committed, nothing to restore), see
+        :func:`table_ends`. Returns nothing; the parts (with their offset ranges) are in :meth:`parts`."""
         if key in self._tasks:
             return
         offsets = changelog_offsets(backend)
@@ -136,7 +176,7 @@ class Restorer:
                 log.warning("changelog %s[%d]: the records after offset %d are gone (log starts at %d); "
                             "restoring what is left", topic, partition, stored, low)
                 start = low
-            part = _Part(key, spec, topic, partition, backend, start, high, first=start)
+            part = RestorePart(key, spec, topic, partition, backend, start, high, first=start)
             if start >= high:
                 part.done = True
             else:
@@ -172,98 +212,123 @@ class Restorer:
         finished, self._ready = self._ready, []
         if not self._tasks:
             return finished
-        before = time.monotonic()
-        if before - self._last_step > 1.0:        # the caller was busy elsewhere: that is not a stall
-            for part in self._by_tp.values():
-                part.last_progress += before - self._last_step
+        self._forgive_pause(time.monotonic())
         msgs = self._consumer.consume(self.batch_size, timeout)
         now = self._last_step = time.monotonic()
-        pending: dict[int, tuple[object, dict, dict]] = {}      # id(backend) -> (backend, entries, meta)
-        data: dict[int, tuple] = {}                                # id(part) -> (part, keys, values, offsets)
+        batch = _Batch()
         for m in msgs:
             part = self._by_tp.get((m.topic(), m.partition()))
-            if part is None:
-                continue
-            err = m.error()
-            if err is not None:
-                if err.code() == _PARTITION_EOF:      # the end as the broker sees it now; done only at/after ours
-                    part.position = max(part.position, m.offset())
-                    continue
-                raise BrokerError(f"restoring store {part.store!r} from {part.topic}[{part.partition}] failed: "
-                                  f"{err.str()}")
-            acc = pending.get(id(part.backend))
-            if acc is None:
-                acc = pending[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None,
-                                                                      "watermarks": {}})
-            meta = acc[2]
-            kb, off = m.key(), m.offset()
-            if part.spec.source is not None:                  # a table's source topic: user records
-                if off < part.end:                            # (beyond the committed offset: not yet)
-                    _collect(data, part, kb, m.value(), off, m.timestamp()[1])
-                    meta["offsets"][part.store] = off
-            elif kb is None or kb[:1] == b"\x00":            # reserved: the partition's metadata record
-                if kb != META_KEY:
-                    raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
-                                     f"key {kb[:40] if kb is not None else None!r} is not one streamproc writes")
-                pmeta = read_meta(m.value(), part.topic, part.partition, off)
-                check_meta(pmeta, part.spec, part.topic, part.partition)
-                if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
-                    meta["stream_time"] = pmeta["stream_time"]
-                merge_watermarks(meta["watermarks"], pmeta.get("watermarks"))
+            if part is not None:
+                self._take(part, m, batch, now)
+        self._count_by_store()
+        batch.write()
+        for parts in list(self._tasks.values()):
+            for part in parts:
+                if not part.done and part.position >= part.end:
+                    self._finish(part)
+        self._check_progress(now, full=len(msgs) >= self.batch_size)
+        return finished + self._completed()
+
+    def run(self, timeout: float = 0.2, on_step=None) -> None:
+        """:meth:`step` until every restore started has finished (``streamproc replay``,
+        :func:`restore_blocking`); ``on_step()`` is called after each step (e.g. to show :meth:`progress`)."""
+        while self.pending:
+            self.step(timeout)
+            if on_step is not None:
+                on_step()
+
+    def progress(self, keys) -> RestoreProgress:
+        """How far the restores of tasks ``keys`` got (the records: every restore of this restorer)."""
+        parts = [part for key in keys for part in self._all.get(key, ())]
+        return RestoreProgress(sum(p.offsets_read for p in parts), sum(p.offsets_total for p in parts),
+                               self.records_restored)
+
+    def topics(self, timeout_s: float = 30.0) -> dict:
+        """The cluster's topic metadata (``{name: TopicMetadata}``), read with the restore consumer."""
+        return self._ensure_consumer().list_topics(timeout=timeout_s).topics
+
+    def remaining(self) -> dict:
+        """``{store: changelog records left to read}`` over the restores in progress."""
+        out: dict = {}
+        for parts in self._tasks.values():
+            for part in parts:
+                if not part.done:
+                    out[part.store] = out.get(part.store, 0) + max(0, part.end - part.position)
+        return out
+
+    def parts(self, key) -> list[RestorePart]:
+        """The parts of task ``key`` (:class:`RestorePart`: store, topic, partition, first offset read,
+        end, position, restored count)."""
+        return list(self._all.get(key, ()))
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            finally:
+                self._consumer = None
+        self._tasks.clear()
+        self._by_tp.clear()
+        self._ready.clear()
+
+    # ------------------------------------------------------------------------------ one step
+    def _forgive_pause(self, now: float) -> None:
+        """The caller was busy elsewhere for a while since the last step: that is not a stall."""
+        if now - self._last_step > 1.0:
+            for part in self._by_tp.values():
+                part.last_progress += now - self._last_step
+
+    def _take(self, part: RestorePart, m, batch: "_Batch", now: float) -> None:
+        """One consumed message of ``part``'s changelog, into ``batch``."""
+        err = m.error()
+        if err is not None:
+            if err.code() == _PARTITION_EOF:      # the end as the broker sees it now; done only at/after ours
+                part.position = max(part.position, m.offset())
+                return
+            raise BrokerError(f"restoring store {part.store!r} from {part.topic}[{part.partition}] failed: "
+                              f"{err.str()}")
+        meta = batch.meta(part)
+        kb, off = m.key(), m.offset()
+        if part.spec.source is not None:                  # a table's source topic: user records
+            if off < part.end:                            # (beyond the committed offset: not yet)
+                batch.collect(part, kb, m.value(), off, m.timestamp()[1])
                 meta["offsets"][part.store] = off
-            else:
-                _collect(data, part, kb, m.value(), off, None)
-                meta["offsets"][part.store] = off
-            part.position = off + 1
-            part.restored += 1
-            part.last_progress = now
-            part.retries = 0
-            self.records_restored += 1
+        elif kb is None or kb[:1] == b"\x00":            # reserved: the partition's metadata record
+            _take_meta(part, kb, m.value(), off, meta)
+            meta["offsets"][part.store] = off
+        else:
+            batch.collect(part, kb, m.value(), off, None)
+            meta["offsets"][part.store] = off
+        part.position = off + 1
+        part.restored += 1
+        part.last_progress = now
+        part.retries = 0
+        self.records_restored += 1
+
+    def _count_by_store(self) -> None:
         for part in self._by_tp.values():
             if part.restored != part.counted:
                 self.restored_by_store[part.store] = (self.restored_by_store.get(part.store, 0)
                                                       + part.restored - part.counted)
                 part.counted = part.restored
-        for part, keys, values, offsets, stamps in data.values():
-            if stamps is not None:
-                keys, values, decoded_keys, decoded_values, top = _decode_table(part, keys, values, offsets, stamps)
-                meta = pending[id(part.backend)][2]
-                if top is not None and (meta["stream_time"] is None or top > meta["stream_time"]):
-                    meta["stream_time"] = top
-            else:
-                decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
-            entries = pending[id(part.backend)][1]
-            if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
-                entries.setdefault(part.store, []).extend(zip(keys, values))
-            else:
-                e = entries.setdefault(part.store, {})
-                for k, v in zip(decoded_keys, decoded_values):
-                    e[k] = DELETED if v is None else v
-        for backend, entries, meta in pending.values():
-            _write(backend, entries, meta)
-        if self._progress is not None and pending:
-            for parts in self._tasks.values():
-                for part in parts:
-                    self._progress(part)
-        for key in list(self._tasks):
-            for part in self._tasks[key]:
-                if not part.done and part.position >= part.end:
-                    self._finish(part)
-        self._check_progress(now, full=len(msgs) >= self.batch_size)
-        for key in list(self._tasks):
-            parts = self._tasks[key]
-            if all(p.done for p in parts):
-                del self._tasks[key]
-                finished.append(key)
-                log.info("restored task %s: %s", key,
-                         ", ".join(f"{p.store}={p.restored} records" for p in parts))
-        return finished
 
-    def _finish(self, part: _Part) -> None:
+    def _finish(self, part: RestorePart) -> None:
         """A part reached its end: it leaves the consumer's assignment, exactly once."""
         part.done = True
         if self._by_tp.pop((part.topic, part.partition), None) is part:
             self._consumer.incremental_unassign([TopicPartition(part.topic, part.partition)])
+
+    def _completed(self) -> list:
+        """The keys of the tasks whose every part is done (no longer restoring)."""
+        done = []
+        for key in list(self._tasks):
+            parts = self._tasks[key]
+            if all(p.done for p in parts):
+                del self._tasks[key]
+                done.append(key)
+                log.info("restored task %s: %s", key,
+                         ", ".join(f"{p.store}={p.restored} records" for p in parts))
+        return done
 
     def _check_progress(self, now: float, full: bool = False) -> None:
         """A changelog that stops yielding records before its end is fetched again from its position
@@ -291,34 +356,7 @@ class Restorer:
                 except KafkaException as e:
                     log.debug("seek %s[%d] for a retry: %s", part.topic, part.partition, e)
 
-    def topics(self, timeout_s: float = 30.0) -> dict:
-        """The cluster's topic metadata (``{name: TopicMetadata}``), read with the restore consumer."""
-        return self._ensure_consumer().list_topics(timeout=timeout_s).topics
-
-    def remaining(self) -> dict:
-        """``{store: changelog records left to read}`` over the restores in progress."""
-        out: dict = {}
-        for parts in self._tasks.values():
-            for part in parts:
-                if not part.done:
-                    out[part.store] = out.get(part.store, 0) + max(0, part.end - part.position)
-        return out
-
-    def parts(self, key) -> list:
-        """The ``_Part``s of task ``key`` (store, topic, partition, first offset read, end, restored count)."""
-        return list(self._all.get(key, ()))
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            try:
-                self._consumer.close()
-            finally:
-                self._consumer = None
-        self._tasks.clear()
-        self._by_tp.clear()
-        self._ready.clear()
-
-    # ------------------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------------------ consumer
     def _ensure_consumer(self) -> Consumer:
         if self._consumer is None:
             self._consumer = Consumer(self._conf)
@@ -343,7 +381,71 @@ class Restorer:
                               f"state: {e.args[0].str() if e.args else e}") from None
 
 
-def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tuple[list, list]:
+class _Batch:
+    """What one step read: per part its records, per backend one write (entries, offsets, stream time,
+    watermarks)."""
+
+    def __init__(self):
+        self.writes: dict[int, tuple[object, dict, dict]] = {}     # id(backend) -> (backend, entries, meta)
+        self.data: dict[int, tuple] = {}          # id(part) -> (part, keys, values, offsets, timestamps or None)
+
+    def meta(self, part: RestorePart) -> dict:
+        acc = self.writes.get(id(part.backend))
+        if acc is None:
+            acc = self.writes[id(part.backend)] = (part.backend, {}, {"offsets": {}, "stream_time": None,
+                                                                      "watermarks": {}})
+        return acc[2]
+
+    def collect(self, part: RestorePart, kb, vb, off: int, ts) -> None:
+        """Add a record of ``part`` (``ts``: its timestamp, for a table's source records only)."""
+        d = self.data.get(id(part))
+        if d is None:
+            d = self.data[id(part)] = (part, [], [], [], [] if ts is not None else None)
+        d[1].append(kb)
+        d[2].append(vb)
+        d[3].append(off)
+        if ts is not None:
+            d[4].append(ts)
+
+    def write(self) -> None:
+        """Decode every record read (untrusted bytes) and make each backend's one write."""
+        for part, keys, values, offsets, stamps in self.data.values():
+            _, entries, meta = self.writes[id(part.backend)]
+            _stage(part, keys, values, offsets, stamps, entries, meta)
+        for backend, entries, meta in self.writes.values():
+            _write(backend, entries, meta)
+
+
+def _take_meta(part: RestorePart, kb, value, off: int, meta: dict) -> None:
+    """A partition's metadata record: check the store's definition, take its stream time and watermarks."""
+    if kb != META_KEY:
+        raise StateError(f"changelog {part.topic}[{part.partition}] at offset {off}: a record with "
+                         f"key {kb[:40] if kb is not None else None!r} is not one streamproc writes")
+    pmeta = read_meta(value, part.topic, part.partition, off)
+    check_meta(pmeta, part.spec, part.topic, part.partition)
+    if meta["stream_time"] is None or pmeta["stream_time"] > meta["stream_time"]:
+        meta["stream_time"] = pmeta["stream_time"]
+    merge_watermarks(meta["watermarks"], pmeta.get("watermarks"))
+
+
+def _stage(part: RestorePart, keys: list, values: list, offsets: list, stamps, entries: dict, meta: dict) -> None:
+    """Decode a part's records of one step into its backend's ``entries`` (RocksDB: the checked bytes as
+    they are; otherwise ``{key: value or DELETED}``); a table's records also move ``meta``'s stream time."""
+    if stamps is not None:
+        keys, values, decoded_keys, decoded_values, top = _decode_table(part, keys, values, offsets, stamps)
+        if top is not None and (meta["stream_time"] is None or top > meta["stream_time"]):
+            meta["stream_time"] = top
+    else:
+        decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
+    if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
+        entries.setdefault(part.store, []).extend(zip(keys, values))
+    else:
+        e = entries.setdefault(part.store, {})
+        for k, v in zip(decoded_keys, decoded_values):
+            e[k] = DELETED if v is None else v
+
+
+def _decode_checked(part: RestorePart, keys: list, values: list, offsets: list) -> tuple[list, list]:
     """Decode a part's records of one batch (one pass per column); a record that does not decode,
     or whose key is not in the one canonical form streamproc writes (its bytes are stored as they
     are: another form of an equal key would be a second copy of it), is a ``StateError`` naming
@@ -366,48 +468,23 @@ def _decode_checked(part: _Part, keys: list, values: list, offsets: list) -> tup
     return decoded, values_out
 
 
-def _collect(data: dict, part: _Part, kb, vb, off: int, ts) -> None:
-    """Add a record to ``data[id(part)] = (part, keys, values, offsets, timestamps or None)``."""
-    d = data.get(id(part))
-    if d is None:
-        d = data[id(part)] = (part, [], [], [], [] if ts is not None else None)
-    d[1].append(kb)
-    d[2].append(vb)
-    d[3].append(off)
-    if ts is not None:
-        d[4].append(ts)
+def _decode_table(part: RestorePart, keys: list, values: list, offsets: list, stamps: list):
+    """A table's source records as store records (``state.table_rows``, with the table's ``on_error``):
+    key -> ``[timestamp, value]``, or a tombstone. Returns encoded keys and values (for a RocksDB
+    restore), the decoded ones, and the largest timestamp. Records with a ``None`` key are passed over
+    (the table never held them); one that cannot be read stops the restore under ``on_error="fail"``
+    and is passed over (it was skipped or dead-lettered when processed) otherwise."""
+    def fail(off, e):
+        return StateError(f"restoring table {part.store!r} from {part.topic}[{part.partition}]: the record "
+                          f"at offset {off} cannot be read: {e.reason}")
 
+    def skipped(off, e):
+        log.debug("restore of table %s: skipping the record at %s[%d]@%d: %s", part.store, part.topic,
+                  part.partition, off, e)
 
-def _decode_table(part: _Part, keys: list, values: list, offsets: list, stamps: list):
-    """A table's source records (user serdes) as store records: key -> ``[timestamp, value]``, or a
-    tombstone. Returns encoded keys and values (for a RocksDB restore), the decoded ones, and the
-    largest timestamp. Records with a ``None`` key are skipped (the table never held them); one that
-    does not deserialize stops the restore under ``on_error="fail"`` and is skipped (it was skipped
-    or dead-lettered when processed) otherwise."""
-    src = part.spec.source
-    dec_k, dec_v, enc_k, enc_v, top = [], [], [], [], None
-    for kb, vb, off, ts in zip(keys, values, offsets, stamps):
-        try:
-            k = src.key_serde.deserialize(kb)
-            v = None if vb is None else src.value_serde.deserialize(vb)
-            if k is None:
-                continue
-            row = None if v is None else [int(ts), v]
-            ek, ev = encode_store_key("table", k), (None if row is None else encode_value(row))
-        except SerdeError as e:            # CodecError included: a value the store cannot hold
-            if src.on_error == "fail":
-                raise StateError(f"restoring table {part.store!r} from {part.topic}[{part.partition}]: the record "
-                                 f"at offset {off} cannot be read: {e.reason}") from None
-            log.debug("restore of table %s: skipping the record at %s[%d]@%d: %s", part.store, part.topic,
-                      part.partition, off, e)
-            continue
-        dec_k.append(k)
-        dec_v.append(row)
-        enc_k.append(ek)
-        enc_v.append(ev)
-        if top is None or ts > top:
-            top = int(ts)
-    return enc_k, enc_v, dec_k, dec_v, top
+    rows = read_rows(part.spec.source, keys, values, stamps, offsets, fail=fail, skipped=skipped, encode=True)
+    top = int(max(rows.timestamps)) if rows.timestamps else None
+    return [k for k, _ in rows.encoded], [v for _, v in rows.encoded], rows.keys, rows.rows, top
 
 
 def _write(backend, entries: dict, meta: dict) -> None:
@@ -430,12 +507,11 @@ def restore_blocking(consumer_config: dict, key, backend, stores: list, partitio
                      **kwargs) -> int:
     """Restore one task's stores (``StoreSpec``s) from changelog partition ``partition`` to the end, then
     return the number of changelog records applied. ``ends``: as for :meth:`Restorer.start`. ``kwargs``
-    go to :class:`Restorer` (e.g. ``progress``)."""
+    go to :class:`Restorer` (e.g. ``stall_timeout_s``)."""
     r = Restorer(consumer_config, **kwargs)
     try:
         r.start(key, backend, stores, partition, ends)
-        while r.pending:
-            r.step(0.2)
+        r.run(0.2)
         return r.records_restored
     finally:
         r.close()

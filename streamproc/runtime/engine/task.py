@@ -19,7 +19,8 @@ import numpy as np
 from ...operators import Batch, ProcessingError, RawBatch, TaskContext, make_operator
 from ...kinds import SOURCE_KINDS, NodeKind
 from ...operators.base import counts_by_name
-from ...state import Backend, TaskState
+from ...operators.present import entries
+from ...state import Backend, TaskState, layout
 from .watermarks import InputClock
 from .watermarks import decode as watermark_decode
 
@@ -30,7 +31,7 @@ class Task:
         like a source topic needs it, see ``plan.placement``)."""
         self.subtopology = subtopology
         self.partition = partition
-        self.id = f"{subtopology.id}_{partition}"
+        self.id = layout.task_id(subtopology.id, partition)
         self.state = TaskState(backend, [s.name for s in subtopology.stores])
         self.ctx = TaskContext(self.id, partition, self.state, globals=globals if globals is not None else {},
                                on_processing_error=getattr(subtopology, "on_processing_error", "fail"),
@@ -293,8 +294,10 @@ class Task:
         raise KeyError(store_name)
 
     def snapshot(self, store_name: str) -> dict:
-        """A store's contents as its operator presents them (``TopologyTestDriver.state``, ``streamproc state``)."""
-        return self.operator(store_name).snapshot(store_name)
+        """A store's contents as ``{entry key: shown}`` (``operators/present.py``: what the test driver's
+        ``state()`` and ``streamproc state`` show)."""
+        spec = {s.name: s for s in self.subtopology.stores}[store_name]      # KeyError: not in this task
+        return entries(self.subtopology, spec, self.state.store(store_name).items())
 
     @property
     def metrics(self) -> dict:

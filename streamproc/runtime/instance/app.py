@@ -9,8 +9,9 @@ Topics
       deleted by the workers once their offsets are committed (``DeleteRecords``, every 30 s);
     * ``<app-id>-<store>-changelog``: as many partitions as the store's sub-topology has tasks
       (partition N holds task N's state), ``cleanup.policy=compact``; windowed stores
-      ``compact,delete`` with ``retention.ms`` = how long a window can live (size + grace;
-      sliding: 2 x max difference + grace; session: gap + grace; or the store's ``retention`` when
+      ``compact,delete`` with ``retention.ms`` = how long a window can live
+      (``WindowSpec.lifetime``, ``streamproc.windows``: size + grace; sliding: 2 x max difference +
+      grace; session: gap + grace; join: before + after + grace; or the store's ``retention`` when
       longer) + :data:`RETENTION_MARGIN_MS`;
     * ``<app-id>-dlq`` when a source uses ``on_error="dead-letter"``.
 
@@ -29,6 +30,7 @@ from ...errors import StreamprocError
 from ...kafka.admin import (TopicSpec, create_topics as _create_topics, ensure_internal_topics, make_admin,
                            topic_configs, validate_source_topics, wait_for_broker)
 from ...kafka.config import admin_config, consumer_config, restore_consumer_config
+from ...kinds import SOURCE_KINDS
 from ...plan.partitions import partition_counts
 from ...state import layout
 from ..options import RunOptions
@@ -36,7 +38,7 @@ from .observe import Observer
 from ..changelog.definitions import check_changelog_definitions
 from .load import StateDirLock, absolute_ref, process_id, topology_ref_of
 from .supervisor import Supervisor, WorkerCrashLoop
-from ..worker.loop import check_assignor
+from ..worker.group import check_assignor
 
 __all__ = ["RunOptions", "run_app", "prepare_topics", "partition_counts", "internal_topic_specs",
            "WorkerCrashLoop", "RETENTION_MARGIN_MS"]
@@ -140,27 +142,15 @@ def _install_signals(sup: Supervisor, on_stop=None):
 def window_retention_ms(spec) -> int | None:
     """``retention.ms`` of a store's changelog, or None for a plain (compacted only) table.
 
-    How long a stored window can live without being written again, plus :data:`RETENTION_MARGIN_MS`
-    (Kafka Streams: the store's retention + ``windowstore.changelog.additional.retention.ms``, 1 day):
-    the window's size + grace by default, the store's ``retention`` when it keeps closed windows longer
-    (``aggregate(..., retention=)``). Expired windows are also deleted by tombstones."""
+    How long a stored window can live without being written again (``WindowSpec.lifetime``: the
+    window's own by default, the store's ``retention`` when it keeps closed windows longer,
+    ``aggregate(..., retention=)``), plus :data:`RETENTION_MARGIN_MS` (Kafka Streams: the store's
+    retention + ``windowstore.changelog.additional.retention.ms``, 1 day). Expired windows are also
+    deleted by tombstones."""
     w = spec.window
     if w is None:
         return None
-    if w.kind in ("tumbling", "hopping"):
-        life = w.size + w.grace
-    elif w.kind == "sliding":
-        life = 2 * w.max_difference + w.grace
-    elif w.kind == "session":
-        life = w.gap + w.grace
-    elif w.kind == "join":
-        life = w.before + w.after + w.grace
-    else:  # pragma: no cover - future window kinds
-        life = 0
-    retention = getattr(spec, "retention", None)
-    if retention is not None and retention > life:
-        life = retention
-    return life + RETENTION_MARGIN_MS
+    return w.lifetime(getattr(spec, "retention", None)) + RETENTION_MARGIN_MS
 
 
 def internal_topic_specs(plan, counts: dict, *, instances: bool = False) -> list[TopicSpec]:
@@ -187,7 +177,7 @@ def internal_topic_specs(plan, counts: dict, *, instances: bool = False) -> list
 
 def _uses_dlq(plan) -> bool:
     return plan.on_processing_error == "dead-letter" or any(
-        n.kind in ("source", "table_source", "repartition_source") and n.params.get("on_error") == "dead-letter"
+        n.kind in SOURCE_KINDS and n.params.get("on_error") == "dead-letter"
         for st in plan.subtopologies for n in st.nodes)
 
 

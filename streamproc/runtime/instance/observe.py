@@ -1,12 +1,13 @@
 """What an operator sees of a running instance: Prometheus metrics and the live status.
 
 Design: workers are processes; the supervisor is the one place that talks to the operator.
-Each worker sends, through one queue shared with its log records (``runtime/logs.py``), a
-snapshot of its :class:`~.stats.WorkerStats` about once a second and after its last checkpoint.
+Each worker sends, through one queue shared with its log records (``instance/logs.py``), a
+snapshot of its ``WorkerStats`` (``worker/stats.py``) about once a second and after its last checkpoint.
 The :class:`Observer` in the supervisor keeps the latest snapshot per worker and
 
-* serves them on ``--metrics-port`` (prometheus-client, text format) as one endpoint for the
-  instance, every series labelled ``worker``. A restarted worker starts counting from zero: the
+* serves them on ``--metrics-port`` (prometheus-client, text format; :func:`metrics_registry`, which
+  the HTTP server's ``GET /metrics`` serves too) as one endpoint for the instance, every series
+  labelled ``worker``. A restarted worker starts counting from zero: the
   observer adds the last snapshot of its predecessor, so counters never go down;
 * shows a status: on a terminal, a live line redrawn every second (rich); otherwise one INFO
   line every :data:`STATUS_INTERVAL_S` - input rate, lag, tasks running/restoring, the last
@@ -28,7 +29,7 @@ Figures that tell the truth:
   them; a report of a predecessor arriving after its successor started (both share the worker
   index) is told apart by its ``started`` time and only adds to the counters.
 
-Counter values are those of committed checkpoints (see ``stats.py``). A worker killed between a
+Counter values are those of committed checkpoints (see ``worker/stats.py``). A worker killed between a
 commit and its next snapshot (under a second) takes the counts of that last second with it.
 """
 from __future__ import annotations
@@ -88,13 +89,10 @@ class Observer:
         return self
 
     def _serve(self, port: int) -> None:
-        from prometheus_client import CollectorRegistry
         from prometheus_client.exposition import start_http_server
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
         try:
-            self._server = start_http_server(port, registry=registry)
+            self._server = start_http_server(port, registry=metrics_registry(self))
         except OSError as e:
             raise StreamprocError(f"cannot serve metrics on port {port}: {e.strerror or e} (is another "
                                   f"instance on this machine using it? pick another --metrics-port)") from None
@@ -305,6 +303,16 @@ def _task_counts(snaps) -> tuple[int, int]:
         unkeyed_restoring += max(0, tasks.get("restoring", 0) - len(rest_keys))
     running = sum(1 for p in phase.values() if p == "running")
     return running + unkeyed_running, len(phase) - running + unkeyed_restoring
+
+
+def metrics_registry(observer: Observer):
+    """A prometheus-client registry that collects ``observer``'s metrics whenever it is read: the one
+    source of the metrics endpoint, on ``--metrics-port`` and on the HTTP server's ``GET /metrics``."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(observer))
+    return registry
 
 
 class _Collector:

@@ -29,7 +29,7 @@ import time
 
 from ...errors import StateError, StreamprocError, UnrecoverableError
 from ..options import RunOptions
-from ..worker.loop import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
+from ..worker.process import EXIT_FENCED, EXIT_OK, EXIT_UNRECOVERABLE, worker_main
 
 log = logging.getLogger("streamproc.supervisor")
 
@@ -83,8 +83,6 @@ class Supervisor:
         deadline = None if self.options.max_runtime_s is None else time.monotonic() + self.options.max_runtime_s
         for slot in self._slots:
             self._start(slot)
-        failure: str | None = None
-        failure_cls = WorkerCrashLoop
         stop_deadline = None
         while True:
             self._drain_errors()
@@ -97,34 +95,8 @@ class Supervisor:
                 self._signal_all(signal.SIGTERM)
                 self._stop_sent = True
                 stop_deadline = now + self.options.shutdown_timeout_s
-            for slot in self._slots:
-                if slot.done:
-                    continue
-                if slot.proc is None:
-                    if self._stop.is_set():
-                        slot.done = True
-                    elif slot.restart_at is not None and now >= slot.restart_at:
-                        self._start(slot)
-                    continue
-                if slot.proc.is_alive():
-                    continue
-                code = slot.proc.exitcode
-                slot.proc.join()
-                slot.proc = None
-                if self.observer is not None:        # its tasks and lag no longer count (its counters do)
-                    self.observer.worker_exited(slot.index)
-                self._drain_errors()
-                if self._stop.is_set() or code == EXIT_OK:
-                    slot.done = True
-                    continue
-                if code == EXIT_UNRECOVERABLE:          # restarting cannot help
-                    failure = slot.last_error or f"worker {slot.index} stopped on a failure restarting cannot fix"
-                    failure_cls = StateError if slot.last_kind == "state" else UnrecoverableError
-                    break
-                failure = self._crashed(slot, code, now)
-                if failure:
-                    break
-            if failure:
+            failure = self._tend(now)
+            if failure is not None:
                 break
             if all(s.done for s in self._slots):
                 return 0
@@ -145,7 +117,44 @@ class Supervisor:
                     slot.proc.join()
                 if self.observer is not None:
                     self.observer.worker_exited(slot.index)
-        raise failure_cls(failure)
+        raise failure
+
+    def _tend(self, now: float) -> StreamprocError | None:
+        """Start the workers due to (re)start and reap the ones that exited, in slot order. Returns the error
+        the instance stops with (a worker crash-looped or failed unrecoverably), if one did."""
+        for slot in self._slots:
+            if slot.done:
+                continue
+            if slot.proc is None:
+                if self._stop.is_set():
+                    slot.done = True
+                elif slot.restart_at is not None and now >= slot.restart_at:
+                    self._start(slot)
+                continue
+            if slot.proc.is_alive():
+                continue
+            failure = self._exited(slot, now)
+            if failure is not None:
+                return failure
+        return None
+
+    def _exited(self, slot: _Slot, now: float) -> StreamprocError | None:
+        """Worker ``slot`` exited: done (stopping, or exit 0), the instance's failure (unrecoverable, or a
+        crash loop), or restarted after a backoff."""
+        code = slot.proc.exitcode
+        slot.proc.join()
+        slot.proc = None
+        if self.observer is not None:        # its tasks and lag no longer count (its counters do)
+            self.observer.worker_exited(slot.index)
+        self._drain_errors()
+        if self._stop.is_set() or code == EXIT_OK:
+            slot.done = True
+            return None
+        if code == EXIT_UNRECOVERABLE:          # restarting cannot help
+            failure = slot.last_error or f"worker {slot.index} stopped on a failure restarting cannot fix"
+            return (StateError if slot.last_kind == "state" else UnrecoverableError)(failure)
+        failure = self._crashed(slot, code, now)
+        return WorkerCrashLoop(failure) if failure else None
 
     # ------------------------------------------------------------------ internals
     def _start(self, slot: _Slot) -> None:

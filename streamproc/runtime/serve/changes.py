@@ -6,7 +6,8 @@ transaction's records only once it committed - never a change that is later roll
 the feed follows the changelog (all partitions: every instance's changes), from its end when
 the first client subscribes, decodes each record with the internal codec (untrusted bytes: a
 record that does not decode is skipped and logged; metadata records are not changes), and
-presents the value as the operators emit it. A table's feed follows its source topic.
+presents the value as the operators emit it (``present.py``). A table's feed follows its source
+topic, whose records become rows as the table's (``state.table_rows``).
 
 Events get increasing ids; the last :data:`BUFFER` events are kept so a client reconnecting
 with ``Last-Event-ID`` gets what it missed (an id older than the buffer: it gets everything
@@ -27,9 +28,11 @@ import threading
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from ...errors import SerdeError
+from ...kinds import StoreKind
 from ...state.codec import decode_store_key, decode_value
+from ...state.table_rows import read_row
 from ..changelog.records import META_KEY
-from .queries import to_json_key
+from ...operators.present import to_json_key
 
 log = logging.getLogger("streamproc.changes")
 
@@ -125,27 +128,28 @@ class ChangeFeed:
             except Exception as e:  # noqa: BLE001 - a gone client (or a closed loop) must not stop the others
                 log.debug("change subscriber: %s", e)
 
-    def _record(self, m) -> None:
+    def _read(self, m) -> tuple:
+        """``(store key, stored value or None)`` of a changelog record, ``(None, None)`` for one that is no
+        change (a metadata record; a table's record without a key). A record that cannot be read is
+        passed over and logged: a feed only shows changes, it never stops on one."""
         kb, vb = m.key(), m.value()
-        src = self.spec.source
         try:
-            if src is not None:               # a table: its source topic, user serdes
-                key = src.key_serde.deserialize(kb)
-                value = None if vb is None else src.value_serde.deserialize(vb)
-                if key is None:
-                    return
-                shown = value
-            else:
-                if kb == META_KEY:
-                    return
-                key = decode_store_key(self.spec.kind, kb)
-                value = None if vb is None else decode_value(vb)
-                shown = None if value is None else self._present(key, value)
+            if self.spec.source is not None:          # a table: its source topic, the table's rows
+                return read_row(self.spec.source, kb, vb, m.timestamp()[1])
+            if kb == META_KEY:
+                return None, None
+            return decode_store_key(self.spec.kind, kb), (None if vb is None else decode_value(vb))
         except SerdeError as e:
             log.warning("changes of store %s: skipping the record of %s[%d] at offset %d: %s", self.spec.name,
                         m.topic(), m.partition(), m.offset(), e)
+            return None, None
+
+    def _record(self, m) -> None:
+        key, value = self._read(m)
+        if key is None:
             return
-        windowed = self.spec.kind == "window"
+        shown = None if value is None else self._present(key, value)
+        windowed = self.spec.kind == StoreKind.WINDOW        # store keys (key, window start)
         data = {"key": to_json_key(key[0] if windowed else key), "value": shown,
                 "partition": m.partition(), "offset": m.offset(), "timestamp": m.timestamp()[1]}
         if windowed:

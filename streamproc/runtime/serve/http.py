@@ -49,8 +49,10 @@ from urllib.parse import urlencode
 import orjson
 
 from ...errors import StreamprocError
+from ...state.layout import task_id
 from .changes import END, ChangeFeed
-from .queries import QueryError, Stores, key_candidates, presenter, to_json_key
+from ...operators.present import presenter, to_json_key
+from .queries import QueryError, Stores, key_candidates
 
 log = logging.getLogger("streamproc.http")
 
@@ -220,13 +222,12 @@ class QueryServer:
 
     async def _metrics(self, request):
         from aiohttp import web
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        from ..instance.observe import _Collector
+        from ..instance.observe import metrics_registry
 
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self.observer))
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(metrics_registry(self.observer)),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _list(self, request):
         return _json({"app": self.plan.app_id, "stores": self.stores.names()})
@@ -264,13 +265,13 @@ class QueryServer:
                         raise
                     return _json({"key": to_json_key(key), "value": value, "instance": self.url})
                 if probe:                       # asked for this instance's own state only: not here (yet)
-                    raise QueryError(503, f"task {task[0]}_{task[1]} does not run on this instance now")
+                    raise QueryError(503, f"task {task_id(*task)} does not run on this instance now")
                 owner = self.directory.owner(task)
                 if owner is None:
-                    raise QueryError(503, f"no instance runs task {task[0]}_{task[1]} of store {store!r} right now "
+                    raise QueryError(503, f"no instance runs task {task_id(*task)} of store {store!r} right now "
                                           f"(a rebalance?); retry shortly")
                 if owner == self.url:     # the directory is ahead of the workers' reports: retry shortly
-                    raise QueryError(503, f"task {task[0]}_{task[1]} is being assigned to this instance; retry")
+                    raise QueryError(503, f"task {task_id(*task)} is being assigned to this instance; retry")
                 target = f"{owner}/stores/{store}?{urlencode({'key': text, 'as': as_})}"
                 if i < len(cands) - 1 and not await self._has(target):
                     continue

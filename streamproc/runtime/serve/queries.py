@@ -16,10 +16,9 @@ serde and declared partitioner; a repartition topic's, that of the source topic 
 murmur2 of the internal codec). :meth:`Stores.task_of` gives that task; the instance directory (``directory.py``) gives the instance running it.
 
 Keys in URLs: a string key as it is; any other key as JSON (``/stores/counts/42`` finds the
-string ``"42"`` first, then the int ``42``). Values are shown as the operators emit them
-(aggregations as ``{<agg>: ...}``, windows with ``window_start``/``window_end``, tables as
-their value, join stores as the records waiting in their window). A windowed store's key shows
-its windows by start, open ones and the closed ones kept for the store's retention
+string ``"42"`` first, then the int ``42``). Values are shown as the operators emit them, by the
+one presentation of store entries (``present.py``). A windowed store's key shows its windows by
+start, open ones and the closed ones kept for the store's retention
 (``aggregate(..., retention=)``), the latter marked ``"closed": true``.
 """
 from __future__ import annotations
@@ -33,7 +32,9 @@ import time
 import orjson
 
 from ...errors import SerdeError, StreamprocError
-from ...state import codec
+from ...kinds import StoreKind
+from ...state import codec, layout
+from ...operators.present import WINDOWED, presenter, to_json_key
 
 log = logging.getLogger("streamproc.queries")
 
@@ -73,11 +74,6 @@ def _hashable(v) -> bool:
         return False
 
 
-def to_json_key(k):
-    """A store key as JSON data (tuples become lists)."""
-    return list(k) if isinstance(k, tuple) else k
-
-
 class Stores:
     """The stores of ``plan`` as this instance can read them (see the module doc)."""
 
@@ -111,7 +107,7 @@ class Stores:
         out = []
         for s in self.plan.stores:
             st = self._st_of[s.name]
-            out.append({"name": s.name, "kind": s.kind, "windowed": s.kind in ("window", "sliding", "session"),
+            out.append({"name": s.name, "kind": s.kind, "windowed": s.kind in WINDOWED,
                         "window": s.window.describe() if s.window is not None else None,
                         "partitions": self.counts.get(("task", st.id)), "changelog": s.changelog})
         return out
@@ -187,7 +183,6 @@ class _View:
     """One local task's database, followed as a RocksDB secondary instance."""
 
     def __init__(self, plan, st, partition: int, state_dir: str):
-        from ...state import layout
         from ...state.rocksdb import DB_DIR, RocksDBBackend
 
         self.st = st
@@ -201,7 +196,7 @@ class _View:
         self._seen = self._signature()
         self.used = time.monotonic()
         self._lock = threading.Lock()
-        self._windows = {s.name: presenter(st, s) for s in st.stores}
+        self._present = {s.name: presenter(st, s) for s in st.stores}
 
     def _signature(self) -> tuple:
         """Sizes and times of the worker's write-ahead logs and manifest: unchanged means nothing to catch up."""
@@ -226,8 +221,8 @@ class _View:
     def get(self, spec, key):
         with self._lock:
             self._fresh()
-            present = self._windows[spec.name]
-            if spec.kind == "window":
+            present = self._present[spec.name]
+            if spec.kind == StoreKind.WINDOW:          # one stored value per window: the key's windows
                 wins = self.backend.windows(spec.name, key)
                 return [present(k, v) for k, v in wins] if wins else _NOTHING
             value = self.backend.get(spec.name, key)
@@ -239,8 +234,8 @@ class _View:
         """``(sort bytes, item)`` of the entries with ``lo <= group key <= hi``, after ``after``."""
         with self._lock:
             self._fresh()
-            present = self._windows[spec.name]
-            windowed = spec.kind == "window"
+            present = self._present[spec.name]
+            windowed = spec.kind == StoreKind.WINDOW
             lower = (codec.key_prefix(lo) if windowed else codec.encode_key(lo)) if lo is not None else None
             if after is not None and (lower is None or after >= lower):
                 lower = after + b"\x00"
@@ -249,44 +244,9 @@ class _View:
                 upper = codec.prefix_end(codec.key_prefix(hi)) if windowed else codec.encode_key(hi) + b"\x00"
             items = list(self.backend.iter_raw_items(spec.name, lower, upper))
         for kb, k, v in items:
-            gk = k[0] if spec.kind == "window" else k
+            gk = k[0] if windowed else k
             item = {"key": to_json_key(gk), "value": present(k, v)}
             yield kb, item
 
     def close(self) -> None:
         self.backend.close()
-
-
-def presenter(st, spec):
-    """``present(store_key, stored_value)`` for store ``spec`` of sub-topology ``st``: the value as the
-    operator would emit it."""
-    node = next(n for n in st.nodes if any(s.name == spec.name for s in n.params.get("stores", ())))
-    if spec.kind == "table":
-        return lambda k, v: v[1]
-    if spec.kind == "join":
-        return lambda k, v: [{"timestamp": e[0], "value": e[1]} for e in v[1:]]
-    aggs = node.params["aggs"]
-    names, fns = list(aggs), list(aggs.values())
-
-    def results(state):
-        return {n: a.result(s) for n, a, s in zip(names, fns, state[1:])}
-
-    if spec.kind == "kv":
-        return lambda k, v: results(v)
-    if spec.kind == "window":
-        size = spec.window.size
-        width = 1 + len(fns)            # (max_ts, *states); a closed window kept for the retention: + (True,)
-
-        def window(k, v):
-            out = {"window_start": k[1], "window_end": k[1] + size, **results(v)}
-            if len(v) > width:
-                out["closed"] = True
-            return out
-
-        return window
-    # sliding / session: the key's windows, by start, as the operator presents them (closed ones kept for
-    # the store's retention marked "closed": true), like a tumbling window store's
-    from ...operators.record_windows import session_windows, sliding_windows
-
-    windows = (session_windows if spec.kind == "session" else sliding_windows)(node.params)
-    return lambda k, v: windows(v)
