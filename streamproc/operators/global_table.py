@@ -10,10 +10,15 @@ the reader (global tables have no skip policy: every task would see a different 
 """
 from __future__ import annotations
 
+from itertools import repeat
+
 from ..errors import CodecError, SerdeError
-from ..state import DELETED
+from ..state import DELETED, MemoryBackend
 from ..state.table_rows import read_rows
 from .io import RawBatch
+from .table import READ_CACHE_ROWS
+
+_MISSING = object()
 
 #: Backend metadata: ``{partition: offset of the last record applied}`` of the global topic.
 META_GLOBAL_OFFSETS = "global_offsets"
@@ -28,9 +33,32 @@ class GlobalStore:
         self.topic = spec.source.topic
         self.backend = backend
         self.metrics: dict = {}          # (reason, operator) -> dropped records (None keys)
+        # rows read kept decoded (key -> row, None: no row), up to READ_CACHE_ROWS; every write goes
+        # through ``apply``, which puts the new rows in. Not kept on a backend that hands out its own
+        # objects (memory). Rows are shared between lookups, as the memory backend's are.
+        self._reads: dict | None = None if isinstance(backend, MemoryBackend) else {}
 
     def rows(self, keys: list) -> list:
-        return self.backend.get_many(self.name, keys)
+        reads = self._reads
+        if reads is None:
+            return self.backend.get_many(self.name, keys)
+        out = list(map(reads.get, keys, repeat(_MISSING)))
+        miss = [i for i, r in enumerate(out) if r is _MISSING]
+        if miss:
+            miss_keys = [keys[i] for i in miss]
+            found = self.backend.get_many(self.name, miss_keys)
+            for i, r in zip(miss, found):
+                out[i] = r
+            self._remember(miss_keys, found)
+        return out
+
+    def _remember(self, keys: list, rows: list) -> None:
+        reads = self._reads
+        if len(reads) + len(keys) > READ_CACHE_ROWS:
+            reads.clear()
+            if len(keys) > READ_CACHE_ROWS:
+                return
+        reads.update(zip(keys, rows))
 
     def offsets(self) -> dict:
         """``{partition: next offset to read}`` for what the backend already holds."""
@@ -56,6 +84,8 @@ class GlobalStore:
             n += len(raw.keys)
         if n:
             self.backend.write({self.name: changes}, {META_GLOBAL_OFFSETS: offsets})
+            if self._reads is not None:
+                self._remember(list(changes), [None if r is DELETED else r for r in changes.values()])
         return n
 
     def _unreadable(self, raw: RawBatch, offset, e: SerdeError) -> SerdeError:

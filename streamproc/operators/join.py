@@ -26,8 +26,9 @@ stream-stream, ``JoinWindow(before, after, grace)``
     The window rules (the match range, when a record's own window closes) are the
     ``JoinWindow``'s (``streamproc.windows``: ``match_range``, ``close_time``); the operator takes
     them once as offsets (``close_offset``, ``match_range(0, side)``) and adds them per record.
-    Records are processed one at a time in processing order (both sides of one batch
-    interleaved by position), each at its stream time ``st``:
+    Records are processed as if one at a time in processing order (both sides of one batch
+    interleaved by position), each at its stream time ``st`` (the operator computes a whole
+    batch at once, ``_join_match``, with the same outcome):
 
     1. *expire*: every stored record whose own window is closed at ``st`` (left:
        ``st > tl + after + grace``, right: ``st > tr + before + grace``) leaves its store; under
@@ -45,19 +46,20 @@ stream-stream, ``JoinWindow(before, after, grace)``
 """
 from __future__ import annotations
 
-import heapq
-from itertools import count
+from itertools import chain, compress, filterfalse
+from operator import itemgetter
 
 import numpy as np
 
 from ..errors import CodecError
 from ..kinds import NodeKind, StoreKind
-from ..state import Deferred
 from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
 from .table import TableView, view_of
 from ._fold import BackendSweep
+from ._join_known import Known
+from ._join_match import Entries, expiry_points, pairs, processing_order
 
 _MAXSEQ = np.iinfo(np.int64).max
 _SKIP = object()        # a joiner raised and the processing-error policy dropped the result
@@ -116,13 +118,17 @@ class _JoinBase(Operator):
     def _lookup_join(self, b: Batch, keys: list, rows: list) -> Batch:
         """``b``'s records joined with one looked-up row each (``None``: no row)."""
         joiner = self.joiner
-        if self.how == "inner":
+        missing = None in rows
+        if missing and self.how == "inner":
             keep = [r is not None for r in rows]
-            if not all(keep):
-                b = b.select(keep)
-                rows = [r for r in rows if r is not None]
+            b = b.select(keep)
+            rows = [r for r in rows if r is not None]
+            missing = False
         try:
-            values = [joiner(v, None if r is None else r[1]) for v, r in zip(b.values, rows)]
+            if missing:
+                values = [joiner(v, None if r is None else r[1]) for v, r in zip(b.values, rows)]
+            else:
+                values = [joiner(v, r[1]) for v, r in zip(b.values, rows)]
         except Exception:  # noqa: BLE001 - record by record: the policy applies to the one that raised
             values = [self._join(k, v, None if r is None else r[1], sq)
                       for k, v, r, sq in zip(b.keys, b.values, rows, b.seq.tolist())]
@@ -263,14 +269,20 @@ def _changes(left: Batch | None, right: Batch | None) -> dict:
 
 
 class StreamStreamJoinOp(_JoinBase):
-    runs_every_batch = True              # stream time may have closed join windows (left/outer results)
-
     """``stream.join(stream, window=JoinWindow(...))`` (see the module doc for the rules).
 
-    Working form: each side's records of a key live in a list the operator keeps across batches
-    (``_live``; bounded like the stores, by window + grace). The store gets them as a
-    ``Deferred`` (:class:`_Records`): encoded once per checkpoint, not once per batch.
+    A batch is joined at once (``_join_match``: its pairs, and where each record closes), then each
+    changed key's records are written back to its side's store as a new value. Only a value the write
+    cache holds (put since the last checkpoint) is changed in place; what the backend or a checkpoint
+    holds never is (the memory backend keeps the very objects). Between batches the records live only
+    in the stores (write cache, then backend); the operator keeps, per side, what it knows of the keys
+    the store holds (``_join_known.Known``: due times, keys by due time), so it finds what closes
+    without reading the store and never looks up a key the store cannot hold. Keys stored before it
+    was built are found through the backend's time index (``BackendSweep``); until that sweep is
+    done, every key of a batch is looked up.
     """
+
+    runs_every_batch = True              # stream time may have closed join windows (left/outer results)
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -282,220 +294,308 @@ class StreamStreamJoinOp(_JoinBase):
         # closes at t + close_after[side]; it matches the other side's records in t + match[side]
         self.close_after = (w.close_offset("left"), w.close_offset("right"))
         self.match = (w.match_range(0, "left"), w.match_range(0, "right"))
+        self._close_arr = np.asarray(self.close_after, dtype=np.int64)
         self.emit_unmatched = (self.how in ("left", "outer"), self.how == "outer")
         # a side read from a repartition topic does not move the task's time (its watermarks do): its
         # records are judged at their own stream time but expire nothing (runtime/watermarks.py)
         self._moves = tuple(_moves_time(p) for p in node.parents)
-        self._tick = count()
         self._start_index()
 
     def _start_index(self) -> None:
-        """Expiry index: a heap of (close time, n, side, key) for the records this operator stored, and
-        each store's backend time index for what was stored before it was built (``BackendSweep``).
-        Also forgets the working copies (the write caches they mirrored may have been discarded)."""
-        self._heap: list = []
-        self._live: tuple[dict, dict] = ({}, {})       # side -> key -> [[ts, value, matched], ...]
+        """What the operator knows of its stores (``_join_known.Known``, per side). Built again when the
+        write caches were discarded (what it knew may have been undone)."""
+        self._known = tuple(Known(self.emit_unmatched[side]) for side in (0, 1))
         self._expired_to: int | None = None
         self._generation = tuple(s.generation for s in self.stores)
         self._sweeps = [BackendSweep(s, StoreKind.JOIN) for s in self.stores]
         for side, (store, sweep) in enumerate(zip(self.stores, self._sweeps)):
             if not sweep.indexed:                 # a backend without a time index: read the store once
-                for k, value in store.items():
-                    if value:
-                        heapq.heappush(self._heap, (value[0], next(self._tick), side, k))
+                self._known[side].read(store.items())
 
     # ------------------------------------------------------------------ batch
     def process_sides(self, left: Batch | None, right: Batch | None) -> Batch:
         if tuple(s.generation for s in self.stores) != self._generation:   # write caches discarded
             self._start_index()
-        left, right = self._drop_none_keys(left), self._drop_none_keys(right)
-        st_now = self.ctx.state.stream_time          # the batch's last stream time (its sources stamped it)
-        out = _Out()
-        dirty: tuple[set, set] = (set(), set())
-        self._prefetch(left, right)
-        live = self._live
-        close_after, match = self.close_after, self.match
-        cols = [None if b is None else (b.keys, b.values, b.timestamps.tolist(), b.stream_times.tolist(),
-                                        b.seq.tolist()) for b in (left, right)]
-        for side, i in _in_order(left, right):
-            keys, values, ts_l, st_l, seq_l = cols[side]
-            k = keys[i]
-            t = ts_l[i]
-            st = st_l[i]
-            sq = seq_l[i]
-            if self._moves[side] and (self._expired_to is None or st > self._expired_to):
-                self._expire(st, dirty, out, st, sq)
-            if st >= t + close_after[side]:          # late: its own window is closed (JoinWindow.is_closed)
-                self.ctx.drop("late", self.metric_label, 1, sq)
-                continue
-            other = 1 - side
-            v = values[i]
-            matched = 0
-            entries = live[other].get(k)
-            if entries is None:
-                entries = self._load(other, k)
-            if entries:
-                m_lo, m_hi = match[side]
-                lo, hi = t + m_lo, t + m_hi               # JoinWindow.match_range(t, side)
-                o_close = close_after[other]
-                for e in entries:
-                    et = e[0]
-                    if lo <= et <= hi and st < et + o_close:
-                        res = self._join(k, v, e[1], sq) if side == 0 else self._join(k, e[1], v, sq)
-                        if res is not _SKIP:
-                            out.add(k, res, t if t > et else et, st, sq)
-                        matched = 1
-                        if not e[2]:
-                            e[2] = 1
-                            dirty[other].add(k)
-            if type(v) not in _PLAIN:
-                self._storable(k, v)
-            mine = live[side].get(k)
-            if mine is None:
-                mine = self._load(side, k)
-            mine.append([t, v, matched])
-            dirty[side].add(k)
-            heapq.heappush(self._heap, (t + close_after[side], next(self._tick), side, k))
-        if self._expired_to is None or st_now > self._expired_to:
-            self._expire(st_now, dirty, out, st_now, _MAXSEQ)
-        self._write_back(dirty)
-        return out.batch()
-
-    def _prefetch(self, left, right) -> None:
-        """Load both sides' stored records of the batch's keys not in the working copies (one ``get_many`` each)."""
-        keys = list(dict.fromkeys((left.keys if left is not None else []) + (right.keys if right is not None else [])))
+        arr = _Arrivals(self._drop_none_keys(left), self._drop_none_keys(right), self._moves, self._close_arr)
+        # st_end: the batch's last stream time (its sources stamped it)
+        exp_pos, exp_st = expiry_points(arr.st, arr.moves, self._expired_to, self.ctx.state.stream_time)
+        if arr.n_late:
+            self.ctx.drop("late", self.metric_label, arr.n_late, arr.first_late_seq)
+        self._storable(arr.keys, arr.values)          # records are stored: fail now if the codec cannot
+        bound = int(exp_st[-1]) if len(exp_st) else None
+        codes = dict.fromkeys(arr.keys)
+        batch_keys = dict.fromkeys(codes)
+        stored = _Stored()
         for side in (0, 1):
-            live = self._live[side]
-            missing = [k for k in keys if k not in live]
-            if missing:
-                for k, value in zip(missing, self.stores[side].get_many(missing)):
-                    live[k] = [] if value is None else [list(e) for e in value[1:]]
+            keys = self._to_load(side, batch_keys, bound)
+            if keys:
+                stored.add(side, keys, self.stores[side].get_many(keys), codes)
+        e, keys_of = self._entries(arr, stored, codes)
+        by_side = (e.by_key(0), e.by_key(1))
+        later, earlier = pairs(e, by_side, self.match)
+        matched = e.matched.copy()
+        matched[later] = True
+        matched[earlier] = True
+        closes_at = np.searchsorted(exp_st, e.close, "left")
+        out = self._results(arr, e, stored.values + arr.values, keys_of, later, earlier, matched, closes_at,
+                            exp_pos, exp_st)
+        if bound is not None:
+            self._expired_to = bound
+        flags = (matched, closes_at < len(exp_st))
+        for side in (0, 1):
+            self._write_back(side, e, by_side[side], stored, arr, keys_of, flags)
+        return out
 
-    def _load(self, side: int, k) -> list:
-        value = self.stores[side].get(k)
-        entries = self._live[side][k] = [] if value is None else [list(e) for e in value[1:]]
-        return entries
+    def _to_load(self, side: int, batch_keys: dict, bound: int | None) -> list:
+        """The keys of ``side`` to read: the batch's keys the store may hold, and those due by ``bound``
+        (a due key whose one record closes and emits nothing is deleted unread)."""
+        known, sweep = self._known[side], self._sweeps[side]
+        known.sync(self.stores[side])
+        if sweep.upto is None:                       # every key the store holds is known
+            keys = list(filter(known.due.__contains__, batch_keys))
+        else:
+            keys = list(batch_keys)
+        if bound is not None:
+            closing, gone = known.closing(bound, batch_keys)
+            if gone:
+                known.delete(self.stores[side], gone)
+            closing += sweep.due(bound)
+            if closing:
+                keys = list(dict.fromkeys(keys + closing))
+        return keys
 
-    def _storable(self, k, v) -> None:
+    def _entries(self, arr: "_Arrivals", stored: "_Stored", codes: dict):
+        """The batch's entries (``_join_match.Entries``): the stored records read, then the arrivals that
+        are not late; and the keys by code."""
+        for i, k in enumerate(codes):
+            codes[k] = i
+        keys_of = list(codes)
+        n_st = len(stored.t)
+        counts = np.asarray(stored.counts, dtype=np.int64)
+        code = np.concatenate([np.repeat(np.fromiter(map(codes.__getitem__, stored.keys), dtype=np.int64,
+                                                     count=len(stored.keys)), counts),
+                               np.fromiter(map(codes.__getitem__, arr.keys), dtype=np.int64, count=len(arr.keys))])
+        side = np.concatenate([np.repeat(np.asarray(stored.sides, dtype=np.int8), counts), arr.side_kept])
+        t = np.concatenate([np.asarray(stored.t, dtype=np.int64), arr.t_kept])
+        pos = np.concatenate([np.full(n_st, -1, dtype=np.int64), arr.pos])
+        st = np.concatenate([np.zeros(n_st, dtype=np.int64), arr.st_kept])
+        matched = np.concatenate([np.asarray(stored.m, dtype=bool), np.zeros(len(arr.keys), dtype=bool)])
+        return Entries(side, code, pos, t, t + self._close_arr[side], matched, st, n_st), keys_of
+
+    def _results(self, arr, e, values: list, keys_of: list, later, earlier, matched, closes_at,
+                 exp_pos, exp_st) -> Batch:
+        """The batch's results in processing order: at each expiry point the records closing unmatched
+        (left/outer), then at each record its matches."""
+        emit = np.asarray(self.emit_unmatched, dtype=bool)
+        un = np.flatnonzero((closes_at < len(exp_st)) & ~matched & emit[e.side])
+        un = un[np.argsort(e.close[un], kind="stable")]
+        at = closes_at[un]
+        none = len(values)                               # index of None in ``values`` below
+        left_of_pair = np.where(e.side[later] == 0, later, earlier)
+        right_of_pair = np.where(e.side[later] == 0, earlier, later)
+        un_left = e.side[un] == 0
+        li = np.concatenate([np.where(un_left, un, none), left_of_pair])
+        ri = np.concatenate([np.where(un_left, none, un), right_of_pair])
+        if not len(li):
+            return Batch.empty()
+        un_pos = exp_pos[at]
+        pair_pos = e.pos[later]
+        seq_ext = np.append(arr.seq, _MAXSEQ)
+        order = np.argsort(np.concatenate([un_pos * 2, pair_pos * 2 + 1]), kind="stable")
+        li, ri = li[order], ri[order]
+        code = np.concatenate([e.code[un], e.code[later]])[order]
+        ts = np.concatenate([e.t[un], np.maximum(e.t[later], e.t[earlier])])[order]
+        st = np.concatenate([exp_st[at], e.st[later]])[order]
+        seq = np.concatenate([seq_ext[un_pos], seq_ext[pair_pos]])[order]
+        is_pair = order >= len(un)
+        values = values + [None]
+        keys = [keys_of[c] for c in code.tolist()]
+        joiner = self.joiner
+        li_l, ri_l = li.tolist(), ri.tolist()
         try:
-            check_value(v)
-        except CodecError as e:
-            where = f" (defined at {self.node.where})" if self.node.where else ""
-            raise CodecError(f"join {self.node.label!r}{where} cannot store the record of key {k!r}: "
-                             f"{e.reason}") from None
+            out = [joiner(values[a], values[b]) for a, b in zip(li_l, ri_l)]
+        except Exception:  # noqa: BLE001 - result by result: the policy applies to the one that raised
+            out = [self._join(k, values[a], values[b], sq if p else None)
+                   for k, a, b, sq, p in zip(keys, li_l, ri_l, seq.tolist(), is_pair.tolist())]
+            keep = [v is not _SKIP for v in out]
+            if not all(keep):
+                return Batch(keys, out, ts, st, seq).select(keep)
+        return Batch(keys, out, ts, st, seq)
 
-    def _expire(self, st: int, dirty, out: "_Out", out_st: int, out_seq: int) -> None:
-        """Remove every stored record whose window is closed at stream time ``st``; emit the unmatched
-        ones under left/outer (timestamp: their own)."""
-        self._expired_to = st
-        heap = self._heap
-        due: list = []
-        while heap and heap[0][0] <= st:
-            _, _, side, k = heapq.heappop(heap)
-            due.append((side, k))
-        for side, sweep in enumerate(self._sweeps):
-            if sweep.upto is not None:
-                for k in sweep.due(st):
-                    due.append((side, k))
-        if not due:
+    def _write_back(self, side: int, e, idx: np.ndarray, stored: "_Stored", arr, keys_of: list, flags) -> None:
+        """Write the changed keys of ``side`` (``idx``: its entries by key): a key with records left gets a
+        new value ``[due, [ts, value, matched], ...]``, one left without any is deleted."""
+        if not len(idx):
             return
-        seen = set()
-        for side, k in due:
-            if (side, k) in seen:
-                continue
-            seen.add((side, k))
-            entries = self._live[side].get(k)
-            if entries is None:
-                entries = self._load(side, k)
-            close_after = self.close_after[side]
-            if all(e[0] + close_after > st for e in entries):     # nothing of it closes yet (a stale heap entry)
-                self._push_entries(side, k, entries)
-                continue
-            keep = []
-            for e in entries:
-                if e[0] + close_after <= st:
-                    if not e[2] and self.emit_unmatched[side]:
-                        res = self._join(k, e[1], None) if side == 0 else self._join(k, None, e[1])
-                        if res is not _SKIP:
-                            out.add(k, res, e[0], out_st, out_seq)
-                else:
-                    keep.append(e)
-            entries[:] = keep
-            dirty[side].add(k)
-            self._push_entries(side, k, keep)
+        matched, closed = flags
+        code = e.code[idx]
+        starts = np.flatnonzero(np.concatenate([[True], code[1:] != code[:-1]]))
+        new = e.pos[idx] >= 0
+        flipped = matched[idx] != e.matched[idx]
+        renewed = np.logical_or.reduceat(new | closed[idx], starts)      # records added or closed
+        changed = renewed | np.logical_or.reduceat(flipped, starts)
+        store = self.stores[side]
+        if not renewed.all():
+            changed &= ~self._flip_in_place(store, idx, starts, changed & ~renewed, flipped, keys_of, code, stored)
+        keep = ~closed[idx]
+        due = np.minimum.reduceat(np.where(keep, e.close[idx], _MAXSEQ), starts)
+        left = due < _MAXSEQ                             # the key still holds records
+        had = np.logical_or.reduceat(~new, starts)       # it had records in the store
+        puts = np.flatnonzero(changed & left)
+        counts = np.add.reduceat(keep.astype(np.int64), starts)
+        if len(puts):
+            in_put = np.repeat(changed & left, np.diff(np.append(starts, len(idx))))
+            sel = idx[in_put & keep]
+            ents = self._entry_lists(e, sel, stored, arr, matched)
+            put_keys = [keys_of[c] for c in code[starts[puts]].tolist()]
+            put_dues = due[puts].tolist()
+            if not had[puts].all():
+                self._known[side].created(store, list(compress(put_keys, (~had[puts]).tolist())))
+            if len(ents) == len(puts):                      # one record per key
+                store.put_many(put_keys, [[d, x] for d, x in zip(put_dues, ents)])
+            else:
+                bounds = np.concatenate([[0], np.cumsum(counts[puts])]).tolist()
+                store.put_many(put_keys, [[d] + ents[a:b] for d, a, b in zip(put_dues, bounds, bounds[1:])])
+        dels = np.flatnonzero(changed & ~left & had)
+        if len(dels):
+            gone = [keys_of[c] for c in code[starts[dels]].tolist()]
+            self._known[side].delete(store, gone)
+            self._known[side].forget(gone)
+        held = np.flatnonzero(left)                       # written, or read and known from now on
+        unmatched = np.logical_or.reduceat(keep & ~matched[idx], starts)[held]
+        self._known[side].learn([keys_of[c] for c in code[starts[held]].tolist()], due[held],
+                                counts[held] > 1, unmatched)
 
-    def _push_entries(self, side: int, k, entries: list) -> None:
-        """Make sure the heap holds the key's earliest remaining close time (records found through the
-        backend sweep are in the heap only from now on)."""
-        if entries:
-            heapq.heappush(self._heap, (min(e[0] for e in entries) + self.close_after[side], next(self._tick),
-                                        side, k))
+    @staticmethod
+    def _flip_in_place(store, idx, starts, flip_only, flipped, keys_of, code, stored) -> np.ndarray:
+        """Mark matched, in place, the records of keys whose only change is that (``flip_only``) and whose
+        value the write cache holds (a list put since the last checkpoint: the operator's own until the
+        checkpoint takes it). A record's list may be shared with the backend's value (values reuse the
+        unchanged records they were read with): it is replaced in the key's value, never changed.
+        Returns which keys were done so (they need no new value)."""
+        done = np.zeros(len(starts), dtype=bool)
+        groups = np.flatnonzero(flip_only)
+        if not len(groups):
+            return done
+        keys = [keys_of[c] for c in code[starts[groups]].tolist()]
+        mine = np.fromiter(store.holds(keys), dtype=bool, count=len(groups))
+        if not mine.any():
+            return done
+        done[groups[mine]] = True
+        sizes = np.diff(np.append(starts, len(idx)))
+        rank = np.arange(len(idx)) - np.repeat(starts, sizes)           # place among the key's records
+        at = np.flatnonzero(np.repeat(done, sizes) & flipped)
+        group_of = np.repeat(np.arange(len(starts)), sizes)
+        key_of_group = dict(zip(groups[mine].tolist(), compress(keys, mine.tolist())))
+        entries = stored.entries
+        for j, i, g in zip(rank[at].tolist(), idx[at].tolist(), group_of[at].tolist()):
+            e = entries[i]
+            store.get(key_of_group[g])[1 + j] = [e[0], e[1], 1]
+        return done
 
-    def _write_back(self, dirty) -> None:
-        for side in (0, 1):
-            if not dirty[side]:
-                continue
-            store, live, close_after = self.stores[side], self._live[side], self.close_after[side]
-            dels = []
-            for k in dirty[side]:
-                entries = live[k]
-                if entries:
-                    if not store.holds_deferred(k):      # else the one put already reads this list
-                        store.put_deferred(k, _Records(entries, close_after))
-                else:
-                    dels.append(k)
-                    del live[k]
-            if dels:
-                store.delete_many(dels)
+    @staticmethod
+    def _entry_lists(e, sel: np.ndarray, stored: "_Stored", arr, matched) -> list:
+        """The stored records ``[ts, value, matched]`` of entries ``sel``: a stored one as read unless it
+        just matched; a new list for the others."""
+        n_st = e.n_stored
+        fresh = (sel >= n_st) | (matched[sel] != e.matched[sel])
+        if not fresh.any():
+            return [stored.entries[i] for i in sel.tolist()]
+        sel_l = sel.tolist()
+        ents = [stored.entries[i] if i < n_st else None for i in sel_l]
+        t = e.t[sel].tolist()
+        m = matched[sel].astype(np.int64).tolist()
+        for j in np.flatnonzero(fresh).tolist():
+            i = sel_l[j]
+            ents[j] = [t[j], stored.values[i] if i < n_st else arr.values[i - n_st], m[j]]
+        return ents
+
+    def _storable(self, keys: list, values: list) -> None:
+        """CodecError (naming the join and the key) for the first value the store could not hold. One
+        check of all the values together (a list holds what each of its elements can), record by
+        record only if that fails."""
+        try:
+            check_value([v for v in values if type(v) not in _PLAIN])
+            return
+        except CodecError:
+            pass
+        for k, v in zip(keys, values):
+            try:
+                check_value(v)
+            except CodecError as e:
+                where = f" (defined at {self.node.where})" if self.node.where else ""
+                raise CodecError(f"join {self.node.label!r}{where} cannot store the record of key {k!r}: "
+                                 f"{e.reason}") from None
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes})
 
 
-class _Records(Deferred):
-    """A key's records of one join side as the store holds them: ``[due, [ts, value, matched], ...]``,
-    built from the operator's working list when the store is read or checkpointed."""
+class _Arrivals:
+    """Both sides' records of a batch in processing order (``_join_match.processing_order``), as columns:
+    ``side``, ``t``, ``st``, ``seq`` and ``moves`` of every record (late ones too: they move time), and
+    for the records that are not late, ``keys``, ``values``, their position ``pos`` and ``side_kept``,
+    ``t_kept``, ``st_kept``."""
 
-    __slots__ = ("entries", "close_after")
+    __slots__ = ("side", "t", "st", "seq", "moves", "keys", "values", "pos", "side_kept", "t_kept", "st_kept",
+                 "n_late", "first_late_seq")
 
-    def __init__(self, entries: list, close_after: int):
-        self.entries = entries
-        self.close_after = close_after        # a record at t closes at t + close_after (JoinWindow.close_offset)
+    def __init__(self, left: Batch | None, right: Batch | None, moves: tuple, close_after: np.ndarray):
+        left = Batch.empty() if left is None else left
+        right = Batch.empty() if right is None else right
+        side, index = processing_order(left.seq, right.seq)
+        flat = index + np.where(side == 1, len(left), 0)         # index into both sides' columns joined
+        self.t = np.concatenate([left.timestamps, right.timestamps])[flat]
+        self.st = np.concatenate([left.stream_times, right.stream_times])[flat]
+        self.seq = np.concatenate([left.seq, right.seq])[flat]
+        self.side = side
+        self.moves = np.asarray(moves, dtype=bool)[side]
+        late = self.st >= self.t + close_after[side]
+        self.n_late = int(late.sum())
+        self.first_late_seq = int(self.seq[np.argmax(late)]) if self.n_late else None
+        kept = np.flatnonzero(~late)
+        keys, values = left.keys + right.keys, left.values + right.values
+        at = flat[kept].tolist()
+        self.keys = [keys[i] for i in at]
+        self.values = [values[i] for i in at]
+        self.pos = kept
+        self.side_kept, self.t_kept, self.st_kept = side[kept], self.t[kept], self.st[kept]
 
-    def state(self):
-        entries = self.entries
-        return [min(e[0] for e in entries) + self.close_after] + [[e[0], e[1], e[2]] for e in entries]
 
 
-def _in_order(left: Batch | None, right: Batch | None):
-    """``(side, index)`` of both sides' records in processing order (by ``seq``; a record that reaches
-    both sides - a self-join - is processed as left first)."""
-    if right is None:
-        return [] if left is None else [(0, i) for i in range(len(left))]
-    if left is None:
-        return [(1, i) for i in range(len(right))]
-    ls, rs = left.seq.tolist(), right.seq.tolist()
-    order = sorted([(q, 0, i) for i, q in enumerate(ls)] + [(q, 1, i) for i, q in enumerate(rs)])
-    return [(side, i) for _, side, i in order]
 
+class _Stored:
+    """The stored records read for a batch, flattened: per key its side, key and record count; per
+    record its timestamp, value, matched flag and the stored list itself."""
 
-class _Out:
-    """Join results as they are produced (columns)."""
-
-    __slots__ = ("keys", "values", "ts", "st", "seq")
+    __slots__ = ("sides", "keys", "counts", "t", "values", "m", "entries")
 
     def __init__(self):
-        self.keys, self.values, self.ts, self.st, self.seq = [], [], [], [], []
+        self.sides, self.keys, self.counts = [], [], []
+        self.t, self.values, self.m, self.entries = [], [], [], []
 
-    def add(self, k, v, ts: int, st: int, seq: int) -> None:
-        self.keys.append(k)
-        self.values.append(v)
-        self.ts.append(ts)
-        self.st.append(st)
-        self.seq.append(seq)
+    def add(self, side: int, keys: list, found: list, codes: dict) -> None:
+        """The values ``found`` for ``keys`` of ``side`` (None: the store holds no such key)."""
+        if None in found:
+            has = [v is not None for v in found]
+            keys, found = list(compress(keys, has)), list(compress(found, has))
+        if not keys:
+            return
+        codes.update(dict.fromkeys(filterfalse(codes.__contains__, keys)))
+        sizes = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+        self.sides += [side] * len(keys)
+        self.keys += keys
+        self.counts += (sizes - 1).tolist()
+        if (sizes == 2).all():                                        # one record each: [due, record]
+            ents = list(map(_second, found))
+        else:
+            record = np.ones(int(sizes.sum()), dtype=bool)
+            record[np.cumsum(sizes) - sizes] = False                  # the due times
+            ents = list(compress(chain.from_iterable(found), record.tolist()))
+        self.entries += ents
+        self.t += map(_first, ents)
+        self.values += map(_second, ents)
+        self.m += map(_third, ents)
 
-    def batch(self) -> Batch:
-        if not self.keys:
-            return Batch.empty()
-        return Batch(self.keys, self.values, np.asarray(self.ts, dtype=np.int64),
-                     np.asarray(self.st, dtype=np.int64), np.asarray(self.seq, dtype=np.int64))
+
+_first, _second, _third = itemgetter(0), itemgetter(1), itemgetter(2)

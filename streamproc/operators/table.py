@@ -30,6 +30,10 @@ from .io import SourceOp
 
 log = logging.getLogger("streamproc.table")
 
+#: Rows of a table (and of a global table) kept decoded between lookups (``Store.keep_reads``): a stream
+#: joined with a table reads the same rows again and again. About 0.5 KB each for small JSON rows.
+READ_CACHE_ROWS = 1 << 17
+
 
 class TableView:
     """Rows of a table by key: ``rows(keys) -> [[timestamp, value] | None, ...]``."""
@@ -82,6 +86,7 @@ class TableSourceOp(SourceOp):
         super().__init__(node, ctx)
         self.spec = node.params["store"]
         self.store = ctx.state.store(self.spec.name)
+        self.store.keep_reads(READ_CACHE_ROWS)     # a table is read per stream record: rows kept decoded
         ctx.views[node.id] = StoreView(self.store)
 
     def ingest(self, b: Batch) -> Batch:

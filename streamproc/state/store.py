@@ -1,7 +1,11 @@
 """``Store`` (one named store of one task, seen through its write cache) and ``TaskState``."""
 from __future__ import annotations
 
-from .backend import DELETED, Backend
+from collections import deque
+from itertools import filterfalse, repeat
+
+from .backend import DELETED, Backend, MemoryBackend
+
 _MISSING = object()
 
 
@@ -20,7 +24,11 @@ class Deferred:
 
 
 class Store:
-    __slots__ = ("name", "_backend", "_cache", "_deferred", "generation")
+    """One store of a task: its backend seen through the write cache (what was written since the last
+    checkpoint), and optionally a *read cache* (:meth:`keep_reads`): values read from the backend kept
+    decoded, for a store read far more often than written (a table joined by a stream)."""
+
+    __slots__ = ("name", "_backend", "_cache", "_deferred", "generation", "checkpoints", "_reads", "_reads_max")
 
     def __init__(self, name: str, backend: Backend):
         self.name = name
@@ -28,30 +36,77 @@ class Store:
         self._cache: dict = {}
         self._deferred: set = set()    # keys put with put_deferred since the last drain
         self.generation = 0            # +1 at every discard: operators drop what they cached of the store
+        self.checkpoints = 0           # +1 each time a checkpoint takes the write cache (``TaskState.changes``)
+        self._reads: dict | None = None     # read cache: key -> backend value (None: no such key)
+        self._reads_max = 0
+
+    def keep_reads(self, limit: int) -> None:
+        """Keep up to ``limit`` values read from the backend (decoded), for the next reads of their keys.
+        A backend that hands out the objects it holds (``MemoryBackend``) gains nothing: not kept there.
+
+        The kept values are what the backend holds: each checkpoint (``TaskState.changes``) puts the
+        values it takes from the write cache in (the backend receives the same), a discard empties it,
+        and the backend is written through no other way while a task runs (restores come before).
+        The values are shared between reads, as the memory backend's are: a reader must not change them."""
+        if not isinstance(self._backend, MemoryBackend):
+            self._reads, self._reads_max = {}, limit
 
     def get(self, key, default=None):
         v = self._cache.get(key, _MISSING)
         if v is _MISSING:
-            v = self._backend.get(self.name, key)
+            reads = self._reads
+            if reads is not None:
+                v = reads.get(key, _MISSING)
+                if v is _MISSING:
+                    v = self._backend.get(self.name, key)
+                    self._remember([key], [v])
+            else:
+                v = self._backend.get(self.name, key)
             return default if v is None else v
         if v is DELETED:
             return default
         return v.state() if isinstance(v, Deferred) else v
 
     def get_many(self, keys: list) -> list:
-        """Values for ``keys`` (None where absent), write cache first, then one backend lookup."""
+        """Values for ``keys`` (None where absent): write cache first, then the read cache, then one
+        backend lookup."""
         cache = self._cache
-        out = [cache.get(k, _MISSING) for k in keys]
+        if not cache:
+            if self._reads is None:
+                return self._backend.get_many(self.name, keys)
+            return self._read_many(keys, list(map(self._reads.get, keys, repeat(_MISSING))), False)
+        out = self._read_many(keys, list(map(cache.get, keys, repeat(_MISSING))), True)
+        out = [None if v is DELETED else v for v in out]
+        if self._deferred:
+            out = [v.state() if isinstance(v, Deferred) else v for v in out]
+        return out
+
+    def _read_many(self, keys: list, out: list, cached: bool) -> list:
+        """``out`` with its ``_MISSING`` places read from the read cache (if ``cached``: not looked up in it
+        yet), else from the backend (and kept in the read cache)."""
         miss = [i for i, v in enumerate(out) if v is _MISSING]
+        reads = self._reads
+        if miss and reads is not None and cached:
+            for i in miss:
+                out[i] = reads.get(keys[i], _MISSING)
+            miss = [i for i in miss if out[i] is _MISSING]
         if miss:
-            found = self._backend.get_many(self.name, [keys[i] for i in miss])
+            miss_keys = [keys[i] for i in miss]
+            found = self._backend.get_many(self.name, miss_keys)
             for i, v in zip(miss, found):
                 out[i] = v
-        if len(miss) != len(out):
-            out = [None if v is DELETED else v for v in out]
-            if self._deferred:
-                out = [v.state() if isinstance(v, Deferred) else v for v in out]
+            if self._reads is not None:
+                self._remember(miss_keys, found)
         return out
+
+    def _remember(self, keys: list, values: list) -> None:
+        """Keep backend values in the read cache (emptied first when it would grow past its limit)."""
+        reads = self._reads
+        if len(reads) + len(keys) > self._reads_max:
+            reads.clear()
+            if len(keys) > self._reads_max:
+                return
+        reads.update(zip(keys, values))
 
     def put(self, key, value) -> None:
         self._cache[key] = value
@@ -62,6 +117,24 @@ class Store:
         """Put ``value``, whose ``state()`` is taken only when the value is read or checkpointed."""
         self._cache[key] = value
         self._deferred.add(key)
+
+    def holds(self, keys: list) -> list:
+        """Per key, whether the write cache holds a value for it (put since the last checkpoint, not
+        deleted): that value is the writer's until the checkpoint takes it, so the writer may change it
+        in place rather than put it again (the checkpoint takes it as it is then)."""
+        return [v is not _MISSING and v is not DELETED for v in map(self._cache.get, keys, repeat(_MISSING))]
+
+    def untouched(self, keys: list) -> list:
+        """The ``keys`` the write cache has nothing for (neither put nor deleted since the last checkpoint)."""
+        return list(filterfalse(self._cache.__contains__, keys))
+
+    def drop_new(self, keys: list) -> None:
+        """Delete keys put since the last checkpoint that the backend does not hold (the caller knows it:
+        they were untouched when first put, and the backend did not hold them then): their writes are
+        dropped, so the checkpoint writes nothing for them, not even a tombstone."""
+        deque(map(self._cache.pop, keys, repeat(None)), maxlen=0)
+        if self._deferred:
+            self._deferred.difference_update(keys)
 
     def holds_deferred(self, key) -> bool:
         """True if ``key``'s value in the write cache is a ``Deferred`` put since the last checkpoint (its
@@ -115,13 +188,20 @@ class Store:
 
     def _drain(self) -> dict:
         cache, self._cache = self._cache, {}
+        self.checkpoints += 1
         if self._deferred:
             for k in self._deferred:
                 v = cache.get(k)
                 if isinstance(v, Deferred):
                     cache[k] = v.state()
             self._deferred = set()
+        if self._reads is not None and cache:            # what the backend holds once this is applied
+            self._remember(list(cache), [None if v is DELETED else v for v in cache.values()])
         return cache
+
+    def _forget_reads(self) -> None:
+        if self._reads is not None:
+            self._reads.clear()
 
 
 class TaskState:
@@ -163,6 +243,7 @@ class TaskState:
         self._pending = None
         for s in self.stores.values():
             s._cache, s._deferred = {}, set()
+            s._forget_reads()                  # it may hold values taken for the checkpoint undone
             s.generation += 1
         self.stream_time = self.backend.get_meta("stream_time", -1)
         self.watermarks = dict(self.backend.get_meta("watermarks", None) or {})
