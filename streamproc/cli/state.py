@@ -442,14 +442,19 @@ def _emptied(state_dir: str, app_id: str, st, stores: list, partition: int):
     from ..state.rocksdb import RocksDBBackend
 
     path = layout.task_dir(state_dir, app_id, layout.task_id(st.id, partition))
-    b = RocksDBBackend.for_task(path, st)
-    names = {s.name for s in stores}
-    for name in names:
-        b.drop_store(name)
-    offsets = {k: v for k, v in changelog_offsets(b).items() if k not in names}
-    b.write({}, {META_CHANGELOG_OFFSETS: offsets})
-    b.close()
-    return RocksDBBackend.for_task(path, st)           # recreates the dropped stores (kind, fingerprint)
+    b = RocksDBBackend.for_task(path, st)               # checks the stores' definitions
+    try:
+        names = {s.name for s in stores}
+        # the offsets go first: interrupted in between, the stores are restored whole again (never from
+        # an offset that their emptied state does not reflect)
+        offsets = {k: v for k, v in changelog_offsets(b).items() if k not in names}
+        b.write({}, {META_CHANGELOG_OFFSETS: offsets})
+        for name in names:
+            b.clear_store(name)
+    except BaseException:
+        b.close()
+        raise
+    return b
 
 
 def _restore_with_bar(restorer, keys: list, app_id: str) -> tuple:

@@ -23,6 +23,8 @@ Choices that matter for correctness (see the librdkafka CONFIGURATION.md):
   committed only by the runtime (in the transaction under exactly-once).
 * ``fetch.queue.backoff.ms=10`` (librdkafka default 1000) so a fast consumer
   does not stall a second whenever its local queue is full.
+* ``queued.min.messages=20000`` (librdkafka default 100000) for the group consumer:
+  a worker's prefetch per partition, and most of its memory (see the constant).
 * ``allow.auto.create.topics=false`` on every client: a metadata request for a
   missing topic must never create it with the broker's default partition count.
 """
@@ -53,6 +55,14 @@ DEFAULT_TRANSACTION_TIMEOUT_MS = 10_000
 #: that drains 100k records faster than one fetch round trip idle for a second:
 #: measured 4x lower throughput (110k vs 475k msgs/s) on one partition.
 DEFAULT_FETCH_QUEUE_BACKOFF_MS = 10
+
+#: Messages librdkafka prefetches per partition for the group consumer (``queued.min.messages``; its default,
+#: 100000, is what a worker holds per assigned partition). Each costs ~250 bytes of librdkafka bookkeeping
+#: beyond its payload, which ``queued.max.messages.kbytes`` does not count: with 4 partitions of small
+#: records the default held ~35 MB more per worker (peak RSS 148 vs 118 MB on benchmarks/e2e.py (d)) for no
+#: throughput (20000 is ~10 of the worker's consume() batches per partition, refilled every
+#: ``fetch.queue.backoff.ms``).
+DEFAULT_QUEUED_MIN_MESSAGES = 20_000
 
 #: Producer batching delay. Transactions flush at commit anyway; this only
 #: bounds how long records wait inside a checkpoint interval.
@@ -125,6 +135,7 @@ def consumer_config(bootstrap: str, app_id: str,
         # end-of-partition events tell the worker an input is caught up (idle watermarks, DESIGN section 4)
         "enable.partition.eof": True,
         "fetch.queue.backoff.ms": DEFAULT_FETCH_QUEUE_BACKOFF_MS,
+        "queued.min.messages": DEFAULT_QUEUED_MIN_MESSAGES,
     }
     if group_instance_id:
         conf["group.instance.id"] = group_instance_id

@@ -114,10 +114,11 @@ Speed and threads
 Public API
     keys: ``encode_key``, ``decode_key``, ``encode_keys``, ``decode_keys``, ``is_reserved_key``;
     store keys: ``encode_store_key``, ``decode_store_key``, ``key_encoder``, ``key_decoder``,
+    ``canonical_str_keys`` (a bulk check of untrusted key bytes),
     ``key_prefix``, ``window_range``, ``prefix_end``, ``KINDS``, ``WINDOWED_KINDS``;
     values: ``encode_value``, ``decode_value``, ``encode_values``, ``decode_values``,
-    ``check_value``; ``KEY_FORMAT``, ``VALUE_FORMAT``. Errors: ``CodecError`` (a
-    ``SerdeError``) with a plain-text message; callers add the operator/topic.
+    ``check_value``, ``check_values`` (of encoded values); ``KEY_FORMAT``, ``VALUE_FORMAT``.
+    Errors: ``CodecError`` (a ``SerdeError``) with a plain-text message; callers add the operator/topic.
 """
 from __future__ import annotations
 
@@ -138,9 +139,9 @@ from ..kinds import StoreKind
 __all__ = [
     "KEY_FORMAT", "VALUE_FORMAT", "KINDS", "WINDOWED_KINDS",
     "encode_key", "decode_key", "encode_keys", "decode_keys", "is_reserved_key",
-    "encode_store_key", "decode_store_key", "key_encoder", "key_decoder",
+    "encode_store_key", "decode_store_key", "key_encoder", "key_decoder", "canonical_str_keys",
     "key_prefix", "window_range", "prefix_end",
-    "encode_value", "decode_value", "encode_values", "decode_values", "check_value",
+    "encode_value", "decode_value", "encode_values", "decode_values", "check_value", "check_values",
 ]
 
 KEY_FORMAT = 0x01
@@ -587,6 +588,48 @@ def key_decoder(kind: str):
     return _dec_window if kind in WINDOWED_KINDS else decode_key
 
 
+def canonical_str_keys(kind: str, keys: list) -> bool:
+    """True when every one of ``keys`` is, byte for byte, the one encoding of a store key of ``kind`` whose
+    group key is a str without NUL (what most stores hold): ``01 31 <UTF-8> 00 00`` (a windowed store: then
+    8 bytes of window start, any 8 bytes being a valid start). Checked in bulk on the keys joined, without
+    decoding a key (numpy finds each key's first bytes and terminator). False when not all are: then decode
+    and re-encode each (:func:`key_decoder`, :func:`key_encoder`), which also says which one is wrong and why.
+
+    Such a key is canonical: Python's strict UTF-8 decoder takes no overlong or other second form
+    (``surrogatepass`` only adds lone surrogates, which encode back to the same bytes), and content
+    without NUL needs no escape."""
+    n = len(keys)
+    if not n:
+        return True
+    import numpy as np
+
+    tail = 10 if kind in WINDOWED_KINDS else 2       # the terminator 00 00, then a window's start
+    try:
+        joined = b"".join(keys)
+        lens = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+    except TypeError:                                # a key that is not bytes
+        return False
+    if lens.min() < tail + 2:
+        return False
+    a = np.frombuffer(joined, dtype=np.uint8)
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    term = ends - tail
+    if not ((a[starts] == 0x01).all() and (a[starts + 1] == T_STR).all() and (a[term] == 0).all()
+            and (a[term + 1] == 0).all()):
+        return False
+    if tail > 2:                                     # a window start is any 8 bytes: leave them out
+        joined = b"".join(map(itemgetter(slice(0, -8)), keys))
+    # each key has its 00 00: no other 00 anywhere, so the text between the tags and the terminator has none
+    if joined.count(b"\x00") != 2 * n:
+        return False
+    try:                                             # the texts lie between ASCII bytes: valid iff each is
+        joined.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def encode_store_key(kind: str, key) -> bytes:
     """Bytes of store key ``key`` in a store of kind ``kind`` (``kv``/``window``/``sliding``/``session``)."""
     return key_encoder(kind)(key)
@@ -972,12 +1015,64 @@ def decode_value(data: bytes | None):
     raise _value_decode_error(data, None)
 
 
+#: A value that is a tuple starts with the header of its extension (``X_TUPLE``): ext 8 (``c7``, the payload's
+#: length, the code) or fixext 1..16 (``d4``..``d8``, the code). Its payload size: ``_FIXEXT[header]``.
+_FIXEXT = {0xd4: 1, 0xd5: 2, 0xd6: 4, 0xd7: 8, 0xd8: 16}
+
+
 def decode_values(datas: list) -> list:
-    """:func:`decode_value` of each byte string (None stays None)."""
+    """:func:`decode_value` of each byte string (None stays None).
+
+    A value that is a tuple (aggregate states mostly are) is read without the extension hook's round
+    trip: its payload, found from the extension header and checked to fill the value exactly, is
+    unpacked directly, at the nesting depth the hook would count (the same tokens), so the result and
+    every refusal are :func:`decode_value`'s."""
     try:
-        return [None if d is None else
-                _unpackb(d[1:], raw=False, strict_map_key=False, unicode_errors="surrogatepass",
-                         ext_hook=_ext_hook, timestamp=3) if d[0] == 1 else decode_value(d)
-                for d in datas]
+        return _decode_all(datas, [])
     except Exception:
         return [decode_value(d) for d in datas]    # raises the first bad item's CodecError
+
+
+def check_values(datas: list) -> None:
+    """Raise what :func:`decode_values` would (the first bad item's ``CodecError``), without keeping the values:
+    a check of untrusted bytes that are stored as they are (a restore into RocksDB)."""
+    try:
+        _decode_all(datas, None)
+    except Exception:
+        for d in datas:
+            decode_value(d)                         # the reference: raises the first bad item's CodecError
+
+
+def _decode_all(datas: list, out: list | None) -> list | None:
+    """Decode ``datas`` into ``out`` (None: only check them); any exception: some item is bad."""
+    tokens = _tls.unpack_tokens
+    for d in datas:
+        if d is None:
+            if out is not None:
+                out.append(None)
+            continue
+        h = d[1]
+        if h == 0xc7:                                   # ext 8: length, code, payload
+            start = 4 if len(d) > 4 and d[2] == len(d) - 4 and d[3] == X_TUPLE else 0
+        else:                                           # fixext: code, payload
+            n = _FIXEXT.get(h)
+            start = 3 if n is not None and n == len(d) - 3 and d[2] == X_TUPLE else 0
+        if start and d[0] == 1 and tokens:
+            tok = tokens.pop()
+            try:
+                x = _unpackb(d[start:], raw=False, strict_map_key=False, unicode_errors="surrogatepass",
+                             ext_hook=_ext_hook, timestamp=3)
+            finally:
+                tokens.append(tok)
+            if type(x) is not list:
+                raise CodecError("extension payload is not an array")
+            if out is not None:
+                out.append(tuple(x))
+        elif d[0] == 1:
+            x = _unpackb(d[1:], raw=False, strict_map_key=False, unicode_errors="surrogatepass",
+                         ext_hook=_ext_hook, timestamp=3)
+            if out is not None:
+                out.append(x)
+        else:
+            raise CodecError("not the value format")
+    return out

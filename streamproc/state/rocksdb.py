@@ -56,13 +56,21 @@ per-task databases in one worker process, bounded memory, and fast bulk restore:
 * writes: 32 MiB memtables (x3) per store: a restore of ~1M records flushes a couple of
   times instead of tens; atomic_flush so all stores and ``__meta__`` flush together, and a
   64 MiB cap on the WAL so the tiny ``__meta__`` family never pins old WAL files;
-* WAL on (never disabled), not fsynced per write (``sync=False``): a write survives a
+* WAL on, not fsynced per write (``sync=False``): a write survives a
   process crash (the WAL is in the OS page cache). After a machine crash, point-in-time WAL
   recovery yields an earlier consistent checkpoint (data and offsets still match) and the
   restore replays the changelog tail. ``sync=True`` fsyncs each write batch instead;
+* except for a restore's writes (``restore_columns``): they skip the WAL, as a bulk load does
+  (the changelog is their log). Each is still one WriteBatch with the offsets it reflects, and
+  RocksDB's own flushes (``atomic_flush``) persist every family at the same point, so a crash
+  loses a suffix of them, offsets included, and the restore resumes from the offsets that
+  survived. Before the next logged write (and on close) they are flushed, the stores and time
+  indexes before ``__meta__``: a logged write never lands on state missing restored records,
+  and offsets on disk are never ahead of the data;
 * reads are point lookups (one multi-get per operator batch), many of them for keys not
   there yet (a new window): 10-bit bloom filters in the SST files and a memtable bloom
-  filter answer those without touching data blocks; 16 KiB blocks;
+  filter answer those without touching data blocks; 16 KiB blocks. Time index families are
+  only ever range-scanned: no bloom filters there;
 * lz4 compression (cheap on 2 cores; small msgpack states compress well), dynamic level sizes,
   2 background jobs, small info LOG files.
 """
@@ -72,6 +80,9 @@ import logging
 import os
 import struct
 import threading
+from collections import deque
+from itertools import repeat
+from operator import itemgetter
 
 from rocksdict import (AccessType, BlockBasedOptions, Cache, DBCompressionType, DBRecoveryMode, Options,
                        Rdict, ReadOptions, WriteBatch, WriteBufferManager, WriteOptions)
@@ -80,8 +91,8 @@ from ..errors import StateError, StreamprocError
 from ..kinds import StoreKind
 from .backend import DELETED, DUE_KINDS, INDEXED_KINDS, MIN_TIME, Backend
 from .definition import RESET_HINT, changed_definition
-from .codec import (KEY_FORMAT, KINDS, VALUE_FORMAT, WINDOWED_KINDS, decode_key, decode_value, encode_value,
-                    key_decoder, key_encoder, window_range)
+from .codec import (KEY_FORMAT, KINDS, VALUE_FORMAT, WINDOWED_KINDS, decode_key, decode_value, decode_values,
+                    encode_value, key_decoder, key_encoder, window_range)
 from . import layout
 from .lock import TaskDirLock
 
@@ -117,6 +128,7 @@ def _index_cf(store: str) -> str:
     return INDEX_CF_PREFIX + store
 
 
+_first_byte = itemgetter(0)
 _U64 = struct.Struct(">Q")
 _FLIP = 1 << 63
 _MAX_TIME = (1 << 63) - 1
@@ -171,6 +183,31 @@ def _due8(vb: bytes) -> bytes:
     if len(vb) > 10 and vb[2] == 0xcf and vb[3] < 0x80 and 0x91 <= vb[1] <= 0x9f and vb[0] == VALUE_FORMAT:
         return bytes((vb[3] | 0x80,)) + vb[4:11]
     return _time8(_raw_due(vb))
+
+
+def _check_raw_keys(store: str, keys: list, min_len: int) -> None:
+    """Restored keys must look like store keys (format byte, long enough): a ``StateError`` naming the first
+    that does not (its index among ``keys``). One C-level pass each when they all do."""
+    if keys and (min(map(len, keys)) >= min_len and set(map(_first_byte, keys)) == {KEY_FORMAT}):
+        return
+    for n, kb in enumerate(keys):
+        if len(kb) < min_len or kb[0] != KEY_FORMAT:
+            raise StateError(f"changelog record {n} of store {store!r} has a key that is not a streamproc "
+                             f"store key ({kb[:60]!r}): it cannot be restored")
+
+
+def _put_all(wb, h, keys, values) -> None:
+    """Put ``zip(keys, values)`` into family ``h`` of write batch ``wb``; a None value deletes its key.
+    Later entries of a key win (the batch keeps their order)."""
+    if None not in values:
+        deque(map(wb.put, keys, values, repeat(h)), 0)      # no Python frame per entry
+        return
+    put, delete = wb.put, wb.delete
+    for kb, vb in zip(keys, values):
+        if vb is None:
+            delete(kb, h)
+        else:
+            put(kb, vb, h)
 
 
 class _Index:
@@ -228,7 +265,9 @@ def _shared():
         return _mem["cache"], _mem["wbm"]
 
 
-def _cf_options(*, data: bool = True) -> Options:
+def _cf_options(*, data: bool = True, index: bool = False) -> Options:
+    """Options of a store family (``data``), a time index family (``index``: only ever range-scanned, so
+    no bloom filters, which would cost a hash and a cache miss per write and cache space) or ``__meta__``."""
     cache, wbm = _shared()
     o = Options(raw_mode=True)
     o.create_if_missing(True)
@@ -237,8 +276,9 @@ def _cf_options(*, data: bool = True) -> Options:
     if data:
         o.set_write_buffer_size(32 << 20)
         o.set_max_write_buffer_number(3)
-        o.set_memtable_whole_key_filtering(True)
-        o.set_memtable_prefix_bloom_ratio(0.05)
+        if not index:
+            o.set_memtable_whole_key_filtering(True)
+            o.set_memtable_prefix_bloom_ratio(0.05)
     else:                                    # __meta__: a handful of small keys
         o.set_write_buffer_size(1 << 20)
     o.set_compression_type(DBCompressionType.lz4())
@@ -246,7 +286,8 @@ def _cf_options(*, data: bool = True) -> Options:
     t = BlockBasedOptions()
     t.set_block_cache(cache)
     t.set_block_size(16 << 10)
-    t.set_bloom_filter(10, False)
+    if not index:
+        t.set_bloom_filter(10, False)
     t.set_cache_index_and_filter_blocks(True)
     t.set_pin_l0_filter_and_index_blocks_in_cache(True)
     o.set_block_based_table_factory(t)
@@ -256,7 +297,7 @@ def _cf_options(*, data: bool = True) -> Options:
 def _db_options() -> Options:
     o = _cf_options(data=False)              # also the "default" family's options (unused)
     o.set_max_background_jobs(2)
-    o.set_atomic_flush(True)
+    o.set_atomic_flush(True)                 # restore_columns() relies on it (see the module doc)
     o.set_max_total_wal_size(64 << 20)
     o.set_wal_recovery_mode(DBRecoveryMode.point_in_time())
     o.set_max_open_files(256)
@@ -305,6 +346,9 @@ class RocksDBBackend(Backend):
         self._count: dict[str, _KeyCount] = {}        # store -> live key count (see the module doc)
         self._wopt = WriteOptions()
         self._wopt.sync = bool(sync)
+        self._wopt_restore = WriteOptions()          # restore_columns(): no WAL (see the module doc)
+        self._wopt_restore.disable_wal = True
+        self._unlogged = False                       # restored writes not flushed yet
         kinds, fps, descs = self._normalize(stores, fingerprints, descriptions)
         if not read_only:
             self._lock = TaskDirLock(self.path).acquire(timeout=lock_timeout)
@@ -385,7 +429,7 @@ class RocksDBBackend(Backend):
 
     def _connect(self, names: list[str]) -> None:
         """Open the database (read-write, read-only or as a secondary) with the column families ``names``."""
-        cfs = {n: _cf_options(data=n != META_CF) for n in names}
+        cfs = {n: _cf_options(data=n != META_CF, index=n.startswith(INDEX_CF_PREFIX)) for n in names}
         if self.secondary is not None:       # follows a running worker's database (catch_up)
             os.makedirs(self.secondary, exist_ok=True)
             access = AccessType.secondary(self.secondary)
@@ -463,7 +507,7 @@ class RocksDBBackend(Backend):
         if name not in self._cf:
             if self.read_only:
                 return
-            self._cf[name] = self._db.create_column_family(name, _cf_options())
+            self._cf[name] = self._db.create_column_family(name, _cf_options(index=True))
             self._h[name] = self._db.get_column_family_handle(name)
             ix = self._ix[store] = _Index(self._cf[name], self._h[name], kind in DUE_KINDS)
             self._fill_index(store, ix)
@@ -490,7 +534,7 @@ class RocksDBBackend(Backend):
         else:
             for kb, _ in records:
                 wb.put(kb[-8:] + kb[:-8], b"", ix.h)
-        self._db.write(wb, self._wopt)
+        self._write_logged(wb)
 
     def _read_meta_family(self, meta_cf) -> dict:
         """``{raw key: value}`` of the metadata family; state of an older format is refused."""
@@ -542,7 +586,7 @@ class RocksDBBackend(Backend):
         c = self._count.get(store) if self._count else None
         if c is not None and len(c.seen) < _SEEN_MAX:
             c.seen.update(zip(kbs, [v is not None for v in found]))
-        return [None if v is None else decode_value(v) for v in found]
+        return decode_values(found)
 
     def items(self, store):
         return list(self.iter_items(store))
@@ -709,7 +753,7 @@ class RocksDBBackend(Backend):
             self._dec[store] = key_decoder(_KV)
             wb = WriteBatch(raw_mode=True)
             wb.put(_sys_key("kind", store), encode_value(_KV), self._h[META_CF])
-            self._db.write(wb, self._wopt)
+            self._write_logged(wb)
             self._sys[_sys_key("kind", store)] = _KV
         return h
 
@@ -752,7 +796,7 @@ class RocksDBBackend(Backend):
                 deltas.append((c, self._count_changes(store, c, kbs, kv.values())))
         self._put_meta(wb, meta)
         try:
-            self._db.write(wb, self._wopt)
+            self._write_logged(wb)
         except BaseException:
             self._count.clear()                  # not written: count again from what is stored
             raise
@@ -817,78 +861,118 @@ class RocksDBBackend(Backend):
     def restore_batch(self, records_by_store: dict, meta: dict | None = None) -> int:
         """:meth:`bulk_restore` for several stores at once: ``{store: [(key_bytes, value_bytes_or_None)]}``
         and ``meta``, all in ONE write batch. Returns the number of records applied."""
+        return self.restore_columns({store: ([kb for kb, _ in records], [vb for _, vb in records])
+                                     for store, records in records_by_store.items()}, meta)
+
+    def restore_columns(self, columns_by_store: dict, meta: dict | None = None) -> int:
+        """:meth:`restore_batch` with each store's records as two columns: ``{store: (keys, values)}``
+        (lists of bytes; a None value deletes its key). What the restore loop hands over."""
         self._writable()
         wb = WriteBatch(raw_mode=True)
-        put, delete = wb.put, wb.delete
         total = 0
-        for store, records in records_by_store.items():
+        for store, (keys, values) in columns_by_store.items():
             self._count.pop(store, None)          # restored: counted again by the next live_keys
             h = self._store_handle(store)
+            if not keys:
+                continue
             ix = self._ix.get(store)
-            min_len = 10 if ix is not None and not ix.due else 2
-            n = 0
-            for kb, vb in records:
-                if kb[0] != KEY_FORMAT or len(kb) < min_len:
-                    raise StateError(f"changelog record {n} of store {store!r} has a key that is not a streamproc "
-                                     f"store key ({kb[:60]!r}): it cannot be restored")
-                n += 1
+            _check_raw_keys(store, keys, 10 if ix is not None and not ix.due else 2)
             if ix is None:
-                for kb, vb in records:
-                    if vb is None:
-                        delete(kb, h)
-                    else:
-                        put(kb, vb, h)
+                _put_all(wb, h, keys, values)
             elif not ix.due:          # the index entry is the raw key rotated: no decoding
-                ih = ix.h
-                for kb, vb in records:
-                    if vb is None:
-                        delete(kb, h)
-                        delete(kb[-8:] + kb[:-8], ih)
-                    else:
-                        put(kb, vb, h)
-                        put(kb[-8:] + kb[:-8], b"", ih)
-            elif records:
-                self._due_records(wb, h, ix, records, self._cf[store])
-            total += n
+                _put_all(wb, h, keys, values)
+                _put_all(wb, ix.h, [kb[-8:] + kb[:-8] for kb in keys],
+                         [None if vb is None else b"" for vb in values] if None in values else [b""] * len(keys))
+            else:
+                self._due_records(wb, h, ix, list(zip(keys, values)), self._cf[store])
+            total += len(keys)
         self._put_meta(wb, meta)
-        self._db.write(wb, self._wopt)
+        self._unlogged = True
+        self._db.write(wb, self._wopt_restore)
         if meta:
             self._meta.update(meta)
         return total
 
-    def drop_store(self, store: str) -> None:
-        """Delete a store and its records (e.g. one the topology no longer has)."""
-        self._writable()
-        if store not in self._cf or store == META_CF:
-            return
+    def _write_logged(self, wb) -> None:
+        """Write ``wb`` with the WAL on: restored writes (which skip it) are flushed first, so a write the
+        WAL recovers after a crash never lands on state missing restored records before it."""
+        if self._unlogged:
+            self._flush_all()
+        self._db.write(wb, self._wopt)
+
+    def _flush_all(self) -> None:
+        """Flush every family's memtable to SST files: the stores and time indexes first, ``__meta__`` (the
+        changelog offsets) last, so at any moment of a crash the offsets on disk are never ahead of the
+        data (a flush of one family is atomic, not a flush of several: RocksDB's own flushes, with
+        atomic_flush, are)."""
+        for name, cf in self._cf.items():
+            if name != META_CF:
+                cf.flush(True)
+        self._cf[META_CF].flush(True)
+        self._unlogged = False
+
+    def _drop_families(self, store: str) -> bool:
+        """Drop the column families of ``store`` (and of its time index); whether it had a time index."""
         cf = self._cf.pop(store)
         self._h.pop(store)
         self._count.pop(store, None)
         cf.close()
         del cf
         self._db.drop_column_family(store)
-        if self._ix.pop(store, None) is not None:
+        if self._ix.pop(store, None) is None:
+            return False
+        name = _index_cf(store)
+        icf = self._cf.pop(name)
+        self._h.pop(name)
+        icf.close()
+        del icf
+        self._db.drop_column_family(name)
+        return True
+
+    def clear_store(self, store: str) -> None:
+        """Delete every record of ``store`` and of its time index, keeping the store (its kind and recorded
+        definition), e.g. before a replay refills it. Its changelog offset is the caller's."""
+        self._writable()
+        if store not in self._cf or store == META_CF or store.startswith(INDEX_CF_PREFIX):
+            return
+        indexed = self._drop_families(store)
+        self._cf[store] = self._db.create_column_family(store, _cf_options())
+        self._h[store] = self._db.get_column_family_handle(store)
+        if indexed:
             name = _index_cf(store)
-            icf = self._cf.pop(name)
-            self._h.pop(name)
-            icf.close()
-            del icf
-            self._db.drop_column_family(name)
+            self._cf[name] = self._db.create_column_family(name, _cf_options(index=True))
+            self._h[name] = self._db.get_column_family_handle(name)
+            self._ix[store] = _Index(self._cf[name], self._h[name], self._kind[store] in DUE_KINDS)
+
+    def drop_store(self, store: str) -> None:
+        """Delete a store and its records (e.g. one the topology no longer has)."""
+        self._writable()
+        if store not in self._cf or store == META_CF:
+            return
+        self._drop_families(store)
         wb = WriteBatch(raw_mode=True)
         h = self._h[META_CF]
         for what in ("kind", "fingerprint", "description"):
             wb.delete(_sys_key(what, store), h)
             self._sys.pop(_sys_key(what, store), None)
-        self._db.write(wb, self._wopt)
+        self._write_logged(wb)
         for d in (self._kind, self._enc, self._dec):
             d.pop(store, None)
 
     def flush(self) -> None:
-        """Flush memtables to SST files (not needed for durability: the WAL has every write)."""
+        """Flush memtables to SST files (needed for durability only after a restore, whose writes skip the
+        WAL; the next logged write or close does it anyway)."""
         self._writable()
-        self._db.flush(True)
+        self._flush_all()
 
     def close(self) -> None:
+        try:
+            if self._db is not None and getattr(self, "_unlogged", False):
+                self._flush_all()                    # restored writes skip the WAL: persist them now
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         db, self._db = self._db, None
         try:
             if db is not None:

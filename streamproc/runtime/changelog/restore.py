@@ -24,13 +24,23 @@ end, because processing resumes from that offset; its records become rows as whe
 processed (``state.table_rows``, with the table's ``on_error``), and the stream time restored is
 their largest timestamp.
 
-Records are applied to the backend in batches with ``backend.write(changes, meta)``:
-a tombstone deletes its key, and the partition's metadata record (``records.META_KEY``) is
-checked against the store's definition (a changelog written by another definition is refused,
-whatever the backend) and restores the task's stream time. Every record is decoded before it
-is applied: bytes that do not decode stop the restore with an error naming topic, partition
-and offset (changelogs are untrusted input too). Every write also records the changelog offset it reflects, so an
-interrupted restore resumes where it stopped. When every store of a task is restored the
+Records are applied to the backend in batches with ``backend.write(changes, meta)`` (RocksDB:
+``restore_columns``, the checked bytes as they are): a tombstone deletes its key, and the
+partition's metadata record (``records.META_KEY``) is checked against the store's definition (a
+changelog written by another definition is refused, whatever the backend) and restores the
+task's stream time. Every record is decoded before it is applied: bytes that do not decode stop
+the restore with an error naming topic, partition and offset (changelogs are untrusted input
+too). For RocksDB the keys of the common form (a str group key) are checked in bulk
+(``codec.canonical_str_keys``), the others decoded and encoded again, and every value is decoded
+(``codec.check_values``). Every write also records the changelog offset it reflects, so an
+interrupted restore resumes where it stopped.
+
+One step handles what one ``consume()`` returned a partition at a time (its run of messages),
+column by column, not message by message (a table's source records excepted), with the cycle
+collector off: per-record Python is the cost of a restore. At the tail of a restore a step waits
+at most ``tail_wait_s`` for its batch (see :meth:`Restorer._wait`).
+
+When every store of a task is restored the
 worker builds the task (its operators index the restored state), seeks its input partitions
 to the committed offsets and resumes them. The main consumer keeps polling all along.
 
@@ -40,16 +50,20 @@ processing its ready tasks; ``run()`` steps to the end (``streamproc replay``,
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import groupby, repeat
+from operator import is_not
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from ...errors import BrokerError, StateError
 from ...kafka.retry import retrying
 from ...state import DELETED
-from ...state.codec import decode_values, key_decoder, key_encoder
+from ...state.codec import canonical_str_keys, check_values, decode_values, key_decoder, key_encoder
 from ...state.table_rows import read_rows
 from .records import (META_CHANGELOG_OFFSETS, META_KEY, META_STREAM_TIME, changelog_offsets, check_meta,
                       decode_record, merge_watermarks, read_meta)
@@ -136,6 +150,7 @@ class Restorer:
         self.stall_timeout_s = stall_timeout_s          # no progress for this long: an error
         self.retry_after_s = retry_after_s              # no progress for this long: fetch again from the position
         self.metadata_timeout_s = metadata_timeout_s
+        self.tail_wait_s = 0.01                         # see _wait()
         self._tasks: dict[object, list[RestorePart]] = {}
         self._by_tp: dict[tuple[str, int], RestorePart] = {}
         self._all: dict[object, list[RestorePart]] = {}        # every part started (kept for reporting)
@@ -213,21 +228,26 @@ class Restorer:
         if not self._tasks:
             return finished
         self._forgive_pause(time.monotonic())
-        msgs = self._consumer.consume(self.batch_size, timeout)
-        now = self._last_step = time.monotonic()
-        batch = _Batch()
-        for m in msgs:
-            part = self._by_tp.get((m.topic(), m.partition()))
-            if part is not None:
-                self._take(part, m, batch, now)
-        self._count_by_store()
-        batch.write()
+        with _no_cycle_collection():
+            full = self._read_batch(timeout)
+        now = self._last_step
         for parts in list(self._tasks.values()):
             for part in parts:
                 if not part.done and part.position >= part.end:
                     self._finish(part)
-        self._check_progress(now, full=len(msgs) >= self.batch_size)
+        self._check_progress(now, full=full)
         return finished + self._completed()
+
+    def _read_batch(self, timeout: float) -> bool:
+        """Consume one batch and apply it (one write per backend); whether the batch was full. What it
+        read is gone when it returns."""
+        msgs = self._consumer.consume(self.batch_size, self._wait(timeout))
+        now = self._last_step = time.monotonic()
+        batch = _Batch()
+        self._take_all(msgs, batch, now)
+        self._count_by_store()
+        batch.write()
+        return len(msgs) >= self.batch_size
 
     def run(self, timeout: float = 0.2, on_step=None) -> None:
         """:meth:`step` until every restore started has finished (``streamproc replay``,
@@ -278,6 +298,61 @@ class Restorer:
             for part in self._by_tp.values():
                 part.last_progress += now - self._last_step
 
+    def _wait(self, timeout: float) -> float:
+        """How long one step waits for its batch: ``timeout``, or at most ``tail_wait_s`` once fewer offsets than
+        a batch are left to read (consume() returns early only with a full batch: at the tail of every
+        restore it would wait out its whole timeout)."""
+        if timeout <= self.tail_wait_s:
+            return timeout
+        left = sum(max(0, part.end - part.position) for part in self._by_tp.values() if not part.done)
+        return timeout if left >= self.batch_size else self.tail_wait_s
+
+    def _take_all(self, msgs: list, batch: "_Batch", now: float) -> None:
+        """The consumed messages into ``batch``: one pass per run of messages of one partition (a fetch
+        delivers each partition's messages together), one record at a time only for a table's source topic."""
+        if not msgs:
+            return
+        by_tp = self._by_tp
+        i = 0
+        for tp, run in groupby(zip([m.topic() for m in msgs], [m.partition() for m in msgs])):
+            n = len(list(run))
+            part = by_tp.get(tp)
+            if part is None:
+                pass
+            elif part.spec.source is not None:            # a table's source topic: user records
+                for m in msgs[i:i + n]:
+                    self._take(part, m, batch, now)
+            else:
+                self._take_run(part, msgs[i:i + n], batch, now)
+            i += n
+
+    def _take_run(self, part: RestorePart, run: list, batch: "_Batch", now: float) -> None:
+        """Messages of ``part``'s changelog, in offset order, into ``batch``: end-of-partition events move
+        its position, metadata records are checked (:func:`_take_meta`), store records are collected."""
+        errors = [m.error() for m in run]
+        if any(map(is_not, errors, repeat(None))):      # (a KafkaError cannot be compared with None)
+            for m, err in zip(run, errors):
+                if err is not None:
+                    self._take(part, m, batch, now)       # an end-of-partition event, or an error raised
+            run = [m for m, err in zip(run, errors) if err is None]
+            if not run:
+                return
+        keys = [m.key() for m in run]
+        values = [m.value() for m in run]
+        meta = batch.meta(part)
+        data = run
+        if None in keys or min(keys) < b"\x01":          # reserved keys: the partition's metadata records
+            keys, values, data = _take_metas(part, run, keys, values, meta)
+        if keys:
+            batch.collect_run(part, keys, values, data)
+        last = run[-1].offset()
+        meta["offsets"][part.store] = last
+        part.position = max(part.position, last + 1)
+        part.restored += len(run)
+        part.last_progress = now
+        part.retries = 0
+        self.records_restored += len(run)
+
     def _take(self, part: RestorePart, m, batch: "_Batch", now: float) -> None:
         """One consumed message of ``part``'s changelog, into ``batch``."""
         err = m.error()
@@ -319,13 +394,18 @@ class Restorer:
             self._consumer.incremental_unassign([TopicPartition(part.topic, part.partition)])
 
     def _completed(self) -> list:
-        """The keys of the tasks whose every part is done (no longer restoring)."""
+        """The keys of the tasks whose every part is done (no longer restoring). A RocksDB backend is flushed
+        then: its restored writes skip the WAL (``RocksDBBackend.restore_columns``), and a secondary
+        instance (the interactive queries) sees only what is in the WAL or on disk."""
         done = []
         for key in list(self._tasks):
             parts = self._tasks[key]
             if all(p.done for p in parts):
                 del self._tasks[key]
                 done.append(key)
+                for backend in {id(p.backend): p.backend for p in parts if p.restored}.values():
+                    if hasattr(backend, "restore_columns"):
+                        backend.flush()
                 log.info("restored task %s: %s", key,
                          ", ".join(f"{p.store}={p.restored} records" for p in parts))
         return done
@@ -381,13 +461,29 @@ class Restorer:
                               f"state: {e.args[0].str() if e.args else e}") from None
 
 
+@contextmanager
+def _no_cycle_collection():
+    """No cycle collection while a step allocates its ~10 objects per record (messages, byte strings, decoded
+    values), none of them in a reference cycle: the collector would run every few hundred of them and
+    scan everything young, ~15% of a restore's time. It runs again (if it was on) when the step is done."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 class _Batch:
     """What one step read: per part its records, per backend one write (entries, offsets, stream time,
     watermarks)."""
 
     def __init__(self):
         self.writes: dict[int, tuple[object, dict, dict]] = {}     # id(backend) -> (backend, entries, meta)
-        self.data: dict[int, tuple] = {}          # id(part) -> (part, keys, values, offsets, timestamps or None)
+        # id(part) -> (part, keys, values, offsets, timestamps or None, messages): a changelog's records have
+        # their messages (offsets are read from them when needed), a table's its offsets and timestamps
+        self.data: dict[int, tuple] = {}
 
     def meta(self, part: RestorePart) -> dict:
         acc = self.writes.get(id(part.backend))
@@ -400,20 +496,52 @@ class _Batch:
         """Add a record of ``part`` (``ts``: its timestamp, for a table's source records only)."""
         d = self.data.get(id(part))
         if d is None:
-            d = self.data[id(part)] = (part, [], [], [], [] if ts is not None else None)
+            d = self.data[id(part)] = (part, [], [], [], [] if ts is not None else None, [])
         d[1].append(kb)
         d[2].append(vb)
         d[3].append(off)
         if ts is not None:
             d[4].append(ts)
 
+    def collect_run(self, part: RestorePart, keys: list, values: list, msgs: list) -> None:
+        """Add store records of ``part``'s changelog: their keys, values and messages (for their offsets)."""
+        d = self.data.get(id(part))
+        if d is None:
+            d = self.data[id(part)] = (part, [], [], [], None, [])
+        d[1].extend(keys)
+        d[2].extend(values)
+        d[5].extend(msgs)
+
     def write(self) -> None:
         """Decode every record read (untrusted bytes) and make each backend's one write."""
-        for part, keys, values, offsets, stamps in self.data.values():
+        for part, keys, values, offsets, stamps, msgs in self.data.values():
             _, entries, meta = self.writes[id(part.backend)]
-            _stage(part, keys, values, offsets, stamps, entries, meta)
+            _stage(part, keys, values, offsets or _Offsets(msgs), stamps, entries, meta)
         for backend, entries, meta in self.writes.values():
             _write(backend, entries, meta)
+
+
+class _Offsets:
+    """The offsets of messages, read from them only if asked (to name a record that does not decode)."""
+
+    __slots__ = ("msgs",)
+
+    def __init__(self, msgs: list):
+        self.msgs = msgs
+
+    def __iter__(self):
+        return (m.offset() for m in self.msgs)
+
+
+def _take_metas(part: RestorePart, run: list, keys: list, values: list, meta: dict) -> tuple[list, list, list]:
+    """The metadata records among a run of ``part``'s messages (reserved keys, see :func:`_take_meta`) into
+    ``meta``; the keys, values and messages of the others."""
+    reserved = [i for i, kb in enumerate(keys) if kb is None or kb[:1] == b"\x00"]
+    for i in reserved:
+        _take_meta(part, keys[i], values[i], run[i].offset(), meta)
+    skip = set(reserved)
+    keep = [i for i in range(len(keys)) if i not in skip]
+    return [keys[i] for i in keep], [values[i] for i in keep], [run[i] for i in keep]
 
 
 def _take_meta(part: RestorePart, kb, value, off: int, meta: dict) -> None:
@@ -428,24 +556,42 @@ def _take_meta(part: RestorePart, kb, value, off: int, meta: dict) -> None:
     merge_watermarks(meta["watermarks"], pmeta.get("watermarks"))
 
 
-def _stage(part: RestorePart, keys: list, values: list, offsets: list, stamps, entries: dict, meta: dict) -> None:
-    """Decode a part's records of one step into its backend's ``entries`` (RocksDB: the checked bytes as
-    they are; otherwise ``{key: value or DELETED}``); a table's records also move ``meta``'s stream time."""
+def _stage(part: RestorePart, keys: list, values: list, offsets, stamps, entries: dict, meta: dict) -> None:
+    """Decode a part's records of one step into its backend's ``entries`` (RocksDB: ``{store: (keys, values)}``,
+    the checked bytes as they are; otherwise ``{key: value or DELETED}``); a table's records also move
+    ``meta``'s stream time."""
+    raw = hasattr(part.backend, "restore_columns")
     if stamps is not None:
-        keys, values, decoded_keys, decoded_values, top = _decode_table(part, keys, values, offsets, stamps)
-        if top is not None and (meta["stream_time"] is None or top > meta["stream_time"]):
-            meta["stream_time"] = top
+        keys, values, decoded_keys, decoded_values = _decode_table(part, keys, values, offsets, stamps, meta)
+    elif raw:
+        _check_encoded(part, keys, values, offsets)   # untrusted bytes
     else:
         decoded_keys, decoded_values = _decode_checked(part, keys, values, offsets)   # untrusted bytes
-    if hasattr(part.backend, "restore_batch"):    # RocksDB: the checked bytes as they are
-        entries.setdefault(part.store, []).extend(zip(keys, values))
+    if raw:
+        columns = entries.setdefault(part.store, ([], []))
+        columns[0].extend(keys)
+        columns[1].extend(values)
     else:
         e = entries.setdefault(part.store, {})
         for k, v in zip(decoded_keys, decoded_values):
             e[k] = DELETED if v is None else v
 
 
-def _decode_checked(part: RestorePart, keys: list, values: list, offsets: list) -> tuple[list, list]:
+def _check_encoded(part: RestorePart, keys: list, values: list, offsets) -> None:
+    """:func:`_decode_checked` for records stored as they are (RocksDB): keys of the common form are
+    checked in bulk (``codec.canonical_str_keys``), the others decoded and encoded again; every value
+    is decoded."""
+    if not canonical_str_keys(part.spec.kind, keys):
+        _decode_checked(part, keys, values, offsets)
+        return
+    try:
+        check_values(values)
+    except Exception:  # noqa: BLE001 - find the record and say where it is
+        _decode_checked(part, keys, values, offsets)
+        raise
+
+
+def _decode_checked(part: RestorePart, keys: list, values: list, offsets) -> tuple[list, list]:
     """Decode a part's records of one batch (one pass per column); a record that does not decode,
     or whose key is not in the one canonical form streamproc writes (its bytes are stored as they
     are: another form of an equal key would be a second copy of it), is a ``StateError`` naming
@@ -468,12 +614,13 @@ def _decode_checked(part: RestorePart, keys: list, values: list, offsets: list) 
     return decoded, values_out
 
 
-def _decode_table(part: RestorePart, keys: list, values: list, offsets: list, stamps: list):
+def _decode_table(part: RestorePart, keys: list, values: list, offsets: list, stamps: list, meta: dict):
     """A table's source records as store records (``state.table_rows``, with the table's ``on_error``):
     key -> ``[timestamp, value]``, or a tombstone. Returns encoded keys and values (for a RocksDB
-    restore), the decoded ones, and the largest timestamp. Records with a ``None`` key are passed over
-    (the table never held them); one that cannot be read stops the restore under ``on_error="fail"``
-    and is passed over (it was skipped or dead-lettered when processed) otherwise."""
+    restore) and the decoded ones; ``meta``'s stream time moves to their largest timestamp. Records
+    with a ``None`` key are passed over (the table never held them); one that cannot be read stops the
+    restore under ``on_error="fail"`` and is passed over (it was skipped or dead-lettered when
+    processed) otherwise."""
     def fail(off, e):
         return StateError(f"restoring table {part.store!r} from {part.topic}[{part.partition}]: the record "
                           f"at offset {off} cannot be read: {e.reason}")
@@ -484,11 +631,13 @@ def _decode_table(part: RestorePart, keys: list, values: list, offsets: list, st
 
     rows = read_rows(part.spec.source, keys, values, stamps, offsets, fail=fail, skipped=skipped, encode=True)
     top = int(max(rows.timestamps)) if rows.timestamps else None
-    return [k for k, _ in rows.encoded], [v for _, v in rows.encoded], rows.keys, rows.rows, top
+    if top is not None and (meta["stream_time"] is None or top > meta["stream_time"]):
+        meta["stream_time"] = top
+    return [k for k, _ in rows.encoded], [v for _, v in rows.encoded], rows.keys, rows.rows
 
 
 def _write(backend, entries: dict, meta: dict) -> None:
-    """One backend write: ``entries`` = {store: {key: value or DELETED}} plus the offsets and stream time."""
+    """One backend write: ``entries`` (see :func:`_stage`) plus the offsets and stream time."""
     new_meta = {META_CHANGELOG_OFFSETS: {**changelog_offsets(backend), **meta["offsets"]}}
     if meta["stream_time"] is not None:
         new_meta[META_STREAM_TIME] = max(int(meta["stream_time"]), backend.get_meta(META_STREAM_TIME, -1))
@@ -497,8 +646,8 @@ def _write(backend, entries: dict, meta: dict) -> None:
         new_meta["watermarks"] = merge_watermarks({t: {"marks": [list(m) for m in c.get("marks", [])],
                                                        "time": c.get("time", -1)} for t, c in saved.items()},
                                                   meta["watermarks"])
-    if hasattr(backend, "restore_batch"):
-        backend.restore_batch(entries, new_meta)      # raw records and the meta: one RocksDB write batch
+    if hasattr(backend, "restore_columns"):
+        backend.restore_columns(entries, new_meta)    # raw records and the meta: one RocksDB write batch
     else:
         backend.write(entries, new_meta)
 
