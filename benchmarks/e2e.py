@@ -42,8 +42,15 @@ Safe on a shared Apache Kafka cluster:
   ``transactional.id.expiration.ms`` (default 7 days).
 
     python benchmarks/e2e.py [--bootstrap-servers host:9092] [--messages 1000000] [--json PATH]
+                             [--repeat N] [--compare OTHER_TREE] [--repo TREE]
 
 ``--json PATH`` also writes the figures as JSON (what ``benchmarks/suite.py`` reads).
+
+Before/after comparisons on a noisy machine: ``--repeat N`` runs every variant N times over the same
+input (medians reported), and ``--compare OTHER_TREE`` (a copy of the code, e.g. from ``git archive``)
+runs each ``streamproc run`` variant alternately from this tree and from that one (A, B, A, B ...), then
+prints both medians and their ratio. ``--repo TREE`` runs the ``streamproc run`` variants from another
+tree instead of this one.
 """
 from __future__ import annotations
 
@@ -326,10 +333,10 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 
 
 def measure(name: str, cmd: list[str], env: dict, bootstrap: str, topic: str, group: str, total: int,
-            console: Console, timeout_s: float, cleanup: "Cleanup") -> dict:
+            console: Console, timeout_s: float, cleanup: "Cleanup", cwd: str = ROOT) -> dict:
     # stderr to a file, not a pipe: a process that logs more than a pipe holds would block on it
     log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
     cleanup.procs.append(proc)
     monitor = _Monitor(bootstrap, topic, group)
     rss = _RssPeaks()
@@ -522,38 +529,44 @@ VARIANTS = {
 
 
 def variant_command(key: str, args, bootstrap: str, topic: str, out: str, run_id: str,
-                    cleanup: Cleanup) -> tuple[list[str], dict, str]:
-    """``(command, extra environment, consumer group)`` of variant ``key``; what it creates goes to ``cleanup``."""
+                    cleanup: Cleanup, repo: str = ROOT, tag: str | None = None) -> tuple[list[str], dict, str]:
+    """``(command, extra environment, consumer group)`` of variant ``key`` (``streamproc run`` from the code
+    in ``repo``); ``tag`` (default ``key``) names its group and state dir; what it creates goes to ``cleanup``."""
     what = VARIANTS[key][1]
+    tag = tag or key
     if what in ("raw", "windowed"):
-        group = f"e2e-{what}-{run_id}"
+        group = f"e2e-{what}-{run_id}" + ("" if tag == key else f"-{tag}")
         cleanup.groups.append(group)
         cmd = [sys.executable, __file__, "--role", what, "--args", bootstrap, topic, out, group,
                str(args.messages)]
         return cmd, {}, group
-    group = f"e2e-streamproc-{key}-{run_id}"
-    state_dir = f"/tmp/e2e-state-{run_id}-{key}"
+    group = f"e2e-streamproc-{tag}-{run_id}"
+    state_dir = f"/tmp/e2e-state-{run_id}-{tag}"
     cleanup.app_ids.append(group)
     cleanup.dirs.append(state_dir)
-    cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(ROOT, "benchmarks", "e2e_topology.py"),
+    cmd = [sys.executable, "-m", "streamproc", "run", os.path.join(repo, "benchmarks", "e2e_topology.py"),
            "--bootstrap-servers", bootstrap, "--guarantee", what, "--workers", str(args.workers),
            "--state-dir", state_dir, "--batch-size", "2000",
            "--config", f"consumer.session.timeout.ms={SESSION_TIMEOUT_MS}"]
     if what == "at-least-once":
         cmd += ["--commit-interval", str(int(COMMIT_S * 1000))]
     env = {"E2E_APP_ID": group, "E2E_INPUT": topic, "E2E_OUTPUT": out}
+    if repo != ROOT:
+        env["PYTHONPATH"] = repo
     if key == "r":
         env["E2E_REKEY"] = "1"
     return cmd, env, group
 
 
 def run_variant(key: str, args, bootstrap: str, topic: str, run_id: str, console: Console,
-                cleanup: Cleanup) -> dict:
-    """Create variant ``key``'s output topic, run it over the whole input and measure it."""
-    out = f"e2e-out-{key}-{run_id}"
+                cleanup: Cleanup, repo: str = ROOT, tag: str | None = None) -> dict:
+    """Create variant ``key``'s output topic, run it over the whole input and measure it (``streamproc run``
+    from the code in ``repo``; ``tag``: what names its topic, group and state dir, default ``key``)."""
+    tag = tag or key
+    out = f"e2e-out-{tag}-{run_id}"
     cleanup.topics.append(out)
     create_topic(cleanup.admin, out, PARTITIONS)
-    cmd, env, group = variant_command(key, args, bootstrap, topic, out, run_id, cleanup)
+    cmd, env, group = variant_command(key, args, bootstrap, topic, out, run_id, cleanup, repo, tag)
     scraper = None
     if key == "m":
         port = _free_port()
@@ -561,7 +574,7 @@ def run_variant(key: str, args, bootstrap: str, topic: str, run_id: str, console
         scraper = _Scraper(port).start()
     try:
         return measure(VARIANTS[key][0], cmd, env, bootstrap, topic, group, args.messages, console,
-                       args.timeout, cleanup)
+                       args.timeout, cleanup, cwd=repo)
     finally:
         if scraper is not None:
             scraper.stop()
@@ -582,10 +595,69 @@ def print_results(console: Console, results: list[dict], args, broker_name: str)
     console.print(table)
 
 
-def write_json(path: str, keys: list[str], results: list[dict], args, broker_name: str) -> None:
+def median_run(runs: list[dict]) -> dict:
+    """One result for several runs of a variant: the median of each figure (peak RSS: the largest)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    for f in ("msgs", "seconds", "rate", "cpu_us"):
+        out[f] = float(np.median([r[f] for r in runs]))
+    for f in ("rss_mb", "rss_tree_mb"):
+        out[f] = max(r[f] for r in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def run_all(keys: list[str], args, bootstrap: str, topic: str, run_id: str, console: Console,
+            cleanup: Cleanup) -> tuple[dict, dict]:
+    """Every variant ``args.repeat`` times, in rounds (each round runs every variant once, so the ratios
+    between variants compare runs close in time); with ``--compare``, each ``streamproc run`` variant
+    alternately from this tree and from the other (A, B, A, B ...). Returns ``({key: [runs]}, {key: [runs of
+    the other tree]})``."""
+    repo = os.path.abspath(args.repo) if args.repo else ROOT
+    other = os.path.abspath(args.compare) if args.compare else None
+    runs: dict = {k: [] for k in keys}
+    other_runs: dict = {}
+    for i in range(args.repeat):
+        for key in keys:
+            loop = VARIANTS[key][1] in ("raw", "windowed")
+            tag = key if args.repeat == 1 and other is None else f"{key}{i}"
+            runs[key].append(run_variant(key, args, bootstrap, topic, run_id, console, cleanup, repo, tag))
+            if other is not None and not loop:
+                other_runs.setdefault(key, []).append(
+                    run_variant(key, args, bootstrap, topic, run_id, console, cleanup, other, f"{key}{i}x"))
+            if args.repeat > 1 or other is not None:
+                last = [runs[key][-1]] + ([other_runs[key][-1]] if key in other_runs else [])
+                console.print(f"  {key} run {i + 1}: " + ", ".join(
+                    f"{'this' if j == 0 else 'other'} {r['cpu_us']:.2f} µs/msg {r['rate']:,.0f} msgs/s"
+                    for j, r in enumerate(last)))
+    return runs, other_runs
+
+
+def print_comparison(console: Console, runs: dict, other_runs: dict, other: str) -> None:
+    table = Table(title=f"this tree vs {other}: medians (each run: CPU µs/msg)")
+    for col in ("variant", "CPU this", "CPU other", "this / other", "msgs/s this", "msgs/s other",
+                "runs (this | other)"):
+        table.add_column(col, justify="left" if col in ("variant", "runs (this | other)") else "right")
+    for key, theirs in other_runs.items():
+        a, b = median_run(runs[key]), median_run(theirs)
+        table.add_row(VARIANTS[key][0], f"{a['cpu_us']:.3f}", f"{b['cpu_us']:.3f}", f"{a['cpu_us'] / b['cpu_us']:.3f}",
+                      f"{a['rate']:,.0f}", f"{b['rate']:,.0f}",
+                      " ".join(f"{r['cpu_us']:.2f}" for r in runs[key]) + " | "
+                      + " ".join(f"{r['cpu_us']:.2f}" for r in theirs))
+    console.print(table)
+
+
+def write_json(path: str, keys: list[str], results: list[dict], args, broker_name: str,
+               runs: dict | None = None, other_runs: dict | None = None) -> None:
     data = {"benchmark": "e2e", "messages": args.messages, "partitions": PARTITIONS, "keys": KEYS,
             "window_ms": WINDOW_MS, "workers": args.workers, "broker": broker_name,
             "variants": dict(zip(keys, results))}
+    if runs and args.repeat > 1:
+        data["runs"] = runs
+    if other_runs:
+        data["compare"] = {"tree": os.path.abspath(args.compare),
+                           "variants": {k: median_run(v) for k, v in other_runs.items()}, "runs": other_runs}
     with open(path, "wb") as f:
         f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
@@ -599,6 +671,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="a,b,c,d", help="variants to run, e.g. b,d")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each variant over the same input (medians)")
+    ap.add_argument("--compare", metavar="TREE",
+                    help="also run each streamproc variant from this other copy of the code, alternately")
+    ap.add_argument("--repo", metavar="TREE", help="run the streamproc variants from this copy of the code")
     ap.add_argument("--role", help=argparse.SUPPRESS)
     ap.add_argument("--args", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -613,6 +689,11 @@ def main(argv=None) -> int:
     unknown = [k for k in keys if k not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    for tree in (args.compare, args.repo):
+        if tree and not os.path.isfile(os.path.join(tree, "benchmarks", "e2e_topology.py")):
+            ap.error(f"{tree} is not a copy of this repository (no benchmarks/e2e_topology.py)")
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     signal.signal(signal.SIGTERM, _raise_interrupt)       # SIGTERM cleans up like Ctrl-C
     broker = cleanup = admin = None
     bootstrap = args.bootstrap_servers
@@ -629,10 +710,13 @@ def main(argv=None) -> int:
         topic = f"e2e-input-{run_id}"
         cleanup.topics.append(topic)
         prepare(admin, bootstrap, topic, args.messages, args.rate, console)
-        results = [run_variant(key, args, bootstrap, topic, run_id, console, cleanup) for key in keys]
+        runs, other_runs = run_all(keys, args, bootstrap, topic, run_id, console, cleanup)
+        results = [median_run(runs[key]) for key in keys]
         print_results(console, results, args, broker_name)
+        if other_runs:
+            print_comparison(console, runs, other_runs, args.compare)
         if args.json:
-            write_json(args.json, keys, results, args, broker_name)
+            write_json(args.json, keys, results, args, broker_name, runs, other_runs)
         return 0
     except KeyboardInterrupt:
         console.print("[red]interrupted: cleaning up[/]")

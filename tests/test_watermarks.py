@@ -124,12 +124,60 @@ def test_carried_time_header_round_trip_through_the_repartition_sink():
     plan = _windowed_count()
     up = next(s for s in plan.subtopologies if s.repartition_sinks)
     task = Task(up, 0, MemoryBackend())
+    # the third record is 74 s behind its partition's time: late there for its window [0, 60 s) + 10 s grace
     raw = RawBatch("in", 0, [b"k1", b"k2", b"k3"], [b'{"user": "a"}', b'{"user": "b"}', b'{"user": "c"}'],
-                   [5_000, 9_000, 1_000], [0, 1, 2])
+                   [5_000, 75_000, 1_000], [0, 1, 2])
     (topic, keys, values, ts, headers, parts), = task.process(raw)
-    assert ts == [5_000, 9_000, 1_000] and parts is None
+    assert ts == [5_000, 75_000, 1_000] and parts is None
     assert headers[0] is None and headers[1] is None and headers[2][0][0] == STREAM_TIME_HEADER
-    assert carried_times(headers) == [None, None, 9_000]             # the out-of-order one carries 9 s
+    assert carried_times(headers) == [None, None, 75_000]            # the out-of-order one carries 75 s
+
+
+def test_a_record_carries_its_upstream_time_only_where_it_can_make_it_late_downstream():
+    """The downstream task judges a repartitioned record at max(its time, the time the record carries), and
+    only to decide whether the record's window is closed: a record whose window that time cannot close
+    carries nothing (its judge's decisions are the same), one it closes does."""
+    plan = _windowed_count()                                           # 60 s tumbling, 10 s grace
+    up = next(s for s in plan.subtopologies if s.repartition_sinks)
+    assert plan.placement(up.repartition_sinks[0]).lateness_windows == (windows.Tumbling(60_000, grace=10_000),)
+    task = Task(up, 0, MemoryBackend())
+    times = [5_000, 69_999, 1_000, 70_000, 2_000, 50_000, 130_000, 60_000]
+    raw = RawBatch("in", 0, [b"k"] * len(times), [b'{"user": "a"}'] * len(times), times, list(range(len(times))))
+    (_, _, _, ts, headers, _), = task.process(raw)
+    assert ts == times
+    # 1 s at 69.999 s: its window [0, 60 s) is not closed yet; 2 s at 70 s: it is; 50 s at 70 s: closed too;
+    # 60 s at 130 s: its window [60 s, 120 s) closes at 130 s
+    assert carried_times(headers) == [None, None, None, None, 70_000, 70_000, None, 130_000]
+
+
+def test_judged_alike_with_and_without_the_time_a_record_need_not_carry():
+    plan = _windowed_count()
+    rows = [("u1", 5_000), ("u1", 1_000), ("u1", 61_000), ("u2", 59_000), ("u1", 2_000)]
+    outs = []
+    for carried in ([None, 69_000, None, 69_999, 70_500], [None, None, None, None, 70_500]):
+        task, topic = _downstream(plan)
+        task.watermarks(topic, [encode(0, 0, 65_000, False), encode(0, 1, 65_000, False)], 2)
+        task.advance()                                                  # the task's time: 65 s
+        out = task.process(_records(topic, rows, carried=carried))
+        task.watermarks(topic, [encode(0, 0, 200_000, True), encode(0, 1, 200_000, True)], 2)
+        out += task.advance()
+        outs.append((_results(out), dict(task.ctx.pending)))
+    assert outs[0] == outs[1]
+    assert outs[0][0] == [("u1", 0, 2), ("u1", 60_000, 1), ("u2", 0, 1)]
+    assert outs[0][1] == {("late", "per-user"): 1}                      # 2 s, carrying 70.5 s
+
+
+def test_every_record_ahead_carries_its_time_when_a_reader_may_use_it_otherwise():
+    t = Topology("wm-join")
+    left = t.stream("in", key=STR, value=JSON).group_by(lambda k, v: v["user"], name="by-user")
+    left.window(windows.Sliding(10_000)).count(name="slide").to("out", value=JSON)
+    plan = compile_topology(t)
+    up = next(s for s in plan.subtopologies if s.repartition_sinks)
+    assert plan.placement(up.repartition_sinks[0]).lateness_windows is None
+    task = Task(up, 0, MemoryBackend())
+    raw = RawBatch("in", 0, [b"k1", b"k2"], [b'{"user": "a"}', b'{"user": "b"}'], [9_000, 1_000], [0, 1])
+    (_, _, _, _, headers, _), = task.process(raw)
+    assert carried_times(headers) == [None, 9_000]
 
 
 def test_watermarks_survive_a_checkpoint_and_a_rebuilt_task():

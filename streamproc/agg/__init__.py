@@ -38,6 +38,9 @@ class Aggregation:
     order_sensitive = True
     holds_values = True         # the state keeps values of the records (checked for the codec per batch)
     combine_ufunc = None        # numpy ufunc merging columns of states, where states are numbers
+    #: how the state folds as one int64 number per group (``operators/_fold.py``, ``WindowColumns``): "count",
+    #: "sum", "min" or "max"; None: it does not (its state is not one number)
+    columnar: str | None = None
 
     def __init__(self, field=None):
         if field is not None and not (isinstance(field, str) or callable(field)):
@@ -115,6 +118,7 @@ def _int_sum_safe(col: np.ndarray) -> bool:
 
 class _Count(Aggregation):
     kind = "count"
+    columnar = "count"
     holds_values = False
     needs_column = False
     order_sensitive = False
@@ -141,6 +145,7 @@ class _Count(Aggregation):
 
 class _Sum(Aggregation):
     kind = "sum"
+    columnar = "sum"
     holds_values = False
     order_sensitive = False
     combine_ufunc = np.add
@@ -189,12 +194,14 @@ class _Extreme(Aggregation):
 
 class _Min(_Extreme):
     kind = "min"
+    columnar = "min"
     _ufunc = combine_ufunc = np.minimum
     _py = staticmethod(_builtin_min)
 
 
 class _Max(_Extreme):
     kind = "max"
+    columnar = "max"
     _ufunc = combine_ufunc = np.maximum
     _py = staticmethod(_builtin_max)
 

@@ -24,7 +24,8 @@ from ..state.codec import check_value
 from .base import Operator
 from .batch import Batch
 from .table import AggregateView
-from ._fold import BackendSweep, CloseIndex, GroupFoldError, KeyCodes, fold_groups, group_sorted, merge_states
+from ._fold import (BackendSweep, CloseIndex, GroupFoldError, KeyCodes, WindowColumns, fold_groups, group_sorted,
+                    merge_states)
 
 
 class _AggregateBase(Operator):
@@ -203,9 +204,14 @@ class TimeWindowAggregateOp(_AggregateBase):
         self.retention = node.params.get("retention")
         self.retains = self.window.retains(self.retention)
         self._width = 1 + len(self.aggs)          # len of an open window's state; a closed one has one more
+        # final results of aggregations that keep one integer each: open windows as columns (``WindowColumns``)
+        self._columns = (WindowColumns(self.aggs, self.store) if self.emit_final and not self.retains
+                         and WindowColumns.supports(self.aggs) else None)
         self._start_index()
 
     def _start_index(self) -> None:
+        if self._columns is not None:
+            self._columns.reset()
         self.index = CloseIndex()
         self._generation = self.store.generation
         self._sweep = BackendSweep(self.store, StoreKind.WINDOW)
@@ -237,13 +243,7 @@ class TimeWindowAggregateOp(_AggregateBase):
                 self._late(b, late)
                 rec, wstart = rec[open_], wstart[open_]
             if len(rec):
-                skeys, states, is_new = self._fold_into_store(b, rec, wstart)
-                if any(is_new):
-                    new = np.fromiter(is_new, dtype=bool, count=len(is_new))
-                    self.index.add_many(w.close_time(w.end_of(self._group_starts[new])),
-                                        list(compress(skeys, is_new)))
-                if not self.emit_final:
-                    self._results_into(skeys, states, keys, values, ts)
+                self._fold(b, rec, wstart, keys, values, ts)
         st = self.ctx.state.stream_time
         closed = self.index.pop_closed(st)
         stored = self._sweep.due(w.last_closed_start(st))
@@ -256,12 +256,48 @@ class TimeWindowAggregateOp(_AggregateBase):
                 closed = stored
         if closed:
             if self.emit_final or self.retains:
-                self._close(closed, self.store.get_many(closed), st, keys, values, ts)
+                self._close(closed, self._states(closed), st, keys, values, ts)
             else:
                 self.store.delete_many(closed)
+        if self._columns is not None and self._columns.windows:
+            self._columns.closed(w.last_closed_start(st))
         if self.retains:
             self._expire(st)
         return self._output(keys, values, ts, self.ctx.state.stream_time)
+
+    def _states(self, wkeys: list) -> list:
+        """The stored states of windows ``wkeys``: those held as columns read from them at once."""
+        if self._columns is None or not self._columns.windows:
+            return self.store.get_many(wkeys)
+        states = self._columns.states(wkeys)
+        miss = [i for i, s in enumerate(states) if s is None]
+        if miss:
+            for i, s in zip(miss, self.store.get_many([wkeys[i] for i in miss])):
+                states[i] = s
+        return states
+
+    def _fold(self, b: Batch, rec: np.ndarray, wstart: np.ndarray, keys, values, ts) -> None:
+        """Fold the records ``rec`` into their windows ``wstart``: as columns when they can be
+        (``WindowColumns``), else into the store state by state."""
+        w = self.window
+        cols = self._columns
+        if cols is not None:
+            if self._codes.full:
+                cols.evict()                    # the key codes start again: so do the columns
+            created = cols.fold(b, self._codes.codes(b.keys), rec, wstart, w.advance)
+            if created is not None:
+                if created:
+                    self.index.add_many(w.close_time(w.end_of(np.fromiter(
+                        (s for _, s in created), dtype=np.int64, count=len(created)))), created)
+                return
+            cols.evict()                        # values the columns cannot hold: the plain fold from now on
+            self._columns = None
+        skeys, states, is_new = self._fold_into_store(b, rec, wstart)
+        if any(is_new):
+            new = np.fromiter(is_new, dtype=bool, count=len(is_new))
+            self.index.add_many(w.close_time(w.end_of(self._group_starts[new])), list(compress(skeys, is_new)))
+        if not self.emit_final:
+            self._results_into(skeys, states, keys, values, ts)
 
     def _close(self, closed: list, states: list, st: int, keys, values, ts) -> None:
         """Close the windows ``closed`` (in start order; ``states`` their stored states): emit the ones not

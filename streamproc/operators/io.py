@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import is_not
 
 import numpy as np
 
@@ -15,8 +16,8 @@ from .batch import Batch
 
 log = logging.getLogger("streamproc.source")
 
-#: Header of a repartition record whose upstream stream time was ahead of its timestamp: that time
-#: (8 bytes, big-endian signed). See ``runtime/watermarks.py``.
+#: Header of a repartition record whose upstream stream time was ahead of its timestamp (where it can matter
+#: downstream, ``_carried_headers``): that time (8 bytes, big-endian signed). See ``runtime/engine/watermarks.py``.
 STREAM_TIME_HEADER = "streamproc.st"
 _TIME = struct.Struct(">q")
 
@@ -26,10 +27,9 @@ def carried_times(headers_list: list) -> list | None:
     if not any(headers_list):               # the usual in-order batch: one C-level pass, no per-record loop
         return None
     out = None
-    for i, headers in enumerate(headers_list):
-        if not headers:
-            continue
-        for name, value in headers:
+    present = np.flatnonzero(np.fromiter(map(bool, headers_list), dtype=bool, count=len(headers_list)))
+    for i in present.tolist():              # only the records with headers (C-level passes for the others)
+        for name, value in headers_list[i]:
             if name == STREAM_TIME_HEADER and value is not None and len(value) == 8:
                 if out is None:
                     out = [None] * len(headers_list)
@@ -37,30 +37,92 @@ def carried_times(headers_list: list) -> list | None:
     return out
 
 
-def _carried_headers(b: Batch) -> list | None:
-    """The headers of a repartition batch: the upstream stream time of records it is ahead of, else None."""
-    ahead = np.flatnonzero(b.stream_times > b.timestamps) if len(b) else ()
-    if not len(ahead):
+def _floor(carried: list) -> np.ndarray:
+    """``carried`` (times, None: none) as an int64 array, -1 for None."""
+    has = np.fromiter(map(is_not, carried, repeat(None)), dtype=bool, count=len(carried))
+    floor = np.full(len(carried), -1, dtype=np.int64)
+    floor[has] = list(compress(carried, has.tolist()))
+    return floor
+
+
+def _carried_headers(b: Batch, windows: tuple | None = None) -> list | None:
+    """The headers of a repartition batch (None: no record carries one): the upstream stream time of each
+    record it is ahead of, where it can matter downstream. ``windows`` (``Placement.lateness_windows``): the
+    readers use that time only to judge lateness for these windows, so a record carries it only when it
+    closes one of the record's windows; records judged at ``max(task time, timestamp)`` instead get the
+    same decisions (a window is closed at ``t`` iff ``t >= close``, and ``timestamp < close``)."""
+    if not len(b):
+        return None
+    st = b.stream_times
+    ahead = st > b.timestamps
+    if windows is not None:
+        ahead &= st >= _lateness_bound(b.timestamps, windows)
+    idx = np.flatnonzero(ahead)
+    if not len(idx):
         return None
     headers: list = [None] * len(b)
-    blob = b.stream_times[ahead].astype(">i8").tobytes()          # 8 bytes big-endian signed per record
+    blob = st[idx].astype(">i8").tobytes()          # 8 bytes big-endian signed per record
     name = STREAM_TIME_HEADER
-    for j, i in enumerate(ahead.tolist()):
+    for j, i in enumerate(idx.tolist()):
         headers[i] = [(name, blob[8 * j:8 * j + 8])]
     return headers
 
 
-@dataclass
-class RawBatch:
-    """Records as Kafka hands them over: bytes plus record timestamp and offset."""
+def _lateness_bound(ts: np.ndarray, windows: tuple) -> np.ndarray:
+    """Per record (timestamps ``ts``), the smallest stream time at which one of its windows in ``windows``
+    is closed (the earliest window containing it closes first): below it, no window of the record is."""
+    bound = np.full(len(ts), np.iinfo(np.int64).max, dtype=np.int64)
+    for w in windows:
+        idx, starts = w.assign(ts)
+        first = starts if len(idx) == len(ts) else np.full(len(ts), np.iinfo(np.int64).max, dtype=np.int64)
+        if first is not starts:
+            np.minimum.at(first, idx, starts)
+        np.minimum(bound, w.close_time(w.end_of(first)), out=bound)
+    return bound
 
-    topic: str
-    partition: int
-    keys: list
-    values: list
-    timestamps: list
-    offsets: list | None = None
-    carried: list | None = None     # repartition records: the upstream stream time each carries (None: its ts)
+
+class RawBatch:
+    """Records as Kafka hands them over: bytes plus record timestamp and offset.
+
+    ``carried``: repartition records: the upstream stream time each carries (None: its timestamp).
+    ``messages``: the consumer's messages the columns were read from, in order: given, ``offsets`` is read
+    from them when first asked for (most batches only need their last offset, :attr:`next_offset`).
+    """
+
+    __slots__ = ("topic", "partition", "keys", "values", "timestamps", "_offsets", "carried", "_messages")
+
+    def __init__(self, topic: str, partition: int, keys: list, values: list, timestamps: list,
+                 offsets: list | None = None, carried: list | None = None, messages: list | None = None):
+        self.topic = topic
+        self.partition = partition
+        self.keys = keys
+        self.values = values
+        self.timestamps = timestamps
+        self._offsets = offsets
+        self.carried = carried
+        self._messages = messages
+
+    @property
+    def offsets(self) -> list | None:
+        if self._offsets is None and self._messages is not None:
+            self._offsets = [m.offset() for m in self._messages]
+        return self._offsets
+
+    @offsets.setter
+    def offsets(self, offsets: list | None) -> None:
+        self._offsets, self._messages = offsets, None
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the batch's last record (it has at least one)."""
+        if self._offsets is None and self._messages is not None:
+            return self._messages[-1].offset() + 1
+        return self._offsets[-1] + 1
+
+    def __repr__(self) -> str:
+        return (f"RawBatch({self.topic!r}, {self.partition}, {len(self.keys)} records"
+                + ("" if self.offsets is None else f", offsets {self.offsets[0]}..{self.offsets[-1]}"
+                   if self.offsets else "") + ")")
 
 
 class _BadRecord(Exception):
@@ -94,8 +156,7 @@ class SourceOp(Operator):
                 return Batch(keys, values, ts_arr, ts_arr), kept
             if kept is not None:
                 carried = [carried[i] for i in kept]
-            floor = np.fromiter((-1 if c is None else c for c in carried), dtype=np.int64, count=len(carried))
-            return Batch(keys, values, ts_arr, np.maximum(ts_arr, floor)), kept
+            return Batch(keys, values, ts_arr, np.maximum(ts_arr, _floor(carried))), kept
         keys, values, ts, kept = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
         return Batch(keys, values, ts_arr, ts_arr), kept
@@ -150,8 +211,7 @@ class SourceOp(Operator):
         try:
             keys = kser.deserialize_many(raw.keys)
             values = vser.deserialize_many(raw.values)
-            ts = raw.timestamps if ts_fn is None else [
-                ts_fn(k, v, t) for k, v, t in zip(keys, values, raw.timestamps)]
+            ts = raw.timestamps if ts_fn is None else list(map(ts_fn, keys, values, raw.timestamps))
             return keys, values, _timestamps_array(ts), None
         except Exception:  # noqa: BLE001 - sorted out record by record below
             pass
@@ -249,7 +309,7 @@ class SinkOp(Operator):
             parts = None
             if not placement.by_producer:           # placed like the source topic it meets (plan.placement)
                 parts = placement.partitions(b.keys, self.ctx.partition_count(topic), where=where)
-            headers = _carried_headers(b)
+            headers = _carried_headers(b, placement.lateness_windows)
             if parts is not None or headers is not None:
                 self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist(), headers, parts))
                 return None

@@ -19,6 +19,11 @@ has one :class:`Placement`, decided here and nowhere else:
 
 The inputs of a join must agree on their placement (same key serde, same partitioner):
 :func:`check_join_inputs` refuses a topology whose join sides could not meet.
+
+A repartition topic's placement also says what its readers do with the upstream stream time a
+record carries (``runtime/engine/watermarks.py``): ``lateness_windows`` are the time windows whose
+lateness rule is the only use any node reading the topic makes of it (None: some node may use it
+otherwise), so a writer can leave the time off a record it cannot make late (``operators/io.py``).
 """
 from __future__ import annotations
 
@@ -42,6 +47,10 @@ class Placement:
     key_serde: object | None
     partitioner: str = "murmur2"
     follows: str | None = None
+    #: a repartition topic read only by nodes that pass records on and tumbling/hopping aggregations (and
+    #: sinks): those aggregations' windows (the upstream stream time a record carries only decides whether
+    #: it is late for one of them); None: a node reading the topic may use that time otherwise
+    lateness_windows: tuple | None = None
 
     @property
     def by_producer(self) -> bool:
@@ -92,12 +101,50 @@ def placements(plan) -> dict[str, Placement]:
     for st in plan.subtopologies:
         externals = [n for n in st.nodes if n.kind in USER_SOURCE_KINDS]
         for topic in st.repartition_sources:
+            windows = _lateness_windows(st, topic)
             if externals:
                 first = out[externals[0].params["topic"]]
-                out[topic] = Placement(topic, first.key_serde, first.partitioner, follows=first.topic)
+                out[topic] = Placement(topic, first.key_serde, first.partitioner, follows=first.topic,
+                                       lateness_windows=windows)
             else:
-                out[topic] = Placement(topic, None)
+                out[topic] = Placement(topic, None, lateness_windows=windows)
     return out
+
+
+#: Nodes that hand their input records on with their timestamps and stream times, reading neither.
+_PASSING = frozenset({NodeKind.MAP, NodeKind.MAP_VALUES, NodeKind.FILTER, NodeKind.FLAT_MAP, NodeKind.PEEK,
+                      NodeKind.BRANCH, NodeKind.BRANCH_OUT, NodeKind.MERGE})
+_TIME_WINDOWS = frozenset({"tumbling", "hopping"})
+
+
+def _lateness_windows(st, topic: str) -> tuple | None:
+    """The windows of the tumbling/hopping aggregations reading repartition ``topic`` in sub-topology ``st``
+    when every node its records reach is one of them, a sink, a non-windowed aggregation (which reads no
+    record's stream time) or a node passing records on; None when another node (a join, a sliding or session
+    aggregation, a further repartition) could use a record's stream time."""
+    children: dict = {}
+    for n in st.nodes:
+        for parent in n.parents:
+            children.setdefault(parent.id, []).append(n)
+    todo = [n for n in st.nodes if n.kind == NodeKind.REPARTITION_SOURCE and n.params["topic"] == topic]
+    windows: list = []
+    seen: set = set()
+    while todo:
+        for n in children.get(todo.pop().id, ()):
+            if n.id in seen:
+                continue
+            seen.add(n.id)
+            if n.kind == NodeKind.AGGREGATE:
+                w = n.params.get("window")
+                if w is not None and w.kind not in _TIME_WINDOWS:
+                    return None
+                if w is not None and w not in windows:
+                    windows.append(w)
+            elif n.kind in _PASSING:
+                todo.append(n)
+            elif n.kind != NodeKind.SINK:
+                return None
+    return tuple(windows)
 
 
 def _of_source(params: dict) -> Placement:

@@ -11,7 +11,10 @@ the others still feed. So time crosses a repartition topic as *watermarks*, as i
   ``{"v", "sub", "p", "t", "idle"}`` (upstream sub-topology, its partition, the time, and whether
   all of its inputs are caught up). A record whose own upstream stream time is ahead of its
   timestamp (it came out of order, or an aggregation emitted it) carries that time in a header
-  (``operators/io.py`` ``STREAM_TIME_HEADER``); in-order records carry nothing.
+  (``operators/io.py`` ``STREAM_TIME_HEADER``); in-order records carry nothing. When every reader of
+  the topic uses that time only to judge lateness for tumbling/hopping windows
+  (``Placement.lateness_windows``, ``plan/placement.py``), a record carries it only when it closes one
+  of the record's windows: below that, the reader decides the same without it.
 - **Reader.** A task keeps, per repartitioned input, the newest watermark of each upstream task
   (:class:`InputClock`; their number is known from the plan). The input's time is the minimum over
   them once all have reported; idle upstream tasks do not hold it back (all idle: the largest). It

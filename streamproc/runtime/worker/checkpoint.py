@@ -146,8 +146,11 @@ class Checkpoint:
     a blocking call outside a transaction. Collaborators: ``stats`` (``WorkerStats``: what counts
     once committed), ``watermarks`` (a ``WatermarkPublisher``: step 1b, and told whether what it
     wrote committed), ``send(topic, value, key, partition)`` (produces one record, waiting while
-    the producer's queue is full; default ``producer.produce``), ``changelog_topics`` (whose
-    delivery reports give changelog offsets), ``reset_policy`` (``auto.offset.reset``: where a
+    the producer's queue is full; default ``producer.produce``), ``send_reported`` (the same, with a delivery
+    report to :meth:`delivered`, for the last changelog record of each partition: its offset is the one the
+    state reflects; default ``send``), ``send_many(topic, values, keys, partition)`` (``send`` for the
+    changelog records of one partition; default: one ``send`` each), ``changelog_topics`` (whose delivery reports give changelog offsets),
+    ``reset_policy`` (``auto.offset.reset``: where a
     partition without a committed offset is read again from), ``on_rewind((topic, partition))``
     (told of every partition :meth:`rewind` seeked back).
 
@@ -159,8 +162,9 @@ class Checkpoint:
     """
 
     def __init__(self, producer, consumer, tasks, *, eos: bool, commit_interval_s: float, txn_budget_s: float,
-                 timeout_s: float = 30.0, stats=None, watermarks=None, send=None, changelog_topics=(),
-                 reset_policy: str = "earliest", on_rewind=None, worker_id: str = ""):
+                 timeout_s: float = 30.0, stats=None, watermarks=None, send=None, send_reported=None,
+                 send_many=None, changelog_topics=(), reset_policy: str = "earliest", on_rewind=None,
+                 worker_id: str = ""):
         self.producer = producer
         self.consumer = consumer
         self.tasks = tasks
@@ -181,6 +185,8 @@ class Checkpoint:
         self._stats = stats
         self._watermarks = watermarks
         self._send = send if send is not None else self._produce
+        self._send_reported = send_reported or (self._produce_reported if send is None else send)
+        self._send_many = send_many
         self._changelog_topics = frozenset(changelog_topics)
         self._earliest = reset_policy in _EARLIEST
         self._on_rewind = on_rewind
@@ -268,6 +274,9 @@ class Checkpoint:
     def _produce(self, topic, value, key, partition=-1) -> None:
         self.producer.produce(topic, value, key, partition=partition)
 
+    def _produce_reported(self, topic, value, key, partition=-1) -> None:
+        self.producer.produce(topic, value, key, partition=partition, on_delivery=self.delivered)
+
     # ------------------------------------------------------------------ commit
     def commit(self) -> bool:
         """Commit everything processed since the last checkpoint (see the module doc).
@@ -320,7 +329,7 @@ class Checkpoint:
         feeding repartition topics."""
         self.changelog_offsets.clear()
         for task in tasks:
-            _write_changelogs(task, self._send, self._stats)
+            _write_changelogs(task, self._send, self._stats, self._send_reported, self._send_many)
         if self._watermarks is not None:
             self._watermarks.publish()
 
@@ -444,9 +453,16 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------------------------
-def _write_changelogs(task, send, stats=None) -> None:
+def _write_changelogs(task, send, stats=None, send_reported=None, send_many=None) -> None:
     """Step 1 for one task: its write cache as changelog records, then each partition's metadata record,
-    through ``send(topic, value, key, partition)``."""
+    through ``send(topic, value, key, partition)``: the records through ``send_many(topic, values, keys,
+    partition)`` if given, the metadata record, the partition's last, through ``send_reported`` if given
+    (its delivery report gives the offset the state reflects)."""
+    send_reported = send_reported or send
+    if send_many is None:
+        def send_many(topic, values, keys, partition):
+            for v, k in zip(values, keys):
+                send(topic, v, k, partition)
     stores = task.subtopology.stores
     if not stores:
         task.state.changes()
@@ -463,15 +479,15 @@ def _write_changelogs(task, send, stats=None) -> None:
         enc_key = key_encoder(spec.kind)
         records = changes.get(spec.name, ())
         try:
-            encoded = [(enc_key(k), None if v is None else encode_value(v)) for k, v in records]
+            keys = [enc_key(k) for k, _ in records]
+            values = [None if v is None else encode_value(v) for _, v in records]
         except CodecError as e:
             raise CodecError(f"store {spec.name!r} of task {task.id}: {e.reason}") from None
-        for kb, vb in encoded:
-            send(topic, vb, kb, p)
+        send_many(topic, values, keys, p)
         if records or stream_time_moved:     # the partition's newest record: definition and stream time
-            send(topic, meta_value(spec, state.stream_time, state.watermarks), META_KEY, p)
+            send_reported(topic, meta_value(spec, state.stream_time, state.watermarks), META_KEY, p)
         if stats is not None:
-            stats.produce(topic, len(encoded) + (1 if records or stream_time_moved else 0))
+            stats.produce(topic, len(keys) + (1 if records or stream_time_moved else 0))
 
 
 def _task_changelog_offsets(c: Checkpoint, task) -> dict:

@@ -24,11 +24,17 @@ DEFAULT_TXN_BUDGET_S = DEFAULT_TRANSACTION_TIMEOUT_MS / 2000
 
 def open_producer(options, app_id: str, worker_id: str, on_delivery, on_error) -> tuple[Producer, float]:
     """The worker's producer, and how long its transactions may stay open: half ``transaction.timeout.ms``
-    (under exactly-once; blocking calls inside a transaction stay well within its timeout)."""
+    (under exactly-once; blocking calls inside a transaction stay well within its timeout).
+
+    ``on_delivery`` gets the delivery report of every record under at-least-once (each delivery is
+    checked before the offsets are committed); under exactly-once a record that fails makes the
+    transaction fail to commit, so only the records produced with ``on_delivery`` are reported
+    (``produce.Output.send_reported``): a report per record would cost as much as the record."""
     bootstrap = options.bootstrap_servers
     pconf = (transactional_producer_config(bootstrap, app_id, worker_id, options.client("producer")) if options.eos
              else producer_config(bootstrap, app_id, options.client("producer")))
-    pconf["on_delivery"] = on_delivery
+    if not options.eos:
+        pconf["on_delivery"] = on_delivery
     pconf["error_cb"] = on_error
     pconf.setdefault("queue.buffering.max.messages", 500_000)
     budget = DEFAULT_TXN_BUDGET_S

@@ -7,7 +7,10 @@ partition's watermark records out of its columns and makes the rest a ``RawBatch
 """
 from __future__ import annotations
 
-from confluent_kafka import KafkaError
+from itertools import repeat
+from operator import is_, itemgetter
+
+from confluent_kafka import KafkaError, Message
 
 from ...operators import RawBatch
 from ...operators.io import carried_times
@@ -16,15 +19,17 @@ from ..engine.watermarks import WATERMARK_KEY
 _EOF = KafkaError._PARTITION_EOF
 
 
-def columns(msgs, internal, on_error) -> tuple[dict, list]:
-    """``({(topic, partition): (keys, values, timestamps, offsets[, headers])}, [(topic, partition) at its end])``
-    of the messages of one consume(), ``headers`` for the ``internal`` (repartition) topics.
+def columns(msgs, internal, on_error, only_topic: str | None = None) -> tuple[dict, list]:
+    """``({(topic, partition): (keys, values, timestamps, messages[, headers])}, [(topic, partition) at its
+    end])`` of the messages of one consume(), ``headers`` for the ``internal`` (repartition) topics;
+    ``only_topic``: the one topic subscribed, if there is only one.
 
     Column by column with comprehensions (one C-level loop per field); messages are only
-    regrouped when a batch spans several partitions. ``on_error(message)`` is called with every error
+    regrouped when a batch spans several partitions. The messages themselves stand for their offsets
+    (read when needed: ``RawBatch.offsets``). ``on_error(message)`` is called with every error
     event (an end-of-partition event included)."""
     ends: list = []
-    if any(m.error() is not None for m in msgs):
+    if not all(map(is_, _call_each(msgs, "error"), repeat(None))):     # by identity: KafkaError == None raises
         for m in msgs:
             if m.error() is not None:
                 if m.error().code() == _EOF:
@@ -33,19 +38,41 @@ def columns(msgs, internal, on_error) -> tuple[dict, list]:
         msgs = [m for m in msgs if m.error() is None]
         if not msgs:
             return {}, ends
-    by_tp = _by_partition(msgs)
-    return ({tp: ([m.key() for m in g], [m.value() for m in g], [m.timestamp()[1] for m in g],
-                  [m.offset() for m in g]) + ((_headers(g),) if tp[0] in internal else ())
+    by_tp = _by_partition(msgs, only_topic)
+    return ({tp: ([m.key() for m in g], [m.value() for m in g], _timestamps(g),
+                  g) + ((_headers(g),) if tp[0] in internal else ())
              for tp, g in by_tp.items()}, ends)
 
 
-def _by_partition(msgs) -> dict:
-    """``{(topic, partition): [message]}`` in fetch order."""
-    topics = [m.topic() for m in msgs]
-    parts = [m.partition() for m in msgs]
-    t0, p0 = topics[0], parts[0]
-    if topics.count(t0) == len(topics) and parts.count(p0) == len(parts):
-        return {(t0, p0): msgs}
+def _call_each(msgs, method):
+    """``[m.<method>() for m in msgs]``; the unbound C method is mapped over librdkafka's messages."""
+    if type(msgs[0]) is Message:
+        return list(map(getattr(Message, method), msgs))
+    return [getattr(m, method)() for m in msgs]
+
+
+def _timestamps(msgs) -> list:
+    if type(msgs[0]) is Message:
+        return list(map(_second, map(_TIMESTAMP, msgs)))
+    return [m.timestamp()[1] for m in msgs]
+
+
+_TIMESTAMP = Message.timestamp          # (timestamp type, timestamp)
+_second = itemgetter(1)
+
+
+def _by_partition(msgs, only_topic: str | None = None) -> dict:
+    """``{(topic, partition): [message]}`` in fetch order (``only_topic``: every message is of that topic)."""
+    parts = _call_each(msgs, "partition")
+    p0 = parts[0]
+    if only_topic is not None:
+        if parts.count(p0) == len(parts):
+            return {(only_topic, p0): msgs}
+        topics: list = [only_topic] * len(msgs)
+    else:
+        topics = [m.topic() for m in msgs]
+        if topics.count(topics[0]) == len(topics) and parts.count(p0) == len(parts):
+            return {(topics[0], p0): msgs}
     by_tp: dict = {}
     for tp, m in zip(zip(topics, parts), msgs):
         g = by_tp.get(tp)
@@ -57,13 +84,13 @@ def _by_partition(msgs) -> dict:
 
 
 def _headers(msgs) -> list:
-    return [m.headers() for m in msgs]
+    return _call_each(msgs, "headers")
 
 
 def split_watermarks(tp, cols) -> tuple:
     """``(RawBatch or None, watermark values)`` of one fetched partition's columns: a repartition topic's
     watermark records (``engine/watermarks.py``) are taken out, its records' carried stream times read."""
-    keys, values, tss, offs = cols[:4]
+    keys, values, tss, msgs = cols[:4]
     wms: list = []
     if len(cols) > 4:
         headers = cols[4]
@@ -71,11 +98,16 @@ def split_watermarks(tp, cols) -> tuple:
             keep = [i for i, k in enumerate(keys) if k != WATERMARK_KEY]
             wms = [values[i] for i, k in enumerate(keys) if k == WATERMARK_KEY]
             keys, values = [keys[i] for i in keep], [values[i] for i in keep]
-            tss, offs, headers = [tss[i] for i in keep], [offs[i] for i in keep], [headers[i] for i in keep]
+            tss, msgs, headers = [tss[i] for i in keep], [msgs[i] for i in keep], [headers[i] for i in keep]
         if not keys:
             return None, wms
-        return RawBatch(tp[0], tp[1], keys, values, tss, offs, carried_times(headers)), wms
-    return RawBatch(tp[0], tp[1], keys, values, tss, offs), wms
+        return RawBatch(tp[0], tp[1], keys, values, tss, None, carried_times(headers), msgs), wms
+    return RawBatch(tp[0], tp[1], keys, values, tss, None, None, msgs), wms
+
+
+def next_offset(cols) -> int:
+    """The offset after the last message of one fetched partition's columns."""
+    return cols[3][-1].offset() + 1
 
 
 def positions(raws) -> str:

@@ -57,7 +57,7 @@ from .backends import keep_when_revoked, open_global_tables, task_backend
 from .clients import DEFAULT_TXN_BUDGET_S, close_producer, open_consumer, open_producer, partition_count
 from .errors import ProcessingFailed, consumer_error, fatal_error, loop_failure
 from .eventtime import EventTime, WatermarkPublisher
-from .fetch import columns, positions, split_watermarks
+from .fetch import columns, next_offset, positions, split_watermarks
 from .group import IdleWatch
 from .misplaced import MisplacedCheck
 from .produce import Output
@@ -99,6 +99,7 @@ class Worker:
 
         st_of_topic = {t: st for st in plan.subtopologies for t in st.input_topics}
         self.input_topics = list(st_of_topic)
+        self._only_topic = self.input_topics[0] if len(self.input_topics) == 1 else None
         self._changelog_topics = {s.changelog for s in plan.stores if s.internal_changelog}
         self._repartition_topics = set(plan.repartition_topics)
         self.global_stores: dict = {}                   # name -> GlobalStore, filled when the worker opens
@@ -145,6 +146,8 @@ class Worker:
                           commit_interval_s=self.options.commit_interval_s, txn_budget_s=txn_budget_s,
                           timeout_s=self.timeout_s, stats=self.stats, watermarks=self.watermarks,
                           send=None if self.output is None else self.output.send,
+                          send_reported=None if self.output is None else self.output.send_reported,
+                          send_many=None if self.output is None else self.output.send_many,
                           changelog_topics=self._changelog_topics, reset_policy=reset_policy,
                           on_rewind=self._rewound, worker_id=self.id)
 
@@ -213,7 +216,7 @@ class Worker:
         o = self.options
         self.producer, txn_budget_s = open_producer(o, self.app_id, self.id, self._on_delivery, self._on_error)
         self.consumer, reset_policy = open_consumer(o, self.app_id, self.id, self._on_error)
-        self.output = Output(self.producer, self.stats, self.dlq_topic, self._raise_fatal)
+        self.output = Output(self.producer, self.stats, self.dlq_topic, self._raise_fatal, self._on_delivery)
         self.watermarks = WatermarkPublisher(self.task_manager, self.event_time, self.partition_count,
                                              self.output.send)
         self.ckpt = self._checkpoint(txn_budget_s, reset_policy)
@@ -473,10 +476,10 @@ class Worker:
         if task.ctx.dead_letters:
             self.output.dead_letters(task)
         for raw in raws:             # counted when fetched; a held record is committed with its checkpoint
-            self.records_in += len(raw.offsets)
-            self.stats.consume((raw.topic, raw.partition), len(raw.offsets))
+            self.records_in += len(raw.keys)
+            self.stats.consume((raw.topic, raw.partition), len(raw.keys))
         for tp, cols in items:
-            ends[tp] = cols[3][-1] + 1
+            ends[tp] = next_offset(cols)
         self._ran(key, task, ends)
         if gated:
             self.event_time.pace(task, self.consumer)
@@ -518,7 +521,7 @@ class Worker:
     def _columns(self, msgs) -> dict:
         """``{(topic, partition): columns}`` of a fetch (``fetch.columns``); what it says of the inputs' ends
         goes to ``event_time``."""
-        groups, ends = columns(msgs, self._repartition_topics, self._consumer_error)
+        groups, ends = columns(msgs, self._repartition_topics, self._consumer_error, self._only_topic)
         self.event_time.fetched(groups)        # records arrived: not at the end any more
         if ends:
             self.event_time.ended(ends)
