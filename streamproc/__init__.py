@@ -1,5 +1,5 @@
 """streamproc: stateful stream processing on Apache Kafka, in Python."""
-from . import agg, serdes, windows
+from . import agg, connectors, serdes, windows
 from .dsl import Topology
 from .errors import SerdeError, StreamprocError, TopologyError
 

@@ -88,3 +88,8 @@ class TopicError(BrokerError, UnrecoverableError):
     """A topic the topology names cannot be used as it is: it does not exist, or its name is one Kafka
     refuses (illegal characters, too long, ``.``/``..``). Restarting cannot fix it (exit code 2): the
     topic must be created or the topology changed."""
+
+
+class ConnectorError(UnrecoverableError):
+    """A connector's external system refused what it was asked in a way a restart cannot fix (bad
+    credentials, a queue, exchange or stream that does not exist, a message the system will not take)."""

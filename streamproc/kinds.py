@@ -50,6 +50,7 @@ class StoreKind(StrEnum):
     SESSION = "session"
     TABLE = "table"            # a table read from a topic
     JOIN = "join"              # one side of a stream-stream join's buffer
+    DEDUPE = "dedupe"          # a source connector's message ids seen within its dedupe= window
 
 
 class JoinKind(StrEnum):

@@ -393,11 +393,11 @@ def test_window_start_validation():
 
 
 def test_store_key_helpers_by_kind():
-    for kind in ("kv", "sliding", "session", "table", "join"):
+    for kind in ("kv", "sliding", "session", "table", "join", "dedupe"):
         assert key_encoder(kind) is encode_key and key_decoder(kind) is decode_key
         assert encode_store_key(kind, ("a", 1)) == encode_key(("a", 1))
         assert decode_store_key(kind, encode_key(("a", 1))) == ("a", 1)
-    assert codec.KINDS == ("kv", "window", "sliding", "session", "table", "join")
+    assert codec.KINDS == ("kv", "window", "sliding", "session", "table", "join", "dedupe")
     assert codec.WINDOWED_KINDS == frozenset({"window"})
 
 

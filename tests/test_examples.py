@@ -288,3 +288,22 @@ def test_orders_enriched_joins_customer_product_and_payment(at_repo_root):
         assert unpaid["o4"].value["tier"] == "platinum"
         assert d.state("customers")["c1"]["tier"] == "platinum"
         assert d.state("products") == {"p1": {"name": "pen", "price": 2}}
+
+
+# --------------------------------------------------------------------------- rabbitmq orders (connectors)
+
+def test_rabbitmq_orders_joins_dedupes_and_totals(at_repo_root):
+    """The connector example under the driver: the ingest topic is piped as the bridge would write it (the
+    RabbitMQ message_id in a header); the egress topic holds what the delivery sends to NATS."""
+    ingest, egress = "rabbitmq-orders-orders-ingest", "rabbitmq-orders-enriched-egress"
+    with TopologyTestDriver(load_example("rabbitmq_orders")) as d:
+        d.pipe("customers", "c1", {"name": "Ada", "tier": "gold"}, timestamp=1)
+        for mid, (cust, amount) in enumerate([("c1", 10), ("c2", 5), ("c1", 7)]):
+            d.pipe(ingest, cust, {"order_id": mid, "customer_id": cust, "amount": amount}, timestamp=10 + mid,
+                   headers=[("streamproc-message-id", f"m{mid}".encode())])
+        d.pipe(ingest, "c1", {"order_id": 0, "customer_id": "c1", "amount": 10}, timestamp=20,
+               headers=[("streamproc-message-id", b"m0")])          # RabbitMQ re-delivered m0
+        out = [(r.key, r.value["customer"], r.value["tier"], r.value["amount"]) for r in d.read_output(egress)]
+        assert out == [("c1", "Ada", "gold", 10), ("c2", None, "unknown", 5), ("c1", "Ada", "gold", 7)]
+        assert d.state("spend") == {"c1": {"orders": 2, "total": 17}, "c2": {"orders": 1, "total": 5}}
+        assert d.metrics()["deduplicated_records"] == 1

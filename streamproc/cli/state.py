@@ -272,8 +272,13 @@ class _ResetKafka:
                 f"`{layout.reset_command(topology, state_dir, None, local_only=True)}`.")
         self.admin = make_admin(bootstrap, app_id, admin_overrides)
         self.marker_topic = layout.reset_marker_topic(app_id)
-        self.internal = list(dict.fromkeys(plan.changelog_topics + plan.repartition_topics
+        from ..runtime.edge.delivery import delivery_group
+
+        egress = [ct.topic for ct in plan.connector_sinks]
+        # a source connector's ingest topic stays: it holds messages the external system no longer has
+        self.internal = list(dict.fromkeys(plan.changelog_topics + plan.repartition_topics + egress
                                            + [instances_topic(app_id)]))
+        self.delivery_groups = [delivery_group(app_id, t) for t in egress]
         self.listed = set(md.topics)
         self.group = describe_group(self.admin, app_id)
 
@@ -325,6 +330,8 @@ class _ResetKafka:
         from ..kafka.admin import delete_group
 
         delete_group(self.admin, self.app_id)
+        for g in self.delivery_groups:      # their offsets point into egress topics about to be re-created
+            delete_group(self.admin, g)
 
     def delete_topics(self) -> None:
         from ..kafka.admin import delete_topics

@@ -158,20 +158,34 @@ class Stream:
         return Stream(self.topology, node, key_serde=self.key_serde, value_serde=None)
 
     # -- sinks --------------------------------------------------------------------------
-    def to(self, topic: str, *, key=None, value=None) -> None:
-        """Write the stream to ``topic`` with the given serdes (default: the stream's, else Json)."""
-        from .. import serdes
+    def to(self, topic, *, key=None, value=None) -> None:
+        """Write the stream to ``topic`` with the given serdes (default: the stream's, else Json).
 
+        ``topic`` may be a connector (``connectors.RabbitMQ(...)`` ...): the records go to the internal
+        topic ``<app-id>-<name>-egress`` in the checkpoint's transaction, and the instances deliver what
+        committed to the external system (DESIGN section 9)."""
+        from .. import serdes
+        from ..connectors import Connector
+
+        connector = None
+        if isinstance(topic, Connector):
+            if not topic.sink:
+                raise TopologyError(f"{topic.describe()} cannot be written to: give it where to write "
+                                    f"(a RabbitMQ exchange, a JetStream subject, a Redis stream)")
+            connector, topic = topic, f"{self.topology.app_id}-{topic.name or topic.default_name()}-egress"
         if not isinstance(topic, str) or not topic:
             raise TopologyError(f"to() needs a topic name, got {topic!r}")
         for what, s in (("key", key), ("value", value)):
             if s is not None and not isinstance(s, serdes.Serde):
                 raise TopologyError(f"to({topic!r}): {what}= must be a serde such as serdes.Json(), got {s!r}")
-        self._then(NodeKind.SINK, {
+        params = {
             "topic": topic,
             "key_serde": key or self.key_serde or serdes.Json(),
             "value_serde": value or self.value_serde or serdes.Json(),
-        })
+        }
+        if connector is not None:
+            params["connector"] = connector
+        self._then(NodeKind.SINK, params)
 
     def __getattr__(self, name):
         if name in ("aggregate", "count", "reduce", "window"):

@@ -63,9 +63,15 @@ class Topology:
         lookups and the test driver place keys the same way.
         """
         from .stream import Stream
+        from ..connectors import Connector
 
+        connector = None
+        if isinstance(topic, Connector):         # DESIGN section 9: bridged into <app-id>-<name>-ingest
+            connector, topic = topic, _ingest_topic(self.app_id, topic)
         node = self._source_node("stream", topic, key, value, timestamp, on_error, kind=NodeKind.SOURCE,
                                  partitioner=partitioner)
+        if connector is not None:
+            node.params["connector"] = connector
         return Stream(self, node, key_serde=node.params["key_serde"], value_serde=node.params["value_serde"])
 
     def _source_node(self, call: str, topic, key, value, timestamp, on_error, *, kind: NodeKind,
@@ -157,3 +163,11 @@ def _positive(ms: int, what: str) -> int:
     if ms <= 0:
         raise TopologyError(f"{what} must be a positive duration, got {ms} ms")
     return ms
+
+
+def _ingest_topic(app_id: str, connector) -> str:
+    """The internal topic a source connector is bridged into (DESIGN section 9)."""
+    if not connector.source:
+        raise TopologyError(f"{connector.describe()} cannot be read as a stream: give it what to read "
+                            f"(a RabbitMQ queue=, a JetStream durable=/stream=, a Redis group=)")
+    return f"{app_id}-{connector.name or connector.default_name()}-ingest"

@@ -29,13 +29,16 @@ DROP_REASONS = {
     "skipped": "skipped_records",
     "dead_letter": "dead_lettered_records",
     "processing_error": "processing_errors",
+    "duplicate": "deduplicated_records",       # only a source connector with dedupe= drops for this reason
 }
+#: Counters present only once counted (the others are always there, zero included).
+_COUNTED_WHEN_SEEN = frozenset({"deduplicated_records"})
 
 
 def counts_by_name(*drops: dict, zeros: bool = True) -> dict:
     """Drop counts ``{(reason, operator): n}`` (several dicts summed) as counters named by ``DROP_REASONS``
     (``late_records``...), summed over operators; ``zeros``: every counter present."""
-    out = dict.fromkeys(DROP_REASONS.values(), 0) if zeros else {}
+    out = dict.fromkeys((n for n in DROP_REASONS.values() if n not in _COUNTED_WHEN_SEEN), 0) if zeros else {}
     for d in drops:
         for (reason, _), n in d.items():
             name = DROP_REASONS[reason]

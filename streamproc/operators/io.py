@@ -89,10 +89,11 @@ class RawBatch:
     from them when first asked for (most batches only need their last offset, :attr:`next_offset`).
     """
 
-    __slots__ = ("topic", "partition", "keys", "values", "timestamps", "_offsets", "carried", "_messages")
+    __slots__ = ("topic", "partition", "keys", "values", "timestamps", "_offsets", "carried", "_messages", "headers")
 
     def __init__(self, topic: str, partition: int, keys: list, values: list, timestamps: list,
-                 offsets: list | None = None, carried: list | None = None, messages: list | None = None):
+                 offsets: list | None = None, carried: list | None = None, messages: list | None = None,
+                 headers: list | None = None):
         self.topic = topic
         self.partition = partition
         self.keys = keys
@@ -101,6 +102,16 @@ class RawBatch:
         self._offsets = offsets
         self.carried = carried
         self._messages = messages
+        self.headers = headers        # per record (None: none), when there are no messages (the test driver)
+
+    def headers_at(self, indices: list | None) -> list:
+        """The headers of the records at ``indices`` (None: all), from the consumer's messages or the
+        ``headers`` given (the test driver); ``None`` for a record without any."""
+        if self._messages is not None:
+            msgs = self._messages
+            return [m.headers() for m in msgs] if indices is None else [msgs[i].headers() for i in indices]
+        hs = self.headers if self.headers is not None else [None] * len(self.keys)
+        return list(hs) if indices is None else [hs[i] for i in indices]
 
     @property
     def offsets(self) -> list | None:
@@ -159,7 +170,31 @@ class SourceOp(Operator):
             return Batch(keys, values, ts_arr, np.maximum(ts_arr, _floor(carried))), kept
         keys, values, ts, kept = self._decode(raw, p["key_serde"], p["value_serde"], p["timestamp"])
         ts_arr = np.asarray(ts, dtype=np.int64) if len(ts) else np.empty(0, dtype=np.int64)
-        return Batch(keys, values, ts_arr, ts_arr), kept
+        b = Batch(keys, values, ts_arr, ts_arr)
+        if "dedupe_store" in p and len(b):
+            return self._dedupe(raw, b, kept)
+        return b, kept
+
+    def _dedupe(self, raw: RawBatch, b: Batch, kept: list | None) -> tuple[Batch, list | None]:
+        """A source connector's ``dedupe=`` (``operators/dedupe.py``): drop the records whose message id was
+        seen within the window, judged by record time."""
+        from ..connectors import INGEST_ID_HEADER
+        from .dedupe import Dedupe
+
+        if getattr(self, "_dedupe_state", None) is None:
+            p = self.node.params
+            self._dedupe_state = Dedupe(self.ctx.state.store(p["dedupe_store"].name), p["connector"].dedupe)
+        name = INGEST_ID_HEADER
+        ids = []
+        for h in raw.headers_at(kept):
+            ids.append(next((v.decode("utf-8", "replace") for k, v in h if k == name and v), "")
+                       if h else "")
+        keep = self._dedupe_state.keep(ids, b.timestamps)
+        if all(keep):
+            return b, kept
+        self.ctx.drop("duplicate", self.metric_label, len(keep) - sum(keep))
+        idx = list(range(len(raw.keys))) if kept is None else kept
+        return b.select(keep), [i for i, k in zip(idx, keep) if k]
 
     @property
     def moves_time(self) -> bool:
@@ -319,5 +354,23 @@ class SinkOp(Operator):
                 vb = p["value_serde"].serialize_many(b.values)
             except SerdeError as e:
                 raise e.located(topic=topic) from None
+            if "connector" in p:
+                self.ctx.outputs.append(self._egress(b, topic, kb, vb))
+                return None
         self.ctx.outputs.append((topic, kb, vb, b.timestamps.tolist()))
         return None
+
+    def _egress(self, b: Batch, topic: str, kb: list, vb: list) -> tuple:
+        """The output of a sink connector (DESIGN section 9): to partition N of its egress topic for task N
+        (so a backlog pauses only the task that made it), each record with its resolved target."""
+        from ..connectors import TARGET_HEADER
+
+        conn = self.node.params["connector"]
+        try:
+            targets = [conn.resolve(k, v) for k, v in zip(b.keys, b.values)]
+        except Exception as e:  # noqa: BLE001 - the user's target function: the processing error policy
+            from .stateless import _first_failure
+
+            raise (_first_failure(self, conn.resolve, b, lambda f, k, v: f(k, v)) or self._fail(e, None)) from e
+        headers = [[(TARGET_HEADER, t.encode())] for t in targets]
+        return (topic, kb, vb, b.timestamps.tolist(), headers, [self.ctx.partition] * len(kb))

@@ -46,6 +46,8 @@ def presenter(st, spec):
         return lambda k, v: v[1]
     if spec.kind == StoreKind.JOIN:
         return lambda k, v: [{"timestamp": e[0], "value": e[1]} for e in v[1:]]
+    if spec.kind == StoreKind.DEDUPE:             # a message id: when it is forgotten
+        return lambda k, v: {"expires_at": v[0]}
     params = _node(st, spec).params
     if spec.kind == StoreKind.KV:
         results = _results(params)

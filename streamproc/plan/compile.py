@@ -79,6 +79,8 @@ def _plan_node(n, parents: list[PlanNode], c: "_Names") -> PlanNode:
         name = c.table_source(n, params)
     elif n.kind == NodeKind.JOIN:
         name, parents = c.join(n, params, parents)
+    elif n.kind == NodeKind.SOURCE and getattr(params.get("connector"), "dedupe", None):
+        name = c.dedupe(n, params)
     return PlanNode(n.id, n.kind, parents, params, n.where, name)
 
 
@@ -161,6 +163,20 @@ class _Names:
         store = _table_store(name, src, n.id)
         self.add_store(store, n.where, "table(..., name=...)")
         params["store"] = store
+        params["stores"] = [store]
+        return name
+
+    def dedupe(self, n, params: dict) -> str:
+        """The store of a source connector's ``dedupe=`` (message ids seen within the window)."""
+        conn = params["connector"]
+        base = params["topic"].removeprefix(f"{self.app}-").removesuffix("-ingest")
+        name = self.store_name(None, f"{base}-dedupe", n.where)
+        store = StoreSpec(name, StoreKind.DEDUPE, f"{self.app}-{name}-changelog",
+                          digest(StoreKind.DEDUPE, params["topic"]), n.id,
+                          description=f"message ids of {params['topic']!r} seen within "
+                                      f"{format_duration(conn.dedupe)}")
+        self.add_store(store, n.where, "dedupe=")
+        params["dedupe_store"] = store
         params["stores"] = [store]
         return name
 

@@ -5,6 +5,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ..kinds import JoinKind, NodeKind
+from ..windows import format_duration
 from .model import Plan, PlanNode
 
 
@@ -16,6 +17,14 @@ _STYLE = {NodeKind.SOURCE: "green", NodeKind.REPARTITION_SOURCE: "green", NodeKi
 
 def node_detail(n: PlanNode) -> str:
     p = n.params
+    if n.kind == NodeKind.SOURCE and p.get("connector") is not None:
+        c = p["connector"]
+        return (f"{p['topic']}  <- {c.describe()}  value={p['value_serde'].name}"
+                + (f"  dedupe={format_duration(c.dedupe)} store={p['dedupe_store'].name}" if c.dedupe else "")
+                + (f"  on_error={p['on_error']}" if p.get("on_error", "fail") != "fail" else ""))
+    if n.kind == NodeKind.SINK and p.get("connector") is not None:
+        c = p["connector"]
+        return f"{p['topic']}  -> {c.describe()}  value={p['value_serde'].name}  buffer={c.buffer}"
     if n.kind == NodeKind.SOURCE:
         return f"{p['topic']}  key={p['key_serde'].name} value={p['value_serde'].name}" + (
             "  timestamp=extractor" if p.get("timestamp") else "") + _partitioner(p) + (
@@ -104,6 +113,13 @@ def render_tree(plan: Plan, source_file: str = "") -> Tree:
                          ("tables (the topic is the changelog)", plan.table_topics)):
         if names:
             topics.add(f"{label}: " + ", ".join(names))
+    if plan.connector_sources or plan.connector_sinks:
+        edge = root.add(Text("Connectors (run by each instance's edge process)", style="bold"))
+        for ct in plan.connector_sources:
+            edge.add(f"source {ct.connector.describe()} -> {ct.topic}  (acked once Kafka has it)")
+        for ct in plan.connector_sinks:
+            edge.add(f"sink {ct.topic} -> {ct.connector.describe()}  (committed results only, ids "
+                     f"<app>/<topic>/<partition>/<offset>)")
     if plan.stores:
         stores = root.add(Text("Stores", style="bold"))
         for s in plan.stores:
@@ -154,4 +170,7 @@ def to_dict(plan: Plan) -> dict:
                             for g in plan.generated_names],
         "global_tables": [{"name": g.name, "topic": g.source.topic, "fingerprint": g.fingerprint}
                           for g in plan.global_tables],
+        "connectors": [{"role": role, "kind": ct.connector.kind, "topic": ct.topic, "system": ct.connector.describe()}
+                       for role, cts in (("source", plan.connector_sources), ("sink", plan.connector_sinks))
+                       for ct in cts],
     }

@@ -96,6 +96,15 @@ class SubTopology:
         return bool(self.stores)
 
 
+@dataclass(frozen=True)
+class ConnectorTopic:
+    """A connector of a plan and the internal topic between it and the topology."""
+    connector: object          # streamproc.connectors.Connector
+    topic: str                 # <app-id>-<name>-ingest (a source) or <app-id>-<name>-egress (a sink)
+    subtopology: int           # the sub-topology reading (source) or writing (sink) the topic
+    params: dict               # the node's params (serdes, on_error, partitioner)
+
+
 @dataclass
 class Plan:
     app_id: str
@@ -126,6 +135,25 @@ class Plan:
     def copartition_groups(self) -> list[list[str]]:
         """Input topics that must have equal partition counts (they feed the same stateful tasks)."""
         return [st.input_topics for st in self.subtopologies if st.stateful and len(st.input_topics) > 1]
+
+    @property
+    def connector_sources(self) -> list["ConnectorTopic"]:
+        """The source connectors, each with the ingest topic it is bridged into (DESIGN section 9)."""
+        return self._connectors(NodeKind.SOURCE)
+
+    @property
+    def connector_sinks(self) -> list["ConnectorTopic"]:
+        """The sink connectors, each with the egress topic delivered to it and its sub-topology."""
+        return self._connectors(NodeKind.SINK)
+
+    def _connectors(self, kind) -> list["ConnectorTopic"]:
+        out: dict = {}
+        for st in self.subtopologies:
+            for n in st.nodes:
+                c = n.params.get("connector") if n.kind == kind else None
+                if c is not None and n.params["topic"] not in out:
+                    out[n.params["topic"]] = ConnectorTopic(c, n.params["topic"], st.id, n.params)
+        return list(out.values())
 
     def placement(self, topic: str):
         """How the records of input or repartition topic ``topic`` are partitioned (``plan.placement``)."""

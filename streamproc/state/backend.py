@@ -33,8 +33,9 @@ from ..kinds import StoreKind
 
 DELETED = object()     # write-cache marker for a deleted key
 
-INDEXED_KINDS = frozenset({StoreKind.WINDOW, StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN})
-DUE_KINDS = frozenset({StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN})     # indexed by due time
+INDEXED_KINDS = frozenset({StoreKind.WINDOW, StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN,
+                           StoreKind.DEDUPE})
+DUE_KINDS = frozenset({StoreKind.SESSION, StoreKind.SLIDING, StoreKind.JOIN, StoreKind.DEDUPE})   # by due time
 MIN_TIME = -(1 << 63)
 _start = itemgetter(1)          # a window store key is (group_key, start)
 

@@ -84,12 +84,13 @@ class TopologyTestDriver:
         return t
 
     # -- input --------------------------------------------------------------------------
-    def pipe(self, topic: str, key, value, timestamp: int | None = None) -> None:
-        """Serialize with the topic's serdes and process one record (one batch)."""
-        self.pipe_many(topic, [(key, value, timestamp)])
+    def pipe(self, topic: str, key, value, timestamp: int | None = None, headers: list | None = None) -> None:
+        """Serialize with the topic's serdes and process one record (one batch); ``headers``: the record's
+        Kafka headers, ``[(name, bytes)]`` (e.g. an ingest record's message id)."""
+        self.pipe_many(topic, [(key, value, timestamp)] if headers is None else [(key, value, timestamp, headers)])
 
     def pipe_many(self, topic: str, records) -> None:
-        """Process ``[(key, value, timestamp), ...]`` as one batch per partition they land on."""
+        """Process ``[(key, value, timestamp[, headers]), ...]`` as one batch per partition they land on."""
         self._check_open()
         if topic not in self._source_serdes:
             raise StreamprocError(
@@ -98,14 +99,15 @@ class TopologyTestDriver:
         kser, vser = self._source_serdes[topic]
         n = self._partitions[topic]
         per_partition: dict[int, list] = {}
-        for key, value, ts in records:
+        for key, value, ts, *headers in records:
             if ts is None:
                 ts = self._last_ts
             if ts < 0:
                 raise StreamprocError(f"negative timestamp {ts}: timestamps are epoch milliseconds >= 0")
             self._last_ts = ts
             kb, vb = kser.serialize(key), vser.serialize(value)
-            per_partition.setdefault(self._partition(topic, kb, n), []).append((kb, vb, ts))
+            per_partition.setdefault(self._partition(topic, kb, n), []).append(
+                (kb, vb, ts, None, headers[0] if headers else None))
         for p, recs in per_partition.items():
             self._deliver(topic, p, recs)
         self._publish_watermarks()
@@ -127,8 +129,9 @@ class TopologyTestDriver:
         off = self._offsets.get((topic, partition), 0)
         self._offsets[(topic, partition)] = off + len(recs)
         carried = [r[3] for r in recs] if any(len(r) > 3 and r[3] is not None for r in recs) else None
+        headers = [r[4] for r in recs] if any(len(r) > 4 and r[4] for r in recs) else None
         raw = RawBatch(topic, partition, [r[0] for r in recs], [r[1] for r in recs], [r[2] for r in recs],
-                       list(range(off, off + len(recs))), carried)
+                       list(range(off, off + len(recs))), carried, headers=headers)
         if topic in self._global_of_topic:          # applied between batches, seen by every task
             self._global_of_topic[topic].apply([raw])
             return

@@ -84,7 +84,8 @@ def run_app(plan, options: RunOptions) -> int:
 
                 server = QueryServer(plan, options, counts, observer, pid, port=options.http_port,
                                      advertised_url=options.advertised_url).start()
-            sup = Supervisor(ref, plan.app_id, options, pid, observer=observer)
+            sup = Supervisor(ref, plan.app_id, options, pid, observer=observer,
+                             edge=bool(plan.connector_sources or plan.connector_sinks))
             restore = _install_signals(sup, on_stop=server.withdraw if server is not None else None)
             try:
                 log.info("running %s with %d worker(s), %s, process id %s", plan.app_id, options.workers,
@@ -169,10 +170,28 @@ def internal_topic_specs(plan, counts: dict, *, instances: bool = False) -> list
         specs.append(TopicSpec(t, counts[t], {"cleanup.policy": "delete", "retention.ms": "-1"}))
     if instances:
         specs.append(TopicSpec(f"{plan.app_id}-instances", 1, {"cleanup.policy": "compact"}))
+    for c in plan.connector_sinks:        # partition N holds what task N produced: its backlog pauses task N only
+        specs.append(TopicSpec(c.topic, counts[("task", c.subtopology)], {"cleanup.policy": "delete"}))
     if _uses_dlq(plan):
         specs.append(TopicSpec(f"{plan.app_id}-dlq", max(counts[t] for t in plan.source_topics),
                                {"cleanup.policy": "delete"}))
     return specs
+
+
+def _ensure_ingest_topics(admin, plan, options: RunOptions) -> None:
+    """Create the ingest topics of source connectors (DESIGN section 9) before the sources are checked:
+    ``partitions=`` of the connector, else as many as the largest other source topic (so a join with a
+    Kafka table is co-partitioned), else ``create_topics_partitions``."""
+    ingest = plan.connector_sources
+    if not ingest:
+        return
+    others = [t for t in plan.source_topics if t not in {c.topic for c in ingest}]
+    counts = validate_source_topics(admin, others) if others else {}
+    default = max(counts.values(), default=options.create_topics_partitions)
+    created = ensure_internal_topics(admin, [
+        TopicSpec(c.topic, c.connector.partitions or default, {"cleanup.policy": "delete"}) for c in ingest])
+    if created:
+        log.info("created ingest topic(s): %s", ", ".join(created))
 
 
 def _uses_dlq(plan) -> bool:
@@ -217,9 +236,11 @@ def prepare_topics(plan, options: RunOptions) -> dict:
         if made:
             log.warning("created topic(s) %s with %d partition(s) (--create-topics)", ", ".join(made),
                         options.create_topics_partitions)
+    _ensure_ingest_topics(admin, plan, options)
     src_groups = [[t for t in g if t in plan.source_topics] for g in plan.copartition_groups]
     src_counts = validate_source_topics(admin, plan.source_topics, [g for g in src_groups if len(g) > 1])
-    sinks = [t for t in plan.sink_topics if t not in src_counts]
+    egress = {c.topic for c in plan.connector_sinks}
+    sinks = [t for t in plan.sink_topics if t not in src_counts and t not in egress]
     if sinks:
         try:
             validate_source_topics(admin, sinks)

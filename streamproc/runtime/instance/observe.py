@@ -41,6 +41,7 @@ import time
 
 from ...errors import StreamprocError
 from ..worker.stats import CHECKPOINT_BUCKETS
+from .edgeview import EdgeView
 
 log = logging.getLogger("streamproc.status")
 
@@ -65,6 +66,7 @@ class Observer:
         self._prev: dict[int, dict] = {}         # worker index -> last snapshot of its previous process
         self._started_at: dict[int, float] = {}  # worker index -> when its current process was started
         self.restarts: dict[int, int] = {}
+        self.edge = EdgeView()                   # the connectors of the edge process, if any
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
@@ -158,6 +160,8 @@ class Observer:
         kind, index, payload = item
         if kind == "log":
             logging.getLogger(payload.name).handle(payload)
+        elif kind == "edge":
+            self.edge.report(payload)
         elif kind == "stats":
             with self._lock:
                 started_at = self._started_at.get(index)
@@ -180,7 +184,7 @@ class Observer:
                 snap = {**_empty(), **(self._latest.get(i) or {})}
                 if snap.get("final"):             # the worker stopped: it holds nothing any more
                     snap.update(lag={}, assigned=0, tasks={"running": 0, "restoring": 0}, task_keys=[],
-                                restoring_keys=[], store_keys={}, watermark_lag={}, paused=0, held_back={},
+                                restoring_keys=[], store_keys={}, watermark_lag={}, paused=0, held_back={}, egress_paused=0,
                                 restore={k: [v[0], 0] for k, v in snap["restore"].items()})
                 earlier = self._base.get(i)
                 if i in self._prev:
@@ -224,6 +228,7 @@ class Observer:
             "last_checkpoint_ms": max(last) if last else None,
             "drops": drops, "restarts": sum(self.restarts.values()),
             "held_back": {k: v for s in snaps.values() for k, v in s.get("held_back", {}).items()},
+            "egress_paused": sum(s.get("egress_paused", 0) for s in snaps.values()),
         }
 
     def running_tasks(self) -> set:
@@ -240,7 +245,9 @@ class Observer:
                 f"tasks {f['running']} running / {f['restoring']} restoring, last checkpoint {ck}, "
                 f"dropped {drops}" + (f", {f['restarts']} worker restart(s)" if f["restarts"] else "")
                 + "".join(f"; windows of sub-topology {sub} held back by {who}"
-                          for sub, who in sorted(f["held_back"].items())))
+                          for sub, who in sorted(f["held_back"].items()))
+                + (f"; {f['egress_paused']} task(s) paused by a connector's backlog" if f["egress_paused"] else "")
+                + self.edge.status())
 
     def tick(self) -> None:
         """Called by the supervisor's loop: redraw the live line, or log the status line when due."""
@@ -258,7 +265,7 @@ def _empty() -> dict:
             "misplaced": {}, "checkpoints": 0, "rollbacks": 0, "duration_sum": 0.0,
             "buckets": [0] * (len(CHECKPOINT_BUCKETS) + 1), "last_checkpoint_ms": None, "lag": {}, "assigned": 0,
             "tasks": {}, "restore": {}, "store_keys": {}, "task_keys": [], "restoring_keys": [],
-            "watermark_lag": {}, "paused": 0, "held_back": {}}
+            "watermark_lag": {}, "paused": 0, "held_back": {}, "egress_paused": 0}
 
 
 def _zero_base() -> dict:
@@ -370,6 +377,9 @@ class _Collector:
         paused = gauge("streamproc_paused_partitions",
                        "Input partitions paused because their task holds enough of their records (event-time "
                        "order, KIP-695).", [])
+        egress_paused = gauge("streamproc_egress_paused_tasks",
+                              "Tasks paused because the egress backlog of a sink connector they write passed its "
+                              "buffer= (the target is slow or down).", [])
         for i, s in sorted(snaps.items()):
             w = str(i)
             for (t, p), n in s["consumed"].items():
@@ -405,5 +415,7 @@ class _Collector:
             for sub, sec in s.get("watermark_lag", {}).items():
                 wm_lag.add_metric([w, str(sub)], sec)
             paused.add_metric([w], s.get("paused", 0))
+            egress_paused.add_metric([w], s.get("egress_paused", 0))
         return [consumed, internal_consumed, produced, internal_produced, dropped, misplaced, ckpts, rollbacks,
-                restarts_f, restored, duration, lag, remaining, keys, assigned, tasks, wm_lag, paused]
+                restarts_f, restored, duration, lag, remaining, keys, assigned, tasks, wm_lag, paused,
+                egress_paused] + self.observer.edge.families()

@@ -44,8 +44,9 @@ class WorkerCrashLoop(StreamprocError):
 
 
 class _Slot:
-    def __init__(self, index: int):
+    def __init__(self, index: int, edge: bool = False):
         self.index = index
+        self.edge = edge          # the edge process (connectors, ``runtime/edge``), not a worker
         self.proc = None
         self.crashes: collections.deque = collections.deque()
         self.restart_at: float | None = None
@@ -58,7 +59,7 @@ class _Slot:
 
 class Supervisor:
     def __init__(self, ref: str, app_id: str, options: RunOptions, process_id: str, *,
-                 log_level: int | None = None, observer=None):
+                 log_level: int | None = None, observer=None, edge: bool = False):
         self.ref = ref
         self.app_id = app_id
         self.options = options
@@ -66,6 +67,8 @@ class Supervisor:
         self.log_level = logging.getLogger().getEffectiveLevel() if log_level is None else log_level
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [_Slot(i) for i in range(options.workers)]
+        if edge:                    # the topology has connectors: one edge process, supervised like a worker
+            self._slots.append(_Slot(-1, edge=True))
         self._stop = threading.Event()
         self._stop_sent = False
         self.observer = observer            # observe.Observer: worker logs and stats, metrics, status
@@ -76,7 +79,11 @@ class Supervisor:
         self._stop.set()
 
     def worker_pids(self) -> list[int]:
-        return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.is_alive()]
+        return [s.proc.pid for s in self._slots if not s.edge and s.proc is not None and s.proc.is_alive()]
+
+    def edge_pid(self) -> int | None:
+        """The edge process's pid (connectors), if it runs."""
+        return next((s.proc.pid for s in self._slots if s.edge and s.proc is not None and s.proc.is_alive()), None)
 
     def run(self) -> int:
         """Run until stopped (returns 0) or a worker crash-loops (raises WorkerCrashLoop)."""
@@ -115,7 +122,7 @@ class Supervisor:
                 if slot.proc.is_alive():
                     slot.proc.kill()
                     slot.proc.join()
-                if self.observer is not None:
+                if self.observer is not None and not slot.edge:
                     self.observer.worker_exited(slot.index)
         raise failure
 
@@ -144,14 +151,14 @@ class Supervisor:
         code = slot.proc.exitcode
         slot.proc.join()
         slot.proc = None
-        if self.observer is not None:        # its tasks and lag no longer count (its counters do)
+        if self.observer is not None and not slot.edge:   # its tasks and lag no longer count (its counters do)
             self.observer.worker_exited(slot.index)
         self._drain_errors()
         if self._stop.is_set() or code == EXIT_OK:
             slot.done = True
             return None
         if code == EXIT_UNRECOVERABLE:          # restarting cannot help
-            failure = slot.last_error or f"worker {slot.index} stopped on a failure restarting cannot fix"
+            failure = slot.last_error or f"{_what(slot)} stopped on a failure restarting cannot fix"
             return (StateError if slot.last_kind == "state" else UnrecoverableError)(failure)
         failure = self._crashed(slot, code, now)
         return WorkerCrashLoop(failure) if failure else None
@@ -162,18 +169,28 @@ class Supervisor:
         slot.starts += 1
         # one pipe per worker process: a worker killed while reporting cannot block the others
         reader, writer = self._ctx.Pipe(duplex=False)
-        if self.observer is not None:
-            self.observer.worker_started(slot.index, restart=slot.starts > 1)
-        p = self._ctx.Process(
-            target=worker_main,
-            args=(self.ref, self.app_id, self.options, slot.index, self.process_id, writer, self.log_level,
-                  self.observer.queue if self.observer is not None else None),
-            name=f"streamproc-worker-{slot.index}", daemon=False)
+        queue = self.observer.queue if self.observer is not None else None
+        if slot.edge:
+            from ..edge.process import edge_main
+
+            if self.observer is not None and slot.starts > 1:
+                self.observer.edge.restarted()
+            p = self._ctx.Process(target=edge_main, args=(self.ref, self.app_id, self.options, self.process_id,
+                                                          writer, self.log_level, queue),
+                                  name="streamproc-edge", daemon=False)
+        else:
+            if self.observer is not None:
+                self.observer.worker_started(slot.index, restart=slot.starts > 1)
+            p = self._ctx.Process(
+                target=worker_main,
+                args=(self.ref, self.app_id, self.options, slot.index, self.process_id, writer, self.log_level,
+                      queue),
+                name=f"streamproc-worker-{slot.index}", daemon=False)
         p.start()
         writer.close()
         slot.proc = p
         slot.errors = reader
-        log.info("started worker %d (pid %d)", slot.index, p.pid)
+        log.info("started %s (pid %d)", _what(slot), p.pid)
 
     def _crashed(self, slot: _Slot, code: int, now: float) -> str | None:
         slot.crashes.append(now)
@@ -183,13 +200,13 @@ class Supervisor:
         slot.last_error = None
         n = len(slot.crashes)
         if n >= MAX_CRASHES:
-            return (f"worker {slot.index} of {self.app_id!r} crashed {n} times within {CRASH_WINDOW_S:.0f} s, "
+            return (f"{_what(slot)} of {self.app_id!r} crashed {n} times within {CRASH_WINDOW_S:.0f} s, "
                     f"so the application stopped. Last error: {reason}")
         delay = min(BACKOFF_MAX_S, BACKOFF_START_S * (2 ** (n - 1)))
         if code == EXIT_FENCED:
             delay = BACKOFF_START_S
         slot.restart_at = now + delay
-        log.warning("worker %d exited (%s): %s; restarting in %.1f s", slot.index, _exit_reason(code), reason, delay)
+        log.warning("%s exited (%s): %s; restarting in %.1f s", _what(slot), _exit_reason(code), reason, delay)
         return None
 
     def _drain_errors(self) -> None:
@@ -212,6 +229,10 @@ class Supervisor:
                     os.kill(slot.proc.pid, signum)
                 except ProcessLookupError:
                     pass
+
+
+def _what(slot: _Slot) -> str:
+    return "the edge process (connectors)" if slot.edge else f"worker {slot.index}"
 
 
 def _exit_reason(code: int | None) -> str:

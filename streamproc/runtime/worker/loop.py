@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ...errors import StreamprocError
-from ...kafka.config import restore_consumer_config
+from ...kafka.config import consumer_config, restore_consumer_config
 from ...operators.base import counts_by_name
 from ..changelog.restore import Restorer
 from ..engine.lifecycle import Phase, TaskManager
@@ -55,6 +55,7 @@ from . import gauges
 from .checkpoint import Checkpoint
 from .backends import keep_when_revoked, open_global_tables, task_backend
 from .clients import DEFAULT_TXN_BUDGET_S, close_producer, open_consumer, open_producer, partition_count
+from .egress import EgressWatch
 from .errors import ProcessingFailed, consumer_error, fatal_error, loop_failure
 from .eventtime import EventTime, WatermarkPublisher
 from .fetch import columns, next_offset, positions, split_watermarks
@@ -120,6 +121,8 @@ class Worker:
         self._dropped: set = set()                       # (topic, partition) whose fetched records were dropped
         self._purger: Purger | None = None
         self._idle = IdleWatch(options, self.app_id, self.id)
+        self._egress = EgressWatch(plan, consumer_config(options.bootstrap_servers, self.app_id,
+                                                         options.client("consumer")), self.id)
 
         self._epoch = 0
         self._fatal: BaseException | None = None
@@ -259,6 +262,7 @@ class Worker:
                 log.debug("consumer close: %s", e)
         if self.restorer is not None:
             self.restorer.close()
+        self._egress.close()
         if self.globals is not None:
             self.globals.close()
             self.globals = None
@@ -362,6 +366,9 @@ class Worker:
         if self.plan.idle_close is not None:
             self._idle_close()
         self._commit_when_due()
+        if self._egress.active:
+            self._egress.step(self.task_manager.running_tasks(), self.consumer, self.event_time.paused)
+            self.stats.egress_paused = len(self._egress.paused)
         self._idle.tick(self.task_manager.counts(), self.consumer)
         if time.monotonic() >= self._observe_at or self._epoch != self._observed_epoch:
             self.observe()                  # also at once after a rebalance: the status follows it

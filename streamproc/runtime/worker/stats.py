@@ -49,6 +49,7 @@ class WorkerStats:
         self.drops: dict = {}             # (reason, operator) -> committed records
         self.watermark_lag: dict = {}     # sub-topology id -> seconds its stream time is behind its newest record
         self.paused = 0                   # input partitions paused: their task holds enough of them (KIP-695)
+        self.egress_paused = 0            # tasks paused: a sink connector's backlog passed its buffer=
         self.held_back: dict = {}         # sub-topology id -> "upstream sub-topology S partition P" holding it back
         self.misplaced: dict = {}         # topic -> records found in the wrong partition (runtime/misplaced.py)
         self._consumed: dict = {}         # pending (open checkpoint)
@@ -153,6 +154,7 @@ class WorkerStats:
             "restore": {k: list(v) for k, v in self.restore.items()}, "store_keys": dict(self.store_keys),
             "task_keys": list(self.task_keys), "restoring_keys": list(self.restoring_keys),
             "watermark_lag": dict(self.watermark_lag), "paused": self.paused, "held_back": dict(self.held_back),
+            "egress_paused": self.egress_paused,
             "time": time.time(),
         }
 
