@@ -766,6 +766,39 @@ def test_changes_stream_exactly_the_committed_changes_and_resume_with_last_event
                 c.close()
 
 
+def test_changes_filtered_by_keys_and_prefix_and_counted_in_metrics(app):
+    """``?keys=`` and ``?prefix=`` (issue 21): a client follows only what it shows; the live counters
+    (clients, events sent) are in /status and /metrics."""
+    app.settle()
+    inst = app.running()[0]
+    prefix = h.unique("flt")[4:] + "-"
+    a, b = f"{prefix}a", f"{prefix}b"
+    by_prefix = SSEClient(inst.url, "totals", query=f"?prefix={urllib.parse.quote(prefix)}")
+    by_keys = SSEClient(inst.url, "totals", query=f"?keys={urllib.parse.quote(a)},{urllib.parse.quote(prefix)}probe0")
+    try:
+        _wait_live(app, [by_prefix], prefix)
+        for _ in range(3):
+            app.produce([(a, {"x": 1, "g": 1}), (b, {"x": 1, "g": 1}), ("k00", {"x": 1, "g": 1})])
+            time.sleep(0.3)
+        exp = app.settle()
+        h.wait_until(lambda: any(e["data"]["key"] == a and e["data"]["value"] == exp["totals"][a]
+                                 for e in by_keys.changes()), 30, what="the last change of key a")
+        h.wait_until(lambda: any(e["data"]["key"] == b and e["data"]["value"] == exp["totals"][b]
+                                 for e in by_prefix.changes()), 30, what="the last change of key b")
+        assert {e["data"]["key"] for e in by_prefix.changes()} <= {k for k in exp["totals"] if k.startswith(prefix)}
+        assert b in {e["data"]["key"] for e in by_prefix.changes()}
+        assert {e["data"]["key"] for e in by_keys.changes()} <= {a, f"{prefix}probe0"}
+        status = json.loads(urllib.request.urlopen(f"{inst.url}/status", timeout=10).read())
+        assert status["live"]["clients"] >= 2 and status["live"]["sent"] > 0, status["live"]
+        metrics = urllib.request.urlopen(f"{inst.url}/metrics", timeout=10).read().decode()
+        for name in ("streamproc_live_clients", "streamproc_live_events_sent_total",
+                     "streamproc_live_events_conflated_total", "streamproc_live_client_resets_total"):
+            assert name in metrics, name
+    finally:
+        by_prefix.close()
+        by_keys.close()
+
+
 @pytest.mark.real_kafka("Tansu delivers records of aborted transactions to read_committed consumers")
 def test_changes_never_show_a_rolled_back_checkpoint(app):
     """Exactly-once: a worker SIGKILLed mid-stream leaves an open transaction that is aborted; the

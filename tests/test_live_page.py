@@ -252,6 +252,49 @@ def _stop(p: subprocess.Popen) -> None:
         p.wait(10)
 
 
+class _SlowClient:
+    """An SSE client with a 4 kB receive buffer that reads nothing until :meth:`drain`."""
+
+    def __init__(self, port: int, store: str):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(f"GET /stores/{store}/changes HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+    def drain(self, quiet_s: float = 1.5) -> list[tuple[int, dict]]:
+        """Everything it was sent until the server is quiet: ``[(id, data)]`` of its change events."""
+        self.sock.settimeout(quiet_s)
+        raw = b""
+        try:
+            while True:
+                b = self.sock.recv(1 << 16)
+                if not b:
+                    break
+                raw += b
+        except socket.timeout:
+            pass
+        finally:
+            self.sock.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head[:100]
+        text = b""
+        while body:                               # chunked transfer encoding
+            size, _, rest = body.partition(b"\r\n")
+            n = int(size, 16)
+            if n == 0 or len(rest) < n:
+                text += rest[:n]
+                break
+            text += rest[:n]
+            body = rest[n + 2:]
+        out = []
+        for block in text.split(b"\n\n"):
+            fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if b": " in line and
+                          not line.startswith(b":"))
+            if fields.get(b"event") == b"change":
+                out.append((int(fields[b"id"]), json.loads(fields[b"data"])))
+        return out
+
+
 def _tail(path: str, n: int = 30) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -316,6 +359,8 @@ def test_the_live_page_shows_a_store_and_its_changes_in_a_browser(tmp_path, requ
             assert key == p and json.loads(value) == loaded[p] and updated == "loaded", rows[p]
         assert order == sorted(PAGES)                   # loaded in key order
 
+        # a slow client on the same store next to the page: a tiny receive buffer, read only at the end
+        slow = _SlowClient(port, "page-stats")
         # records for a few seconds: known pages change, new pages appear, all over SSE
         for batch in range(8):
             produce([(p, 10 + batch) for p in PAGES[:3] + NEW_PAGES])
@@ -334,6 +379,14 @@ def test_the_live_page_shows_a_store_and_its_changes_in_a_browser(tmp_path, requ
         except AssertionError:
             raise AssertionError(f"the page shows {rows_of(browser.dom())[0]}\nexpected {expected}\n"
                                  f"{_tail(log)}") from None
+        live = _get(f"{base}/status")[1]["live"]
+        assert live["clients"] >= 2 and live["sent"] > 0, live          # the page and the slow client
+        # the slow client, read at last: ids in order, and for every key the newest value is the store's
+        events = slow.drain()
+        ids = [i for i, _ in events]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids)
+        newest = {d["key"]: d["value"] for _, d in events}
+        assert {k: newest[k] for k in PAGES[:3] + NEW_PAGES} == {k: expected[k] for k in PAGES[:3] + NEW_PAGES}
         for p in PAGES[:3] + NEW_PAGES:                  # changed: the time of the change, not "loaded"
             updated = rows[p][0][2]
             assert updated != "loaded" and len(updated) == 12 and updated[2] == ":" and updated[8] == ".", rows[p]

@@ -67,6 +67,10 @@ def run(
     advertised_url: Optional[str] = typer.Option(
         None, "--advertised-url", envvar="STREAMPROC_ADVERTISED_URL",
         help="URL other instances use to reach this one's --http-port (default: http://<hostname>:<port>)."),
+    live_cpu_share: float = typer.Option(
+        0.25, "--live-cpu-share", envvar="STREAMPROC_LIVE_CPU_SHARE", min=0.01, max=4.0,
+        help="Share of one core the live change streams (SSE) may use; beyond it slow clients get fewer, "
+             "conflated updates (newest value per key) instead of processing slowing down."),
     log_level: str = typer.Option("info", "--log-level", envvar="STREAMPROC_LOG_LEVEL",
                                   help="debug, info (default: status every 30 s, drop summaries), warning, error."),
     log_format: Optional[str] = typer.Option(
@@ -94,7 +98,8 @@ def run(
         commit_interval_ms=commit_interval, client_config=_parse_config(config), create_topics=create_topics,
         batch_size=batch_size, max_runtime_s=max_runtime, topology=topology, state_backend=state_backend,
         restore_stall_timeout_s=restore_timeout, no_partitions_warning_s=no_partitions_warning,
-        metrics_port=metrics_port, http_port=http_port, advertised_url=advertised_url)
+        metrics_port=metrics_port, http_port=http_port, advertised_url=advertised_url,
+        live_cpu_share=live_cpu_share)
     if bootstrap_servers:
         raise typer.Exit(run_app(plan, options))
     from ..kafka.devbroker import DevBroker

@@ -41,6 +41,7 @@ class RunOptions:
     live_status: bool | None = None               # live status line; None: when stderr is a terminal
     http_port: int | None = None                  # interactive queries, live changes, health (runtime/http.py)
     advertised_url: str | None = None             # how other instances reach this one (default: hostname:port)
+    live_cpu_share: float = 0.25                  # of one core, for the SSE change streams (serve/fanout.py)
 
     @property
     def eos(self) -> bool:

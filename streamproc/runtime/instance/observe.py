@@ -41,6 +41,7 @@ import time
 
 from ...errors import StreamprocError
 from ..worker.stats import CHECKPOINT_BUCKETS
+from ..serve.fanout import LiveStats
 from .edgeview import EdgeView
 
 log = logging.getLogger("streamproc.status")
@@ -67,6 +68,7 @@ class Observer:
         self._started_at: dict[int, float] = {}  # worker index -> when its current process was started
         self.restarts: dict[int, int] = {}
         self.edge = EdgeView()                   # the connectors of the edge process, if any
+        self.live_streams = LiveStats()          # the SSE change streams of the HTTP server, if any
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
@@ -229,6 +231,8 @@ class Observer:
             "drops": drops, "restarts": sum(self.restarts.values()),
             "held_back": {k: v for s in snaps.values() for k, v in s.get("held_back", {}).items()},
             "egress_paused": sum(s.get("egress_paused", 0) for s in snaps.values()),
+            "live": {"clients": self.live_streams.clients, "sent": self.live_streams.sent,
+                     "conflated": self.live_streams.conflated, "resets": self.live_streams.resets},
         }
 
     def running_tasks(self) -> set:
@@ -247,7 +251,7 @@ class Observer:
                 + "".join(f"; windows of sub-topology {sub} held back by {who}"
                           for sub, who in sorted(f["held_back"].items()))
                 + (f"; {f['egress_paused']} task(s) paused by a connector's backlog" if f["egress_paused"] else "")
-                + self.edge.status())
+                + self.edge.status() + self.live_streams.status())
 
     def tick(self) -> None:
         """Called by the supervisor's loop: redraw the live line, or log the status line when due."""
@@ -418,4 +422,4 @@ class _Collector:
             egress_paused.add_metric([w], s.get("egress_paused", 0))
         return [consumed, internal_consumed, produced, internal_produced, dropped, misplaced, ckpts, rollbacks,
                 restarts_f, restored, duration, lag, remaining, keys, assigned, tasks, wm_lag, paused,
-                egress_paused] + self.observer.edge.families()
+                egress_paused] + self.observer.edge.families() + self.observer.live_streams.families()

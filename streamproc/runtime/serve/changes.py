@@ -9,9 +9,11 @@ record that does not decode is skipped and logged; metadata records are not chan
 presents the value as the operators emit it (``present.py``). A table's feed follows its source
 topic, whose records become rows as the table's (``state.table_rows``).
 
-Events get increasing ids; the last :data:`BUFFER` events are kept so a client reconnecting
-with ``Last-Event-ID`` gets what it missed (an id older than the buffer: it gets everything
-buffered, and a ``reset`` event says some changes were lost).
+Events get increasing ids; the last :data:`BUFFER` events are kept, each encoded once as its SSE
+bytes (:class:`Change`), and shared by every client (``fanout.py`` decides what each client is sent:
+everything when it keeps up, the newest per key when it is behind, a ``reset`` when it fell out of the
+buffer). Subscribers are called once per batch of the changelog consumer, with the batch's events, not
+once per event.
 
 A feed ends when it is stopped (the instance stops) or when following the changelog fails
 (logged once, as a warning): every subscriber is then called with :data:`END`, after the last
@@ -22,8 +24,12 @@ new feed that goes on with its ids (``first_id``).
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
+import time
+
+import orjson
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
@@ -41,8 +47,38 @@ BUFFER = 10_000
 END = None
 
 
+class Change:
+    """One committed change: ``id``, ``data`` (the JSON object of the event), ``sse`` (its Server-Sent
+    Events bytes, encoded once for every client), ``slot`` (what conflation keeps the newest of: the key,
+    and the window start of a windowed store), ``key_text`` (the key as filters match it) and ``at`` (when
+    the feed read it, monotonic seconds: how stale it is)."""
+
+    __slots__ = ("id", "data", "sse", "slot", "key_text", "at")
+
+    def __init__(self, id_: int, data: dict, at: float):
+        self.id = id_
+        self.data = data
+        self.sse = sse_bytes(id_, "change", data)
+        key = data["key"]
+        self.key_text = key if isinstance(key, str) else orjson.dumps(key, default=repr).decode()
+        self.slot = (self.key_text, data.get("window_start"))
+        self.at = at
+
+    def __getitem__(self, name):        # the event as a dict (``id``, ``event``, ``data``), as before
+        return {"id": self.id, "event": "change", "data": self.data}[name]
+
+    def get(self, name, default=None):
+        return self[name] if name in ("id", "event", "data") else default
+
+
+def sse_bytes(id_: int | None, event: str, data) -> bytes:
+    head = f"id: {id_}\n" if id_ is not None else ""
+    return (head + f"event: {event}\ndata: ").encode() + orjson.dumps(data, default=repr) + b"\n\n"
+
+
 class ChangeFeed:
-    """The committed changes of one store, fanned out to subscribers (callables taking an event)."""
+    """The committed changes of one store, fanned out to subscribers (callables taking a list of
+    :class:`Change`, or :data:`END`)."""
 
     def __init__(self, consumer_config: dict, spec, present, partitions: int, *, first_id: int = 1):
         self.spec = spec
@@ -60,21 +96,44 @@ class ChangeFeed:
         self.failed = False         # ended because following the changelog failed (not stopped)
 
     def subscribe(self, callback, last_id: int | None = None) -> list:
-        """Add ``callback(event)``; returns the buffered events after ``last_id`` (None: nothing).
-        ``[END]`` if the feed has ended: ``callback`` is never called."""
+        """Add ``callback(changes)``; returns :meth:`missed` ``(last_id)``. ``[END]`` if the feed has ended:
+        ``callback`` is never called."""
         self._ensure_started()
         with self._lock:
             if self._ended:
                 return [END]
             self._subs.add(callback)
+        return self.missed(last_id)
+
+    def missed(self, last_id: int | None) -> list:
+        """The buffered changes after ``last_id`` (None: none), preceded by a ``reset`` event (a dict) when
+        changes after it are no longer buffered; ``[END]`` if the feed has ended."""
+        with self._lock:
+            if self._ended:
+                return [END]
             if last_id is None:
                 return []
-            missed = [e for e in self.events if e["id"] > last_id]
-            first = self.events[0]["id"] if self.events else self.next_id
+            missed = [e for e in self.events if e.id > last_id]
+            first = self.events[0].id if self.events else self.next_id
             if first > last_id + 1:
                 missed.insert(0, {"id": None, "event": "reset",
                                   "data": {"reason": "changes older than the buffer were not kept"}})
             return missed
+
+    def since(self, cursor: int) -> list | None:
+        """The buffered changes with id >= ``cursor`` (in order); None when some of them are no longer
+        buffered (the client fell behind the buffer: it must reload)."""
+        with self._lock:
+            events = self.events
+            if cursor >= self.next_id:
+                return []
+            if not events or cursor < events[0].id:
+                return None
+            return list(itertools.islice(events, cursor - events[0].id, None))
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     def unsubscribe(self, callback) -> None:
         with self._lock:
@@ -97,12 +156,17 @@ class ChangeFeed:
             c.assign([TopicPartition(self.spec.changelog, p, OFFSET_END) for p in range(self._partitions)])
             self._ready.set()
             while not self._stop.is_set():
+                batch = []
                 for m in c.consume(500, 0.2):
                     if m.error() is not None:
                         if m.error().code() != KafkaError._PARTITION_EOF:
                             log.debug("changes of %s: %s", self.spec.name, m.error().str())
                         continue
-                    self._record(m)
+                    data = self._data(m)
+                    if data is not None:
+                        batch.append(data)
+                if batch:
+                    self._publish(batch)
         except Exception as e:  # noqa: BLE001 - the streams end; a new client starts a new feed
             self.failed = True
             log.warning("changes of store %s: cannot follow %s any more: %s; its change streams end",
@@ -144,24 +208,31 @@ class ChangeFeed:
                         m.topic(), m.partition(), m.offset(), e)
             return None, None
 
-    def _record(self, m) -> None:
+    def _data(self, m) -> dict | None:
+        """The event data of one changelog record (None: not a change)."""
         key, value = self._read(m)
         if key is None:
-            return
+            return None
         shown = None if value is None else self._present(key, value)
         windowed = self.spec.kind == StoreKind.WINDOW        # store keys (key, window start)
         data = {"key": to_json_key(key[0] if windowed else key), "value": shown,
                 "partition": m.partition(), "offset": m.offset(), "timestamp": m.timestamp()[1]}
         if windowed:
             data["window_start"] = key[1]
+        return data
+
+    def _publish(self, batch: list[dict]) -> None:
+        """Number, encode and buffer one consumer batch of changes, then call each subscriber once."""
+        now = time.monotonic()
         with self._lock:
-            event = {"id": self.next_id, "event": "change", "data": data}
-            self.next_id += 1
-            self.events.append(event)
+            first = self.next_id
+            changes = [Change(first + i, data, now) for i, data in enumerate(batch)]
+            self.next_id = first + len(changes)
+            self.events.extend(changes)
             subs = list(self._subs)
         for cb in subs:
             try:
-                cb(event)
+                cb(changes)
             except Exception as e:  # noqa: BLE001 - a gone client must not stop the feed
                 log.debug("change subscriber: %s", e)
 

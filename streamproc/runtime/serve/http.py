@@ -18,8 +18,9 @@ forces one reading):
   for a bad request, 503 while no instance runs the key's task (a rebalance).
 * ``GET /stores/<store>?from=&to=&limit=&after=``: entries in key order across all instances,
   ``{"items": [{"key", "value"}...], "next": cursor}``; pass ``after=<next>`` for the next page.
-* ``GET /stores/<store>/changes``: Server-Sent Events, one ``change`` event per committed
-  change (``Last-Event-ID`` resumes within a bounded buffer).
+* ``GET /stores/<store>/changes[?keys=a,b&prefix=p]``: Server-Sent Events, one ``change`` event per
+  committed change for a client that keeps up, the newest per key for one that is behind, ``reset``
+  for one that fell out of the buffer (``fanout.py``); ``Last-Event-ID`` resumes within the buffer.
 * ``GET /status``: the status figures as JSON; ``GET /metrics``: Prometheus text format.
 * ``GET /``: a small built-in page (``static/live.html``): the stores, one as a live table.
 
@@ -50,7 +51,8 @@ import orjson
 
 from ...errors import StreamprocError
 from ...state.layout import task_id
-from .changes import END, ChangeFeed
+from .changes import ChangeFeed
+from .fanout import Fanout, Filter, LiveStats, Pacer
 from ...operators.present import presenter, to_json_key
 from .queries import QueryError, Stores, key_candidates
 
@@ -91,6 +93,10 @@ class QueryServer:
         self._consumer_conf = restore_consumer_config(options.bootstrap_servers, plan.app_id, options.client("restore"))
         self._counts = counts
         self._feeds: dict[str, ChangeFeed] = {}
+        self._fanouts: dict[int, Fanout] = {}          # id(feed) -> its clients
+        self.live = observer.live_streams if observer is not None else LiveStats()
+        self.live.serving = True
+        self._pacer = Pacer(self.live, getattr(options, "live_cpu_share", 0.25))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -147,10 +153,12 @@ class QueryServer:
         try:
             await web.TCPSite(runner, "0.0.0.0", self.port, reuse_address=True).start()
             announcer = asyncio.create_task(self._announce(), name="streamproc-http-announce")
+            self._pacer.start()
             try:
                 self._started.set()
                 await self._stopping.wait()
             finally:
+                self._pacer.stop()
                 announcer.cancel()
                 try:
                     await announcer
@@ -356,39 +364,21 @@ class QueryServer:
             last_id = int(last) if last else None
         except ValueError:
             return _error(400, f"Last-Event-ID must be an event id, got {last!r}")
+        flt = Filter(request.query.get("keys"), request.query.get("prefix"))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        queue: asyncio.Queue = asyncio.Queue(maxsize=10_000)
-        loop = asyncio.get_running_loop()
-
-        def push(event):
-            loop.call_soon_threadsafe(_offer, queue, event)
-
-        missed = await asyncio.to_thread(feed.subscribe, push, last_id)
+        fanout = self._fanouts.get(id(feed))
+        if fanout is None:
+            fanout = self._fanouts[id(feed)] = Fanout(feed, self.live, asyncio.get_running_loop())
         try:
             await resp.write(b": streamproc changes of " + store.encode() + b"\n\n")
-            ended = END in missed       # the feed had ended already
-            for event in missed:
-                if event is not END:
-                    await resp.write(_sse(event))
-            while not ended:
-                try:
-                    event = await asyncio.wait_for(queue.get(), 15)
-                except asyncio.TimeoutError:
-                    await resp.write(b": keep-alive\n\n")
-                    continue
-                if event is END:        # the feed ended (the instance is stopping): after its last change
-                    ended = True
-                else:
-                    await resp.write(_sse(event))
+            await fanout.serve(resp.write, last_id, flt)
             # the stream ends here: a comment saying why, then the last chunk (a clean end of the body)
             await resp.write(b": stopping\n\n")
             await resp.write_eof()
-        except ConnectionError:         # the client went away
+        except ConnectionError:         # the client went away (or was disconnected: it stopped reading)
             pass
-        finally:
-            feed.unsubscribe(push)
         return resp
 
     def _feed(self, spec) -> ChangeFeed:
@@ -401,15 +391,6 @@ class QueryServer:
                                                   self._counts[("task", st.id)],
                                                   first_id=old.next_id if old is not None else 1)
         return feed
-
-
-def _offer(queue: asyncio.Queue, event) -> None:
-    try:
-        queue.put_nowait(event)
-    except asyncio.QueueFull:        # a client that does not read: it misses changes (it can resume by id)
-        if event is END:             # ... but it must learn that the stream ends
-            queue.get_nowait()
-            queue.put_nowait(event)
 
 
 _RUNNER = None
@@ -468,11 +449,6 @@ def _refusal(exc, max_line: int, max_field: int, max_headers: int) -> tuple[int,
     if text.startswith("Too many headers"):
         return 431, f"the request has more than {max_headers} headers"
     return (exc.code if 400 <= exc.code < 500 else 400), f"bad request: {text}"
-
-
-def _sse(event: dict) -> bytes:
-    head = f"id: {event['id']}\n" if event.get("id") is not None else ""
-    return (head + f"event: {event['event']}\ndata: ").encode() + orjson.dumps(event["data"], default=repr) + b"\n\n"
 
 
 def _candidates(text: str, as_: str | None) -> list:
