@@ -2,21 +2,18 @@
 worker, when the topology has connectors. One thread per source bridge and per sink delivery; the main
 thread reports their counters and waits for a stop signal or a thread's failure.
 
-Exit codes are the workers' (``worker/process.py``): a ``ConnectorError`` (a queue that does not exist,
-bad credentials) stops the instance with its paragraph; anything else is restarted with a backoff.
+The process frame (signals, logs, exit codes) is the workers' (``worker/process.py``, ``child_main``): a
+``ConnectorError`` (a queue that does not exist, bad credentials) stops the instance with its paragraph;
+anything else is restarted with a backoff.
 """
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 import threading
 
-from ...errors import StreamprocError, UnrecoverableError
 from ...kafka.config import consumer_config, producer_config
 from ..options import RunOptions
-from ..worker.process import EXIT_ERROR, EXIT_OK, EXIT_UNRECOVERABLE, _describe, _die_with_parent, _report
+from ..worker.process import child_main
 from .bridge import Bridge
 from .delivery import Delivery
 from .stats import EdgeStats
@@ -31,49 +28,19 @@ def edge_main(ref: str, app_id: str, options: RunOptions, process_id: str, error
               log_level: int = logging.WARNING, observe_queue=None) -> None:
     stop = threading.Event()
 
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    _die_with_parent()
-    report = None
-    if observe_queue is not None:
-        from ..instance.logs import worker_logging
-
-        worker_logging(observe_queue, log_level, EDGE_INDEX)
-
-        def report(snapshot):
-            observe_queue.put_nowait(("edge", EDGE_INDEX, snapshot))
-    else:
-        logging.basicConfig(level=log_level)
-    code = EXIT_ERROR
-    try:
+    def run(report) -> None:
         from ...loader import load_topology
         from ...plan import compile_topology
 
         plan = compile_topology(load_topology(ref, app_id))
-        run_edge(plan, options, process_id, stop, EdgeStats(report))
-        code = EXIT_OK
-    except KeyboardInterrupt:
-        code = EXIT_OK
-    except UnrecoverableError as e:
-        _report(errors, EDGE_INDEX, str(e), "unrecoverable")
-        code = EXIT_UNRECOVERABLE
-    except StreamprocError as e:
-        _report(errors, EDGE_INDEX, str(e))
-    except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level
-        log.debug("edge process crashed", exc_info=True)
-        _report(errors, EDGE_INDEX, _describe(e))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if observe_queue is not None:
-        try:
-            observe_queue.close()
-            observe_queue.join_thread()
-        except Exception:  # noqa: BLE001
-            pass
-    os._exit(code)
+        run_edge(plan, options, process_id, stop,
+                 EdgeStats(None if report is None else (lambda snapshot: report("edge", snapshot))))
+
+    def on_stop() -> bool:
+        stop.set()
+        return True
+
+    child_main(EDGE_INDEX, errors, log_level, observe_queue, run, on_stop, what="the edge process")
 
 
 def run_edge(plan, options: RunOptions, process_id: str, stop: threading.Event, stats: EdgeStats) -> None:

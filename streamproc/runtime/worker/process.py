@@ -30,10 +30,33 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
                 log_level: int = logging.WARNING, observe_queue=None) -> None:
     worker: list[Worker] = []
 
-    def on_signal(signum, frame):
+    def stop() -> bool:
         if worker:
             worker[0].stop()
-        else:
+            return True
+        return False
+
+    def run(report) -> None:
+        from ...plan import compile_topology
+        from ...loader import load_topology
+
+        plan = compile_topology(load_topology(ref, app_id))
+        w = Worker(plan, options, index, process_id, report=None if report is None else
+                   (lambda snapshot: report("stats", snapshot)))
+        worker.append(w)
+        w.run()
+
+    child_main(index, errors, log_level, observe_queue, run, stop, what=f"worker {index}")
+
+
+def child_main(index: int, errors, log_level: int, observe_queue, run, stop, *, what: str) -> None:
+    """The frame of a process the supervisor runs (a worker, the edge process): SIGINT/SIGTERM call
+    ``stop()`` (False: nothing to stop yet, the process ends at once), logs and stats go to the supervisor
+    through ``observe_queue`` (``run(report)``: ``report(kind, payload)``, None without a queue), the last
+    error goes through ``errors`` as one paragraph, and the exit code says whether a restart can help.
+    Never returns."""
+    def on_signal(signum, frame):
+        if not stop():
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
@@ -45,19 +68,13 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
 
         worker_logging(observe_queue, log_level, index)
 
-        def report(snapshot):
-            observe_queue.put_nowait(("stats", index, snapshot))
+        def report(kind, payload):
+            observe_queue.put_nowait((kind, index, payload))
     else:
         logging.basicConfig(level=log_level)
     code = EXIT_ERROR
     try:
-        from ...plan import compile_topology
-        from ...loader import load_topology
-
-        plan = compile_topology(load_topology(ref, app_id))
-        w = Worker(plan, options, index, process_id, report=report)
-        worker.append(w)
-        w.run()
+        run(report)
         code = EXIT_OK
     except KeyboardInterrupt:
         code = EXIT_OK
@@ -70,7 +87,7 @@ def worker_main(ref: str, app_id: str, options: RunOptions, index: int, process_
     except StreamprocError as e:
         _report(errors, index, str(e))
     except Exception as e:  # noqa: BLE001 - one paragraph for people, the traceback at debug level
-        log.debug("worker %d crashed", index, exc_info=True)
+        log.debug("%s crashed", what, exc_info=True)
         _report(errors, index, _describe(e))
     sys.stdout.flush()
     sys.stderr.flush()
