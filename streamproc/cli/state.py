@@ -278,7 +278,7 @@ class _ResetKafka:
         # a source connector's ingest topic stays: it holds messages the external system no longer has
         self.internal = list(dict.fromkeys(plan.changelog_topics + plan.repartition_topics + egress
                                            + [instances_topic(app_id)]))
-        self.delivery_groups = [delivery_group(app_id, t) for t in egress]
+        self.delivery_groups = [delivery_group(t) for t in egress]
         self.listed = set(md.topics)
         self.group = describe_group(self.admin, app_id)
 

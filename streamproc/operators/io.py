@@ -366,11 +366,15 @@ class SinkOp(Operator):
         from ..connectors import TARGET_HEADER
 
         conn = self.node.params["connector"]
-        try:
-            targets = [conn.resolve(k, v) for k, v in zip(b.keys, b.values)]
-        except Exception as e:  # noqa: BLE001 - the user's target function: the processing error policy
-            from .stateless import _first_failure
+        if isinstance(conn.target, str):              # one target for every record: one header, shared
+            headers = [[(TARGET_HEADER, conn.target.encode())]] * len(kb)
+        else:
+            try:
+                targets = [conn.resolve(k, v) for k, v in zip(b.keys, b.values)]
+            except Exception as e:  # noqa: BLE001 - the user's target function: the processing error policy
+                from .stateless import _first_failure
 
-            raise (_first_failure(self, conn.resolve, b, lambda f, k, v: f(k, v)) or self._fail(e, None)) from e
-        headers = [[(TARGET_HEADER, t.encode())] for t in targets]
+                raise (_first_failure(self, conn.resolve, b, lambda f, k, v: f(k, v))
+                       or self._fail(e, None)) from e
+            headers = [[(TARGET_HEADER, t.encode())] for t in targets]
         return (topic, kb, vb, b.timestamps.tolist(), headers, [self.ctx.partition] * len(kb))

@@ -30,9 +30,9 @@ log = logging.getLogger("streamproc.connectors")
 DEFAULT_BATCH = 1000
 
 
-def delivery_group(app_id: str, topic: str) -> str:
+def delivery_group(topic: str) -> str:
     """The consumer group delivering egress topic ``topic`` (its committed offsets are what was confirmed)."""
-    return f"{topic}-delivery" if topic.startswith(app_id) else f"{app_id}-{topic}-delivery"
+    return f"{topic}-delivery"
 
 
 class Delivery:
@@ -44,7 +44,7 @@ class Delivery:
         self.conn = ct.connector
         self.app_id = app_id
         conf = dict(consumer_conf)
-        conf.update({"group.id": delivery_group(app_id, ct.topic), "enable.auto.commit": False,
+        conf.update({"group.id": delivery_group(ct.topic), "enable.auto.commit": False,
                      "enable.auto.offset.store": False, "isolation.level": "read_committed",
                      "auto.offset.reset": "earliest", "enable.partition.eof": False})
         conf.pop("group.instance.id", None)

@@ -64,12 +64,6 @@ class Change:
         self.slot = (self.key_text, data.get("window_start"))
         self.at = at
 
-    def __getitem__(self, name):        # the event as a dict (``id``, ``event``, ``data``), as before
-        return {"id": self.id, "event": "change", "data": self.data}[name]
-
-    def get(self, name, default=None):
-        return self[name] if name in ("id", "event", "data") else default
-
 
 def sse_bytes(id_: int | None, event: str, data) -> bytes:
     head = f"id: {id_}\n" if id_ is not None else ""

@@ -30,7 +30,6 @@ class EgressWatch:
         for ct in plan.connector_sinks:
             self._sinks.setdefault(ct.subtopology, []).append((ct.topic, ct.connector.buffer or 10_000))
         self._conf = consumer_conf
-        self._app = plan.app_id
         self._readers: dict[str, Consumer] = {}      # egress topic -> a consumer of its delivery group (no join)
         self.paused: dict[tuple, list] = {}          # task key -> its input partitions paused here
         self._next = 0.0
@@ -88,7 +87,7 @@ class EgressWatch:
         reader = self._readers.get(topic)
         if reader is None:
             conf = dict(self._conf)
-            conf.update({"group.id": delivery_group(self._app, topic), "enable.auto.commit": False})
+            conf.update({"group.id": delivery_group(topic), "enable.auto.commit": False})
             conf.pop("group.instance.id", None)
             reader = self._readers[topic] = Consumer(conf)
         tp = TopicPartition(topic, partition)
