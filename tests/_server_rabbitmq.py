@@ -32,9 +32,11 @@ def available() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port below the ephemeral range (``runtime_helpers.free_port``): an ephemeral one can be taken by an
+    outgoing connection or a dev broker of another test process between this check and the server's bind."""
+    from runtime_helpers import free_port
+
+    return free_port()
 
 
 def _amqp_up(port: int) -> bool:

@@ -170,3 +170,46 @@ def test_redis_down_pauses_the_task_then_everything_arrives(tmp_path, kafka, r, 
     with open(log) as f:
         text = f.read()
     assert "paused" in text and "resumed" in text
+
+
+def test_two_instances_started_together_share_a_backlog(tmp_path, kafka, r, rserver):
+    """Two instances of a new app started at the same moment on a backlog: both come up (the ingest and
+    egress topics created by whichever is first), both bridges read from the one Redis consumer group,
+    and every entry is written once."""
+    _two_instances(tmp_path, kafka[0], r, rserver, leave=False)
+
+
+@pytest.mark.real_kafka("Tansu never expires a departed static member (group.instance.id): its partitions "
+                        "are not given to the instance that stays")
+def test_two_instances_then_one_leaves_and_the_other_takes_over(tmp_path, kafka, r, rserver):
+    _two_instances(tmp_path, kafka[0], r, rserver, leave=True)
+
+
+def _two_instances(tmp_path, bootstrap, r, rserver, *, leave: bool) -> None:
+    app, src, dst = h.unique("r2"), h.unique("in"), h.unique("out")
+    _add(r, src, range(3000))                            # the backlog, before anything runs
+    ref, _ = _app(tmp_path, bootstrap, REDIS_TO_REDIS, url=rserver.url, app=app, src=src, dst=dst)
+    procs = [h.app_subprocess(ref, bootstrap, str(tmp_path / f"state{i}"), log_path=str(tmp_path / f"app{i}.log"))
+             for i in range(2)]
+    total = 3500 if leave else 3000
+    try:
+        h.wait_until(lambda: r.xlen(dst) >= 3000, 120, interval=1.0, what="the backlog through two instances")
+        assert all(p.poll() is None for p in procs), "an instance started at the same moment exited"
+        consumers = {c["name"] for c in r.xinfo_consumers(src, "g")}
+        assert len(consumers) == 2, consumers            # each instance's bridge read from the group
+        if leave:
+            procs[0].send_signal(signal.SIGTERM)
+            assert procs[0].wait(60) == 0
+            _add(r, src, range(3000, 3500))              # only the second instance is left
+            h.wait_until(lambda: r.xlen(dst) >= 3500, 120, interval=1.0, what="new entries after one left")
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(60) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    got = _results(r, dst)
+    assert sorted(v["seq"] for _, v in got) == list(range(total))      # each once: nothing lost or doubled
+    assert r.xpending(src, "g")["pending"] == 0
